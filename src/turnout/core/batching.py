@@ -1,0 +1,431 @@
+"""The adaptive micro-batcher: one per deployed version.
+
+Contract:
+
+* A request that arrives while the model is idle runs at once, alone: no
+  batching wait at low load.
+* While a batch executes, arriving requests queue; when an execution slot
+  frees, everything queued (up to ``max_batch_rows``) runs as the next batch.
+  Batches grow with load by themselves.
+* Admission is bounded: a request that would take the queue past
+  ``max_queue_rows``, or whose deadline the measured cost model says cannot be
+  met, is refused at once with :class:`OverloadedError`.
+* A request whose deadline passes gets :class:`DeadlineExceededError` at
+  that moment; if it is still queued it is dropped before it runs. A caller
+  that is cancelled is dropped the same way.
+* Every admitted request is answered exactly once, with its own rows' slice
+  of the batch result, in order, or with an exception. :meth:`close` stops
+  admission and waits for every admitted request to be answered.
+
+How to stack and split arrays is this module's business; *what* to run and
+how to read its output is the ``execute`` callable's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from turnout.core.clock import Clock, MonotonicClock
+from turnout.core.costmodel import CostEstimate, LinearCostModel
+from turnout.core.errors import (
+    DeadlineExceededError,
+    InferenceError,
+    InvalidConfigError,
+    OverloadedError,
+    ServerClosedError,
+    TurnoutError,
+)
+from turnout.core.schema import DEFAULT_MAX_REQUEST_ROWS
+
+__all__ = [
+    "AdaptiveBatcher",
+    "BatchReport",
+    "BatchSlice",
+    "BatcherStatistics",
+    "BatchingConfig",
+]
+
+R = TypeVar("R")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How one version batches: batch and queue bounds, optional wait, parallelism.
+
+    ``max_batch_rows=1`` turns batching off: each request runs alone.
+    ``max_delay_ms`` is an upper bound on a wait for more requests, taken
+    only when the cost model says the wait pays for itself (0 never waits).
+    """
+
+    max_batch_rows: int = 64
+    max_queue_rows: int = 8192
+    max_request_rows: int = DEFAULT_MAX_REQUEST_ROWS
+    max_delay_ms: float = 0.0
+    max_concurrent_batches: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_rows", "max_queue_rows", "max_request_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_queue_rows < self.max_request_rows:
+            raise InvalidConfigError(
+                f"max_queue_rows ({self.max_queue_rows}) must be at least"
+                f" max_request_rows ({self.max_request_rows})"
+            )
+        if not (math.isfinite(self.max_delay_ms) and 0.0 <= self.max_delay_ms <= 1000.0):
+            raise InvalidConfigError(
+                f"max_delay_ms must be between 0 and 1000, got {self.max_delay_ms!r}"
+            )
+        if not isinstance(self.max_concurrent_batches, int) or not (
+            1 <= self.max_concurrent_batches <= 64
+        ):
+            raise InvalidConfigError(
+                "max_concurrent_batches must be an integer from 1 to 64,"
+                f" got {self.max_concurrent_batches!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSlice(Generic[R]):
+    """One caller's share of a batch result: rows ``start:stop`` of ``result``."""
+
+    result: R
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What happened in one executed batch, reported once per batch."""
+
+    rows: int
+    requests: int
+    latencies: tuple[float, ...]
+    duration: float
+    error: TurnoutError | None
+
+
+@dataclass(frozen=True)
+class BatcherStatistics:
+    """A frozen view of a batcher's state."""
+
+    queued_requests: int
+    queued_rows: int
+    batches_in_flight: int
+    shed: int
+    timeouts: int
+    closing: bool
+    cost: CostEstimate
+
+
+class _Pending:
+    __slots__ = ("deadline", "future", "rows", "size", "started", "timer")
+
+    def __init__(
+        self,
+        rows: np.ndarray[Any, Any],
+        future: asyncio.Future[Any],
+        started: float,
+        deadline: float | None,
+    ) -> None:
+        self.rows = rows
+        self.size = len(rows)
+        self.future = future
+        self.started = started
+        self.deadline = deadline
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class AdaptiveBatcher(Generic[R]):
+    """Merges concurrent requests into batches and runs them off the event loop.
+
+    ``execute`` runs in a worker thread with one stacked array and returns a
+    result that callers slice by rows; it raises a TurnoutError on failure.
+    ``on_batch`` and ``on_timeout`` are called on the event loop, once per
+    executed batch and once per expired request.
+    """
+
+    def __init__(
+        self,
+        execute: Callable[[np.ndarray[Any, Any]], R],
+        config: BatchingConfig | None = None,
+        *,
+        name: str = "batcher",
+        clock: Clock | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config or BatchingConfig()
+        self.name = name
+        self._execute = execute
+        self._clock = clock or MonotonicClock()
+        self._on_batch = on_batch
+        self._on_timeout = on_timeout
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        # Each in-flight batch's future, with its start time and rows, for the cost model.
+        self._in_flight: dict[asyncio.Future[Any], tuple[float, int]] = {}
+        self._delay_handle: asyncio.TimerHandle | None = None
+        self._cost = LinearCostModel()
+        self._shed = 0
+        self._timeouts = 0
+        self._closing = False
+        self._idle: asyncio.Event | None = None
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.config.max_concurrent_batches, thread_name_prefix=f"turnout-{name}"
+        )
+
+    # -- admission -------------------------------------------------------------
+
+    async def submit(
+        self,
+        rows: np.ndarray[Any, Any],
+        *,
+        deadline: float | None = None,
+        started: float | None = None,
+    ) -> BatchSlice[R]:
+        """Queue ``rows`` and return this request's slice of the batch that ran them.
+
+        ``deadline`` and ``started`` are times on the batcher's clock.
+        """
+        if self._closing:
+            raise ServerClosedError(f"{self.name} is shutting down and admits no new requests")
+        size = len(rows)
+        if self._queued_rows + size > self.config.max_queue_rows:
+            self._shed += 1
+            raise OverloadedError(
+                f"{self.name} is overloaded: {self._queued_rows} rows already queued;"
+                " retry later"
+            )
+        now = self._clock.now()
+        if deadline is not None:
+            if self._predicted_finish(now, size) > deadline:
+                self._shed += 1
+                raise OverloadedError(
+                    f"{self.name} cannot answer within the request's deadline at the current"
+                    " load; retry later or allow more time"
+                )
+        loop = asyncio.get_running_loop()
+        pending = _Pending(rows, loop.create_future(), now if started is None else started, deadline)
+        self._queue.append(pending)
+        self._queued_rows += size
+        if deadline is not None:
+            pending.timer = loop.call_later(max(0.0, deadline - now), self._expire, pending)
+        if len(self._in_flight) < self.config.max_concurrent_batches and self._delay_handle is None:
+            self._launch()
+        return await pending.future  # type: ignore[no-any-return]
+
+    def _predicted_finish(self, now: float, size: int) -> float:
+        cost = self._cost.estimate()
+        if cost.samples == 0:
+            return now
+        busy = sum(
+            max(0.0, started + cost.duration(rows) - now)
+            for started, rows in self._in_flight.values()
+        )
+        rows = self._queued_rows + size
+        batches = math.ceil(rows / self.config.max_batch_rows)
+        queued = batches * cost.fixed + rows * cost.per_row
+        return now + (busy + queued) / self.config.max_concurrent_batches
+
+    def _expire(self, pending: _Pending) -> None:
+        if not pending.future.done():
+            self._timeouts += 1
+            pending.future.set_exception(
+                DeadlineExceededError(f"{self.name}: the request's deadline passed")
+            )
+            if self._on_timeout is not None:
+                self._on_timeout()
+
+    # -- batch formation and execution ------------------------------------------
+
+    def _launch(self) -> None:
+        """Start the next batch from the queue, if there is anything live in it."""
+        batch = self._take_batch()
+        if not batch:
+            self._notify_if_idle()
+            return
+        rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
+        loop = asyncio.get_running_loop()
+        started = self._clock.now()
+        future = loop.run_in_executor(self._executor, self._execute, rows)
+        self._in_flight[future] = (started, len(rows))
+        future.add_done_callback(lambda f: self._finish(f, batch, len(rows), started))
+
+    def _take_batch(self) -> list[_Pending]:
+        queue, limit = self._queue, self.config.max_batch_rows
+        batch: list[_Pending] = []
+        total = 0
+        now = self._clock.now()
+        while queue:
+            pending = queue[0]
+            if pending.future.done():
+                # Expired or cancelled while queued: it never runs.
+                queue.popleft()
+                self._queued_rows -= pending.size
+                continue
+            if pending.deadline is not None and pending.deadline <= now:
+                queue.popleft()
+                self._queued_rows -= pending.size
+                if pending.timer is not None:
+                    pending.timer.cancel()
+                self._expire(pending)
+                continue
+            if batch and total + pending.size > limit:
+                break
+            queue.popleft()
+            self._queued_rows -= pending.size
+            batch.append(pending)
+            total += pending.size
+        return batch
+
+    def _finish(
+        self,
+        future: asyncio.Future[R],
+        batch: list[_Pending],
+        rows: int,
+        started: float,
+    ) -> None:
+        del self._in_flight[future]
+        finished = self._clock.now()
+        error: TurnoutError | None = None
+        result: R | None = None
+        try:
+            result = future.result()
+        except TurnoutError as exc:
+            error = exc
+        except Exception as exc:
+            # An execute callable that broke its contract: still answer everyone.
+            error = InferenceError(f"{self.name}: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+        self._cost.observe(rows, finished - started)
+        latencies = []
+        offset = 0
+        for pending in batch:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if not pending.future.done():
+                if error is None:
+                    pending.future.set_result(BatchSlice(result, offset, offset + pending.size))
+                else:
+                    pending.future.set_exception(_copy_error(error))
+                latencies.append(finished - pending.started)
+            offset += pending.size
+        if self._on_batch is not None:
+            report = BatchReport(
+                rows=rows,
+                requests=len(latencies),
+                latencies=tuple(latencies),
+                duration=finished - started,
+                error=error,
+            )
+            try:
+                self._on_batch(report)
+            except Exception:
+                # A broken listener must not stall the queue behind this batch.
+                logger.exception("%s: on_batch listener failed", self.name)
+        self._schedule_next()
+
+    def _schedule_next(self) -> None:
+        if not self._queue or self._delay_handle is not None:
+            self._notify_if_idle()
+            return
+        delay = self._worthwhile_wait()
+        if delay > 0.0:
+            loop = asyncio.get_running_loop()
+            self._delay_handle = loop.call_later(delay, self._launch_after_wait)
+        else:
+            self._launch()
+
+    def _worthwhile_wait(self) -> float:
+        """Seconds to wait for more requests before the next batch; 0 for none.
+
+        Waiting delays the queued requests by the wait, and saves the fixed
+        cost of one more batch for every request that arrives during it. The
+        wait pays when the fixed cost exceeds it and the queue is short of a
+        full batch; it never exceeds ``max_delay_ms`` nor the earliest deadline.
+        """
+        max_delay = self.config.max_delay_ms / 1e3
+        if max_delay <= 0.0 or self._closing or self._queued_rows >= self.config.max_batch_rows:
+            return 0.0
+        cost = self._cost.estimate()
+        if cost.samples < 8 or cost.fixed <= 0.0:
+            return 0.0
+        delay = min(max_delay, cost.fixed)
+        deadlines = [p.deadline for p in self._queue if p.deadline is not None]
+        if deadlines:
+            slack = min(deadlines) - self._clock.now() - cost.duration(self.config.max_batch_rows)
+            delay = min(delay, slack)
+        return max(0.0, delay)
+
+    def _launch_after_wait(self) -> None:
+        self._delay_handle = None
+        while self._queue and len(self._in_flight) < self.config.max_concurrent_batches:
+            before = len(self._in_flight)
+            self._launch()
+            if len(self._in_flight) == before:
+                break
+
+    # -- lifecycle and statistics ------------------------------------------------
+
+    def _notify_if_idle(self) -> None:
+        if self._idle is not None and not self._in_flight and not self._live_queue():
+            self._idle.set()
+
+    def _live_queue(self) -> bool:
+        return any(not p.future.done() for p in self._queue)
+
+    async def close(self) -> None:
+        """Stop admitting requests, answer every admitted one, then release the worker."""
+        self._closing = True
+        if self._delay_handle is not None:
+            self._delay_handle.cancel()
+            self._delay_handle = None
+        while self._queue and len(self._in_flight) < self.config.max_concurrent_batches:
+            before = len(self._in_flight)
+            self._launch()
+            if len(self._in_flight) == before:
+                break
+        if self._in_flight or self._live_queue():
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        self._executor.shutdown(wait=True)
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closing
+
+    def statistics(self) -> BatcherStatistics:
+        """Return a frozen snapshot of the queue, the batches in flight and the counters."""
+        return BatcherStatistics(
+            queued_requests=len(self._queue),
+            queued_rows=self._queued_rows,
+            batches_in_flight=len(self._in_flight),
+            shed=self._shed,
+            timeouts=self._timeouts,
+            closing=self._closing,
+            cost=self._cost.estimate(),
+        )
+
+
+def _copy_error(error: TurnoutError) -> TurnoutError:
+    """A fresh exception per caller, so tracebacks raised in different tasks don't mix."""
+    try:
+        copy = type(error)(*error.args)
+    except TypeError:
+        return error
+    copy.__cause__ = error.__cause__
+    return copy

@@ -1,0 +1,322 @@
+"""Turn what a user deploys into a servable ONNX model and the signature that describes it.
+
+A deployable is a fitted scikit-learn estimator or Pipeline (converted with
+skl2onnx), an ``onnx.ModelProto``, ONNX bytes, or a path to a ``.onnx`` file.
+Failures from skl2onnx and onnx are translated into :class:`ConversionError`
+here, at the seam, so callers handle one error type.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from turnout.core.errors import ConversionError
+
+__all__ = ["LoadedModel", "ModelSignature", "Task", "load_model"]
+
+# skl2onnx and onnx import slowly (about a second together); only deployments need them.
+
+
+class Task(StrEnum):
+    """What a model predicts, which decides how its outputs are read."""
+
+    CLASSIFIER = "classifier"
+    REGRESSOR = "regressor"
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """The shape of a servable model: its one input and the outputs turnout reads."""
+
+    input_name: str
+    n_features: int
+    input_dtype: np.dtype[Any]
+    task: Task
+    feature_names: tuple[str, ...] | None = None
+    classes: tuple[Any, ...] | None = None
+    label_output: str | None = None
+    score_output: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to serve: ONNX bytes (None in mock mode), signature, original object."""
+
+    signature: ModelSignature
+    onnx_bytes: bytes | None
+    estimator: Any
+    source: str
+
+
+_ONNX_ELEMENT_TYPES = {1: np.float32, 11: np.float64, 7: np.int64, 6: np.int32}
+
+
+def load_model(
+    model_instance: object,
+    *,
+    features: Sequence[str] | None = None,
+    convert: bool = True,
+) -> LoadedModel:
+    """Return ``model_instance`` as a LoadedModel, converting scikit-learn models to ONNX.
+
+    With ``convert=False`` (mock mode) an estimator is kept as it is and run
+    through its own Python methods.
+    """
+    feature_names = _feature_names(features)
+    if _is_estimator(model_instance):
+        if not convert:
+            return _python_model(model_instance, feature_names)
+        return _sklearn_model(model_instance, feature_names)
+    proto = _read_onnx(model_instance)
+    signature = _onnx_signature(proto, feature_names)
+    return LoadedModel(
+        signature=signature,
+        onnx_bytes=proto.SerializeToString(),
+        estimator=None,
+        source="onnx",
+    )
+
+
+def _feature_names(features: Sequence[str] | None) -> tuple[str, ...] | None:
+    if features is None:
+        return None
+    if isinstance(features, str) or not all(isinstance(name, str) for name in features):
+        raise ConversionError("features must be a list of feature-name strings")
+    return tuple(features)
+
+
+def _is_estimator(value: object) -> bool:
+    return hasattr(value, "fit") and (hasattr(value, "predict") or hasattr(value, "transform"))
+
+
+def _describe(estimator: object) -> str:
+    steps = getattr(estimator, "steps", None)
+    if steps:
+        inner = ", ".join(type(step).__name__ for _, step in steps)
+        return f"{type(estimator).__name__}({inner})"
+    return type(estimator).__name__
+
+
+def _check_fitted(estimator: Any) -> int:
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError as exc:
+        raise ConversionError(f"{_describe(estimator)} is not fitted: call fit() first") from exc
+    except TypeError as exc:
+        raise ConversionError(f"{_describe(estimator)} is not a scikit-learn estimator") from exc
+    n_features = getattr(estimator, "n_features_in_", None)
+    if not isinstance(n_features, int | np.integer) or n_features < 1:
+        raise ConversionError(
+            f"{_describe(estimator)} does not say how many features it takes (n_features_in_)"
+        )
+    return int(n_features)
+
+
+def _estimator_names(
+    estimator: Any, n_features: int, features: tuple[str, ...] | None
+) -> tuple[str, ...] | None:
+    if features is not None:
+        if len(features) != n_features:
+            raise ConversionError(
+                f"{len(features)} feature names given, but {_describe(estimator)}"
+                f" takes {n_features} features"
+            )
+        return features
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        return None
+    return tuple(str(name) for name in names)
+
+
+def _classes(estimator: Any) -> tuple[Any, ...] | None:
+    classes = getattr(estimator, "classes_", None)
+    return None if classes is None else tuple(np.asarray(classes).tolist())
+
+
+def _python_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedModel:
+    from sklearn.base import is_classifier
+
+    n_features = _check_fitted(estimator)
+    classifier = is_classifier(estimator) or hasattr(estimator, "predict_proba")
+    signature = ModelSignature(
+        input_name="input",
+        n_features=n_features,
+        input_dtype=np.dtype(np.float64),
+        task=Task.CLASSIFIER if classifier else Task.REGRESSOR,
+        feature_names=_estimator_names(estimator, n_features, features),
+        classes=_classes(estimator),
+    )
+    return LoadedModel(signature, None, estimator, f"python:{_describe(estimator)}")
+
+
+def _sklearn_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedModel:
+    n_features = _check_fitted(estimator)
+    names = _estimator_names(estimator, n_features, features)
+    try:
+        from skl2onnx import convert_sklearn
+        from skl2onnx.common.data_types import FloatTensorType
+
+        # One 2-D float input, whatever the model was trained on: requests
+        # are encoded into exactly that. zipmap=False keeps probabilities a
+        # plain tensor instead of a list of dicts, which is far cheaper to read.
+        proto = convert_sklearn(
+            estimator,
+            initial_types=[("input", FloatTensorType([None, n_features]))],
+            options={"zipmap": False} if hasattr(estimator, "predict_proba") else None,
+        )
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(
+            f"skl2onnx cannot convert {_describe(estimator)}: {exc}".strip()
+        ) from exc
+    signature = _onnx_signature(proto, names)
+    classes = _classes(estimator)
+    if classes is not None:
+        signature = replace(signature, classes=classes)
+    return LoadedModel(
+        signature=signature,
+        onnx_bytes=proto.SerializeToString(),
+        estimator=estimator,
+        source=f"sklearn:{_describe(estimator)}",
+    )
+
+
+def _read_onnx(source: object) -> Any:
+    import onnx
+
+    if isinstance(source, onnx.ModelProto):
+        proto = source
+    elif isinstance(source, bytes | bytearray | memoryview):
+        try:
+            proto = onnx.load_model_from_string(bytes(source))
+        except Exception as exc:
+            raise ConversionError(f"the bytes given are not an ONNX model: {exc}") from exc
+    elif isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if path.suffix != ".onnx":
+            raise ConversionError(f"expected a path to a .onnx file, got {path.name!r}")
+        try:
+            proto = onnx.load_model(str(path))
+        except FileNotFoundError as exc:
+            raise ConversionError(f"no ONNX file at {path}") from exc
+        except Exception as exc:
+            raise ConversionError(f"{path.name} is not a readable ONNX model: {exc}") from exc
+    else:
+        raise ConversionError(
+            "model_instance must be a fitted scikit-learn estimator or Pipeline, an"
+            f" onnx.ModelProto, ONNX bytes or a .onnx path, not {type(source).__name__}"
+        )
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise ConversionError(f"the ONNX model is invalid: {exc}") from exc
+    return _without_zipmap(proto)
+
+
+def _without_zipmap(proto: Any) -> Any:
+    """Return ``proto`` with a trailing ZipMap removed, so probabilities stay a tensor."""
+    import onnx
+
+    zipmaps = [node for node in proto.graph.node if node.op_type == "ZipMap"]
+    if not zipmaps:
+        return proto
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    for node in zipmaps:
+        outputs = {output.name: output for output in proto.graph.output}
+        if node.output[0] not in outputs:
+            continue
+        n_classes = None
+        for attribute in node.attribute:
+            if attribute.name in ("classlabels_int64s", "classlabels_strings"):
+                n_classes = len(attribute.ints) or len(attribute.strings)
+        old = outputs[node.output[0]]
+        position = list(proto.graph.output).index(old)
+        tensor = onnx.helper.make_tensor_value_info(
+            node.input[0], onnx.TensorProto.FLOAT, [None, n_classes]
+        )
+        proto.graph.output.remove(old)
+        proto.graph.output.insert(position, tensor)
+        proto.graph.node.remove(node)
+    return proto
+
+
+def _onnx_signature(proto: Any, features: tuple[str, ...] | None) -> ModelSignature:
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = [value for value in proto.graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        raise ConversionError(
+            f"the ONNX model has {len(inputs)} inputs; turnout serves models with one"
+            " 2-D input (convert with a single FloatTensorType([None, n_features]))"
+        )
+    (graph_input,) = inputs
+    tensor_type = graph_input.type.tensor_type
+    dtype = _ONNX_ELEMENT_TYPES.get(tensor_type.elem_type)
+    if dtype is None:
+        raise ConversionError(
+            f"input {graph_input.name!r} has an element type turnout does not encode"
+            " (float, double, int32 and int64 are supported)"
+        )
+    dims = list(tensor_type.shape.dim)
+    if len(dims) != 2:
+        raise ConversionError(f"input {graph_input.name!r} is {len(dims)}-D; expected 2-D")
+    n_features = dims[1].dim_value or (len(features) if features is not None else 0)
+    if n_features < 1:
+        raise ConversionError(
+            f"input {graph_input.name!r} does not fix its feature count;"
+            " pass features=[...] at deploy"
+        )
+    if features is not None and len(features) != n_features:
+        raise ConversionError(
+            f"{len(features)} feature names given for a model of {n_features} features"
+        )
+    label_output, score_output = _pick_outputs(proto)
+    return ModelSignature(
+        input_name=graph_input.name,
+        n_features=n_features,
+        input_dtype=np.dtype(dtype),
+        task=Task.CLASSIFIER if label_output is not None else Task.REGRESSOR,
+        feature_names=features,
+        classes=_onnx_classes(proto),
+        label_output=label_output,
+        score_output=score_output,
+    )
+
+
+def _pick_outputs(proto: Any) -> tuple[str | None, str | None]:
+    """Return (label output, score output): a 1-D integer/string tensor and a float tensor."""
+    import onnx
+
+    label = score = None
+    for output in proto.graph.output:
+        if not output.type.HasField("tensor_type"):
+            continue
+        elem = output.type.tensor_type.elem_type
+        rank = len(output.type.tensor_type.shape.dim)
+        if elem in (onnx.TensorProto.INT64, onnx.TensorProto.STRING) and rank <= 1:
+            label = label or output.name
+        elif elem in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+            score = score or output.name
+    if label is None and score is None:
+        raise ConversionError("the ONNX model has no tensor output turnout can read")
+    return label, score
+
+
+def _onnx_classes(proto: Any) -> tuple[Any, ...] | None:
+    for node in proto.graph.node:
+        for attribute in node.attribute:
+            if attribute.name == "classlabels_int64s" and attribute.ints:
+                return tuple(attribute.ints)
+            if attribute.name == "classlabels_strings" and attribute.strings:
+                return tuple(label.decode() for label in attribute.strings)
+    return None

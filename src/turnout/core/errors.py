@@ -1,0 +1,113 @@
+"""Every error turnout raises, rooted at :class:`TurnoutError`.
+
+::
+
+    TurnoutError
+    ├── InvalidNameError           (also ValueError)
+    ├── InvalidInputError          (also ValueError)
+    ├── InvalidConfigError         (also ValueError)
+    ├── ConversionError
+    ├── ModelNotFoundError         (also LookupError)
+    │   └── VersionNotFoundError
+    ├── VersionExistsError
+    ├── ServiceUnavailableError
+    │   ├── OverloadedError
+    │   ├── CircuitOpenError
+    │   └── ServerClosedError
+    ├── DeadlineExceededError      (also TimeoutError)
+    └── InferenceError
+
+Domain errors carry no HTTP status: the web layer maps them. Errors a client
+caused (bad names, bad input, unknown models) are never counted against a
+model's health; only :class:`InferenceError` and deadline overruns are.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CircuitOpenError",
+    "ConversionError",
+    "DeadlineExceededError",
+    "InferenceError",
+    "InvalidConfigError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "ModelNotFoundError",
+    "OverloadedError",
+    "ServerClosedError",
+    "ServiceUnavailableError",
+    "TurnoutError",
+    "VersionExistsError",
+    "VersionNotFoundError",
+]
+
+
+class TurnoutError(Exception):
+    """Base class of every error turnout raises on purpose."""
+
+
+class InvalidNameError(TurnoutError, ValueError):
+    """Raised when a model id or version is empty, too long or has unsafe characters."""
+
+
+class InvalidConfigError(TurnoutError, ValueError):
+    """Raised when a configuration value (batching, deployment option) is out of range."""
+
+
+class InvalidInputError(TurnoutError, ValueError):
+    """Raised when prediction inputs cannot be encoded for the model; no model has run.
+
+    ``field`` names the feature (or row) at fault when one is known.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ConversionError(TurnoutError):
+    """Raised when a model cannot be turned into a servable ONNX model."""
+
+
+class ModelNotFoundError(TurnoutError, LookupError):
+    """Raised when a model id is unknown or the model has no active version."""
+
+    def __init__(self, message: str, *, model_id: str) -> None:
+        super().__init__(message)
+        self.model_id = model_id
+
+
+class VersionNotFoundError(ModelNotFoundError):
+    """Raised when a model exists but the requested version does not."""
+
+    def __init__(self, message: str, *, model_id: str, version: str) -> None:
+        super().__init__(message, model_id=model_id)
+        self.version = version
+
+
+class VersionExistsError(TurnoutError):
+    """Raised when deploying a version that is already deployed, without ``replace=True``."""
+
+
+class ServiceUnavailableError(TurnoutError):
+    """Base of the errors that mean "not now": the request was refused, retry later."""
+
+
+class OverloadedError(ServiceUnavailableError):
+    """Raised at once when a version's queue is full or a deadline cannot be met."""
+
+
+class CircuitOpenError(ServiceUnavailableError):
+    """Raised when a version's circuit breaker is open and no fallback is configured."""
+
+
+class ServerClosedError(ServiceUnavailableError):
+    """Raised when a request arrives at a server or version that is shutting down."""
+
+
+class DeadlineExceededError(TurnoutError, TimeoutError):
+    """Raised when a request's deadline passes before its result is ready."""
+
+
+class InferenceError(TurnoutError):
+    """Raised when the model runtime fails while executing a batch."""

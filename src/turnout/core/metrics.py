@@ -1,0 +1,142 @@
+"""Per-version serving metrics: counters and a fixed-bucket latency histogram.
+
+Everything is updated once per batch (the batcher reports a whole batch at
+a time), so the request path pays nothing for metrics. Latency percentiles
+come from log-spaced buckets (about 6% wide): memory stays fixed however
+many requests are served.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+__all__ = ["LatencyHistogram", "MetricsSnapshot", "VersionMetrics"]
+
+# 1 microsecond to ~10 minutes in steps of 6%: 350 buckets, bounded relative error.
+_GROWTH = 1.06
+_BOUNDS_S: tuple[float, ...] = tuple(1e-6 * _GROWTH**i for i in range(351))
+
+
+class LatencyHistogram:
+    """Counts latencies into log-spaced buckets and answers percentiles."""
+
+    bounds: tuple[float, ...] = _BOUNDS_S
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def record(self, seconds: Iterable[float]) -> None:
+        """Add latencies, in seconds."""
+        counts, bounds = self.counts, self.bounds
+        n = 0
+        total = 0.0
+        for value in seconds:
+            counts[bisect.bisect_left(bounds, value)] += 1
+            total += value
+            n += 1
+        self.count += n
+        self.total += total
+
+    def quantile(self, q: float) -> float:
+        """Return the ``q`` quantile (0..1) in seconds, interpolated in its bucket; 0 if empty."""
+        if self.count == 0:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for i, c in enumerate(self.counts):
+            if c and seen + c >= rank:
+                low = self.bounds[i - 1] if i > 0 else 0.0
+                high = self.bounds[i] if i < len(self.bounds) else self.bounds[-1]
+                # Geometric interpolation: buckets are log-spaced.
+                fraction = (rank - seen) / c
+                if low <= 0.0:
+                    return high * fraction
+                return low * math.exp(fraction * math.log(high / low))
+            seen += c
+        return self.bounds[-1]
+
+    def mean(self) -> float:
+        """Return the mean latency in seconds; 0 if empty."""
+        return self.total / self.count if self.count else 0.0
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """A version's metrics at one moment; latencies in milliseconds."""
+
+    request_count: int = 0
+    error_count: int = 0
+    error_rate: float = 0.0
+    timeout_count: int = 0
+    shed_count: int = 0
+    avg_latency_ms: float = 0.0
+    p50_latency_ms: float = 0.0
+    p95_latency_ms: float = 0.0
+    p99_latency_ms: float = 0.0
+    rows: int = 0
+    batches: int = 0
+    mean_batch_size: float = 0.0
+    queue_depth: int = 0
+    last_request_time: datetime | None = None
+
+
+class VersionMetrics:
+    """Accumulates one version's counters; read through :meth:`snapshot`."""
+
+    def __init__(self) -> None:
+        self.latency = LatencyHistogram()
+        self.requests = 0
+        self.errors = 0
+        self.timeouts = 0
+        self.shed = 0
+        self.rows = 0
+        self.batches = 0
+        self.last_request_time: datetime | None = None
+
+    def record_batch(
+        self, *, rows: int, latencies: Iterable[float], requests: int, errors: int = 0
+    ) -> None:
+        """Count one executed batch: its rows, its requests' latencies, how many failed."""
+        self.batches += 1
+        self.rows += rows
+        self.requests += requests
+        self.errors += errors
+        self.latency.record(latencies)
+        self.last_request_time = datetime.now(UTC)
+
+    def record_timeout(self) -> None:
+        """Count a request whose deadline passed before its result was ready."""
+        self.requests += 1
+        self.timeouts += 1
+        self.last_request_time = datetime.now(UTC)
+
+    def record_shed(self) -> None:
+        """Count a request refused for overload before it was admitted."""
+        self.shed += 1
+
+    def snapshot(self, *, queue_depth: int = 0) -> MetricsSnapshot:
+        """Return the current values as a frozen MetricsSnapshot."""
+        latency = self.latency
+        failures = self.errors + self.timeouts
+        return MetricsSnapshot(
+            request_count=self.requests,
+            error_count=self.errors,
+            error_rate=failures / self.requests if self.requests else 0.0,
+            timeout_count=self.timeouts,
+            shed_count=self.shed,
+            avg_latency_ms=latency.mean() * 1e3,
+            p50_latency_ms=latency.quantile(0.50) * 1e3,
+            p95_latency_ms=latency.quantile(0.95) * 1e3,
+            p99_latency_ms=latency.quantile(0.99) * 1e3,
+            rows=self.rows,
+            batches=self.batches,
+            mean_batch_size=self.rows / self.batches if self.batches else 0.0,
+            queue_depth=queue_depth,
+            last_request_time=self.last_request_time,
+        )

@@ -1,0 +1,56 @@
+"""An ONNX-backed model with the scikit-learn face: predict, predict_proba, n_features_in_.
+
+Code written for the original estimator (a health check, a smoke test) keeps
+working when only the ONNX file was deployed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from turnout.core.convert import ModelSignature, Task
+from turnout.core.runtime import ModelRuntime
+from turnout.core.schema import InputSchema
+
+__all__ = ["OnnxModel"]
+
+
+class OnnxModel:
+    """A deployed ONNX model, callable like a fitted scikit-learn estimator."""
+
+    def __init__(self, runtime: ModelRuntime, signature: ModelSignature) -> None:
+        self._runtime = runtime
+        self._signature = signature
+        self._schema = InputSchema(
+            n_features=signature.n_features,
+            dtype=signature.input_dtype,
+            feature_names=signature.feature_names,
+            allow_nan=True,
+            max_rows=2**31 - 1,
+        )
+        self.n_features_in_ = signature.n_features
+        if signature.feature_names is not None:
+            self.feature_names_in_ = np.asarray(signature.feature_names, dtype=object)
+        if signature.classes is not None:
+            self.classes_ = np.asarray(signature.classes)
+
+    def predict(self, X: Any) -> np.ndarray[Any, Any]:
+        """Return predicted labels (classifier) or values (regressor) for ``X``."""
+        labels, scores = self._runtime.run(self._schema.encode(X))
+        if self._signature.task is Task.CLASSIFIER and labels is not None:
+            return labels
+        assert scores is not None
+        return scores[:, 0] if scores.ndim == 2 and scores.shape[1] == 1 else scores
+
+    def predict_proba(self, X: Any) -> np.ndarray[Any, Any]:
+        """Return class probabilities of shape (rows, classes) for ``X``."""
+        if self._signature.task is not Task.CLASSIFIER or self._signature.score_output is None:
+            raise AttributeError("this model has no predict_proba: it gives no probabilities")
+        _, scores = self._runtime.run(self._schema.encode(X))
+        assert scores is not None
+        return scores
+
+    def __repr__(self) -> str:
+        return f"OnnxModel(task={self._signature.task.value}, n_features={self.n_features_in_})"

@@ -1,0 +1,110 @@
+"""The seam between a batcher and a model: run one batch, close.
+
+Two implementations: :class:`OnnxRuntime` (ONNX Runtime, the real one) and
+:class:`PythonRuntime` (the estimator's own methods, for ``mock_mode``).
+``turnout.core.faults`` wraps either to inject failures. Runtime errors are
+translated into :class:`InferenceError` here, so nothing above this seam sees
+an onnxruntime, numpy or scikit-learn exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from turnout.core.convert import ModelSignature, Task
+from turnout.core.errors import ConversionError, InferenceError
+
+__all__ = ["ModelRuntime", "OnnxRuntime", "PythonRuntime", "RawOutput"]
+
+
+class RawOutput(NamedTuple):
+    """What a runtime returns for a batch: labels and scores, one row per input row.
+
+    ``scores`` are class probabilities of shape (rows, classes) for a
+    classifier and predicted values for a regressor.
+    """
+
+    labels: np.ndarray[Any, Any] | None
+    scores: np.ndarray[Any, Any] | None
+
+
+class ModelRuntime(Protocol):
+    """Runs batches of encoded rows through one model."""
+
+    def run(self, batch: np.ndarray[Any, Any]) -> RawOutput:
+        """Return the outputs for ``batch``; raise InferenceError if the model fails."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's resources; called once, after the last batch."""
+        ...
+
+
+class OnnxRuntime:
+    """Runs an ONNX model on an ONNX Runtime CPU session."""
+
+    def __init__(self, onnx_bytes: bytes, signature: ModelSignature, *, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        # Spinning worker threads would burn the core the event loop needs
+        # between batches; the batcher keeps the session busy instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self._session = ort.InferenceSession(
+                onnx_bytes, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise ConversionError(f"ONNX Runtime cannot load the model: {exc}") from exc
+        self._input = signature.input_name
+        self._names = [name for name in (signature.label_output, signature.score_output) if name]
+        self._has_labels = signature.label_output is not None
+        self._has_scores = signature.score_output is not None
+
+    def run(self, batch: np.ndarray[Any, Any]) -> RawOutput:
+        """Run ``batch`` through the session."""
+        try:
+            outputs = self._session.run(self._names, {self._input: batch})
+        except Exception as exc:
+            raise InferenceError(f"ONNX Runtime failed on a batch of {len(batch)} rows: {exc}") from exc
+        labels = outputs[0] if self._has_labels else None
+        scores = outputs[-1] if self._has_scores else None
+        return RawOutput(labels, scores)
+
+    def close(self) -> None:
+        """Drop the session; ONNX Runtime frees it with the last reference."""
+        self._session = None
+
+
+class PythonRuntime:
+    """Runs a scikit-learn estimator through its own ``predict``/``predict_proba``."""
+
+    def __init__(self, estimator: Any, signature: ModelSignature) -> None:
+        self._estimator = estimator
+        self._classifier = signature.task is Task.CLASSIFIER
+        self._proba = self._classifier and hasattr(estimator, "predict_proba")
+        self._classes = None if signature.classes is None else np.asarray(signature.classes)
+
+    def run(self, batch: np.ndarray[Any, Any]) -> RawOutput:
+        """Run ``batch`` through the estimator."""
+        try:
+            if self._proba:
+                scores = np.asarray(self._estimator.predict_proba(batch))
+                if self._classes is not None:
+                    return RawOutput(self._classes[scores.argmax(axis=1)], scores)
+                return RawOutput(np.asarray(self._estimator.predict(batch)), scores)
+            values = np.asarray(self._estimator.predict(batch))
+        except Exception as exc:
+            raise InferenceError(f"{type(self._estimator).__name__} failed: {exc}") from exc
+        if self._classifier:
+            return RawOutput(values, None)
+        return RawOutput(None, values)
+
+    def close(self) -> None:
+        """Nothing to release: the estimator belongs to the caller."""
