@@ -84,12 +84,20 @@ class BatchingConfig:
                 f"max_queue_rows ({self.max_queue_rows}) must be at least"
                 f" max_request_rows ({self.max_request_rows})"
             )
-        if not (math.isfinite(self.max_delay_ms) and 0.0 <= self.max_delay_ms <= 1000.0):
+        delay = self.max_delay_ms
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not (math.isfinite(delay) and 0.0 <= delay <= 1000.0)
+        ):
             raise InvalidConfigError(
-                f"max_delay_ms must be between 0 and 1000, got {self.max_delay_ms!r}"
+                f"max_delay_ms must be a number from 0 to 1000, got {self.max_delay_ms!r}"
             )
-        if not isinstance(self.max_concurrent_batches, int) or not (
-            1 <= self.max_concurrent_batches <= 64
+        concurrency = self.max_concurrent_batches
+        if (
+            not isinstance(concurrency, int)
+            or isinstance(concurrency, bool)
+            or not 1 <= concurrency <= 64
         ):
             raise InvalidConfigError(
                 "max_concurrent_batches must be an integer from 1 to 64,"
@@ -131,7 +139,7 @@ class BatcherStatistics:
 
 
 class _Pending:
-    __slots__ = ("deadline", "future", "rows", "size", "started", "timer")
+    __slots__ = ("deadline", "future", "queued", "rows", "size", "started", "timer")
 
     def __init__(
         self,
@@ -146,6 +154,8 @@ class _Pending:
         self.started = started
         self.deadline = deadline
         self.timer: asyncio.TimerHandle | None = None
+        # True while counted in the queue's totals; see AdaptiveBatcher._unqueue.
+        self.queued = True
 
 
 class AdaptiveBatcher(Generic[R]):
@@ -174,6 +184,7 @@ class AdaptiveBatcher(Generic[R]):
         self._on_batch = on_batch
         self._on_timeout = on_timeout
         self._queue: deque[_Pending] = deque()
+        self._queued_requests = 0
         self._queued_rows = 0
         # Each in-flight batch's future, with its start time and rows, for the cost model.
         self._in_flight: dict[asyncio.Future[Any], tuple[float, int]] = {}
@@ -206,26 +217,39 @@ class AdaptiveBatcher(Generic[R]):
         if self._queued_rows + size > self.config.max_queue_rows:
             self._shed += 1
             raise OverloadedError(
-                f"{self.name} is overloaded: {self._queued_rows} rows already queued;"
-                " retry later"
+                f"{self.name} is overloaded: {self._queued_rows} rows already queued; retry later"
             )
         now = self._clock.now()
-        if deadline is not None:
-            if self._predicted_finish(now, size) > deadline:
-                self._shed += 1
-                raise OverloadedError(
-                    f"{self.name} cannot answer within the request's deadline at the current"
-                    " load; retry later or allow more time"
-                )
+        if deadline is not None and self._predicted_finish(now, size) > deadline:
+            self._shed += 1
+            raise OverloadedError(
+                f"{self.name} cannot answer within the request's deadline at the current"
+                " load; retry later or allow more time"
+            )
         loop = asyncio.get_running_loop()
-        pending = _Pending(rows, loop.create_future(), now if started is None else started, deadline)
+        pending = _Pending(
+            rows, loop.create_future(), now if started is None else started, deadline
+        )
         self._queue.append(pending)
+        self._queued_requests += 1
         self._queued_rows += size
         if deadline is not None:
             pending.timer = loop.call_later(max(0.0, deadline - now), self._expire, pending)
         if len(self._in_flight) < self.config.max_concurrent_batches and self._delay_handle is None:
             self._launch()
-        return await pending.future  # type: ignore[no-any-return]
+        try:
+            return await pending.future  # type: ignore[no-any-return]
+        finally:
+            # A caller that expired or was cancelled while queued stays in the
+            # deque until the next batch forms, but stops counting at once:
+            # its rows must not shed live requests nor inflate the queue depth.
+            self._unqueue(pending)
+
+    def _unqueue(self, pending: _Pending) -> None:
+        if pending.queued:
+            pending.queued = False
+            self._queued_requests -= 1
+            self._queued_rows -= pending.size
 
     def _predicted_finish(self, now: float, size: int) -> float:
         cost = self._cost.estimate()
@@ -274,11 +298,11 @@ class AdaptiveBatcher(Generic[R]):
             if pending.future.done():
                 # Expired or cancelled while queued: it never runs.
                 queue.popleft()
-                self._queued_rows -= pending.size
+                self._unqueue(pending)
                 continue
             if pending.deadline is not None and pending.deadline <= now:
                 queue.popleft()
-                self._queued_rows -= pending.size
+                self._unqueue(pending)
                 if pending.timer is not None:
                     pending.timer.cancel()
                 self._expire(pending)
@@ -286,7 +310,7 @@ class AdaptiveBatcher(Generic[R]):
             if batch and total + pending.size > limit:
                 break
             queue.popleft()
-            self._queued_rows -= pending.size
+            self._unqueue(pending)
             batch.append(pending)
             total += pending.size
         return batch
@@ -399,7 +423,10 @@ class AdaptiveBatcher(Generic[R]):
             if len(self._in_flight) == before:
                 break
         if self._in_flight or self._live_queue():
-            self._idle = asyncio.Event()
+            # One event for every concurrent close(): a second one must not
+            # replace the event the first is waiting on.
+            if self._idle is None:
+                self._idle = asyncio.Event()
             await self._idle.wait()
         self._executor.shutdown(wait=True)
 
@@ -411,7 +438,7 @@ class AdaptiveBatcher(Generic[R]):
     def statistics(self) -> BatcherStatistics:
         """Return a frozen snapshot of the queue, the batches in flight and the counters."""
         return BatcherStatistics(
-            queued_requests=len(self._queue),
+            queued_requests=self._queued_requests,
             queued_rows=self._queued_rows,
             batches_in_flight=len(self._in_flight),
             shed=self._shed,

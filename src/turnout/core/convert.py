@@ -75,7 +75,10 @@ def load_model(
             return _python_model(model_instance, feature_names)
         return _sklearn_model(model_instance, feature_names)
     proto = _read_onnx(model_instance)
-    signature = _onnx_signature(proto, feature_names)
+    # Read the class labels before the ZipMap goes: it may be the only node holding them.
+    classes = _onnx_classes(proto)
+    proto = _without_zipmap(proto)
+    signature = replace(_onnx_signature(proto, feature_names), classes=classes)
     return LoadedModel(
         signature=signature,
         onnx_bytes=proto.SerializeToString(),
@@ -148,6 +151,13 @@ def _python_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedMod
 
     n_features = _check_fitted(estimator)
     classifier = is_classifier(estimator) or hasattr(estimator, "predict_proba")
+    # There is no graph, but OutputDecoder checks output modes against these
+    # names: they say what PythonRuntime returns (labels and probabilities, or values).
+    label_output, score_output = (
+        ("label", "probabilities" if hasattr(estimator, "predict_proba") else None)
+        if classifier
+        else (None, "variable")
+    )
     signature = ModelSignature(
         input_name="input",
         n_features=n_features,
@@ -155,6 +165,8 @@ def _python_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedMod
         task=Task.CLASSIFIER if classifier else Task.REGRESSOR,
         feature_names=_estimator_names(estimator, n_features, features),
         classes=_classes(estimator),
+        label_output=label_output,
+        score_output=score_output,
     )
     return LoadedModel(signature, None, estimator, f"python:{_describe(estimator)}")
 
@@ -221,7 +233,7 @@ def _read_onnx(source: object) -> Any:
         onnx.checker.check_model(proto)
     except Exception as exc:
         raise ConversionError(f"the ONNX model is invalid: {exc}") from exc
-    return _without_zipmap(proto)
+    return proto
 
 
 def _without_zipmap(proto: Any) -> Any:
@@ -242,8 +254,11 @@ def _without_zipmap(proto: Any) -> Any:
                 n_classes = len(attribute.ints) or len(attribute.strings)
         old = outputs[node.output[0]]
         position = list(proto.graph.output).index(old)
+        # The map's value type is the probabilities' type: double for a model
+        # converted with a DoubleTensorType input.
+        value_type = old.type.sequence_type.elem_type.map_type.value_type.tensor_type
         tensor = onnx.helper.make_tensor_value_info(
-            node.input[0], onnx.TensorProto.FLOAT, [None, n_classes]
+            node.input[0], value_type.elem_type or onnx.TensorProto.FLOAT, [None, n_classes]
         )
         proto.graph.output.remove(old)
         proto.graph.output.insert(position, tensor)
@@ -315,7 +330,8 @@ def _pick_outputs(proto: Any) -> tuple[str | None, str | None]:
 def _onnx_classes(proto: Any) -> tuple[Any, ...] | None:
     for node in proto.graph.node:
         for attribute in node.attribute:
-            if attribute.name == "classlabels_int64s" and attribute.ints:
+            # int64s: ZipMap and tree ensembles; ints: LinearClassifier, SVMClassifier.
+            if attribute.name in ("classlabels_int64s", "classlabels_ints") and attribute.ints:
                 return tuple(attribute.ints)
             if attribute.name == "classlabels_strings" and attribute.strings:
                 return tuple(label.decode() for label in attribute.strings)

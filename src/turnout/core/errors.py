@@ -6,10 +6,12 @@
     ├── InvalidNameError           (also ValueError)
     ├── InvalidInputError          (also ValueError)
     ├── InvalidConfigError         (also ValueError)
+    ├── InvalidRoutingError        (also ValueError)
     ├── ConversionError
     ├── ModelNotFoundError         (also LookupError)
     │   └── VersionNotFoundError
     ├── VersionExistsError
+    ├── PluginError
     ├── ServiceUnavailableError
     │   ├── OverloadedError
     │   ├── CircuitOpenError
@@ -32,8 +34,10 @@ __all__ = [
     "InvalidConfigError",
     "InvalidInputError",
     "InvalidNameError",
+    "InvalidRoutingError",
     "ModelNotFoundError",
     "OverloadedError",
+    "PluginError",
     "ServerClosedError",
     "ServiceUnavailableError",
     "TurnoutError",
@@ -52,6 +56,10 @@ class InvalidNameError(TurnoutError, ValueError):
 
 class InvalidConfigError(TurnoutError, ValueError):
     """Raised when a configuration value (batching, deployment option) is out of range."""
+
+
+class InvalidRoutingError(TurnoutError, ValueError):
+    """Raised when a routing configuration is refused; the previous routing stays."""
 
 
 class InvalidInputError(TurnoutError, ValueError):
@@ -87,6 +95,10 @@ class VersionNotFoundError(ModelNotFoundError):
 
 class VersionExistsError(TurnoutError):
     """Raised when deploying a version that is already deployed, without ``replace=True``."""
+
+
+class PluginError(TurnoutError):
+    """Raised at start-up when plugins clash (two strategies of one name) or are malformed."""
 
 
 class ServiceUnavailableError(TurnoutError):

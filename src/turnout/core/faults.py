@@ -60,7 +60,9 @@ class FaultInjectingRuntime:
         """Let hanging batches go on."""
         self._released.set()
 
-    def poison_rows(self, is_poison: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]) -> None:
+    def poison_rows(
+        self, is_poison: Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]
+    ) -> None:
         """Fail every batch in which ``is_poison(batch)`` marks at least one row."""
         with self._lock:
             self._poison = is_poison

@@ -20,7 +20,7 @@ import numpy as np
 from anyio.from_thread import BlockingPortal
 
 from turnout.core.batching import BatchingConfig
-from turnout.core.errors import InvalidConfigError, TurnoutError
+from turnout.core.errors import InvalidConfigError, ServerClosedError, TurnoutError
 from turnout.core.health import HealthReport
 from turnout.core.outputs import OutputMode
 from turnout.core.registry import HealthCheckFn
@@ -45,6 +45,7 @@ class _LoopThread:
         self._ready = threading.Event()
         self._portal: BlockingPortal | None = None
         self._error: BaseException | None = None
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="turnout-loop", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -66,11 +67,16 @@ class _LoopThread:
 
     def call(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run ``await func(*args)`` on the loop and return its result."""
+        if self._stopping:
+            # Otherwise the caller would get anyio's "This portal is not running".
+            raise ServerClosedError("the manager is closed")
         assert self._portal is not None
-        return self._portal.call(func, *args)
+        result: T = self._portal.call(func, *args)
+        return result
 
     def stop(self) -> None:
         """Stop the loop and wait for its thread to end."""
+        self._stopping = True
         if self._portal is not None and self._thread.is_alive():
             self._portal.call(self._portal.stop)
         self._thread.join()

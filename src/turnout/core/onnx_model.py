@@ -14,7 +14,7 @@ from turnout.core.convert import ModelSignature, Task
 from turnout.core.runtime import ModelRuntime
 from turnout.core.schema import InputSchema
 
-__all__ = ["OnnxModel"]
+__all__ = ["OnnxClassifier", "OnnxModel", "wrap_onnx_model"]
 
 
 class OnnxModel:
@@ -44,13 +44,26 @@ class OnnxModel:
         assert scores is not None
         return scores[:, 0] if scores.ndim == 2 and scores.shape[1] == 1 else scores
 
+    def __repr__(self) -> str:
+        return f"OnnxModel(task={self._signature.task.value}, n_features={self.n_features_in_})"
+
+
+class OnnxClassifier(OnnxModel):
+    """A deployed ONNX classifier: an OnnxModel that also has ``predict_proba``."""
+
     def predict_proba(self, X: Any) -> np.ndarray[Any, Any]:
         """Return class probabilities of shape (rows, classes) for ``X``."""
-        if self._signature.task is not Task.CLASSIFIER or self._signature.score_output is None:
-            raise AttributeError("this model has no predict_proba: it gives no probabilities")
         _, scores = self._runtime.run(self._schema.encode(X))
         assert scores is not None
         return scores
 
-    def __repr__(self) -> str:
-        return f"OnnxModel(task={self._signature.task.value}, n_features={self.n_features_in_})"
+
+def wrap_onnx_model(runtime: ModelRuntime, signature: ModelSignature) -> OnnxModel:
+    """Return the scikit-learn-like face of a deployed ONNX model.
+
+    Only a classifier with probabilities gets ``predict_proba``, so
+    ``hasattr(model, "predict_proba")`` answers as it would for the estimator.
+    """
+    if signature.task is Task.CLASSIFIER and signature.score_output is not None:
+        return OnnxClassifier(runtime, signature)
+    return OnnxModel(runtime, signature)

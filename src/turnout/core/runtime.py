@@ -72,7 +72,9 @@ class OnnxRuntime:
         try:
             outputs = self._session.run(self._names, {self._input: batch})
         except Exception as exc:
-            raise InferenceError(f"ONNX Runtime failed on a batch of {len(batch)} rows: {exc}") from exc
+            raise InferenceError(
+                f"ONNX Runtime failed on a batch of {len(batch)} rows: {exc}"
+            ) from exc
         labels = outputs[0] if self._has_labels else None
         scores = outputs[-1] if self._has_scores else None
         return RawOutput(labels, scores)
@@ -90,9 +92,19 @@ class PythonRuntime:
         self._classifier = signature.task is Task.CLASSIFIER
         self._proba = self._classifier and hasattr(estimator, "predict_proba")
         self._classes = None if signature.classes is None else np.asarray(signature.classes)
+        # An estimator fitted on a DataFrame warns on (and, with a
+        # ColumnTransformer, misreads) a bare array: give it the frame it knows.
+        self._columns = getattr(estimator, "feature_names_in_", None)
 
-    def run(self, batch: np.ndarray[Any, Any]) -> RawOutput:
+    def run(self, batch: Any) -> RawOutput:
         """Run ``batch`` through the estimator."""
+        if self._columns is not None:
+            import pandas as pd
+
+            # copy=False: a copied frame stores its values column by column, and
+            # BLAS then sums in another order than for the row-major batch, so
+            # results would differ from the estimator's own in the last bits.
+            batch = pd.DataFrame(batch, columns=self._columns, copy=False)
         try:
             if self._proba:
                 scores = np.asarray(self._estimator.predict_proba(batch))

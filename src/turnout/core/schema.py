@@ -77,10 +77,7 @@ class InputSchema:
                 f" not {type(inputs).__name__}"
             )
         self._check_row_count(len(inputs))
-        if isinstance(inputs[0], Mapping):
-            values = self._values_from_mappings(inputs)
-        else:
-            values = inputs
+        values = self._values_from_mappings(inputs) if isinstance(inputs[0], Mapping) else inputs
         try:
             array = np.asarray(values)
         except (ValueError, TypeError):
@@ -129,8 +126,7 @@ class InputSchema:
         if array.ndim != 2:
             hint = " (use array.reshape(1, -1) for a single row)" if array.ndim == 1 else ""
             raise InvalidInputError(
-                f"expected a 2-D array of shape (rows, {self.n_features}),"
-                f" got {array.ndim}-D{hint}"
+                f"expected a 2-D array of shape (rows, {self.n_features}), got {array.ndim}-D{hint}"
             )
         self._check_row_count(array.shape[0])
         if array.shape[1] != self.n_features:
@@ -156,15 +152,35 @@ class InputSchema:
             )
         if self.feature_names is not None:
             frame = frame[list(self.feature_names)]
-        return self._finish(self._check_array(frame.to_numpy()))
+        array = frame.to_numpy()
+        if array.dtype.kind == "O" and all(
+            getattr(dtype, "kind", "O") in _NUMERIC_KINDS for dtype in frame.dtypes
+        ):
+            # pandas makes an object array of numeric columns of mixed kinds (bool
+            # and float, nullable Int64 with <NA>): read them as numbers, NA as NaN.
+            array = frame.to_numpy(dtype=np.float64, na_value=np.nan)
+        return self._finish(self._check_array(array))
 
     def _finish(self, array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        if self.dtype.kind in "iu" and array.dtype.kind == "f":
-            if not np.array_equal(array, np.trunc(array)):
-                raise InvalidInputError(f"this model takes whole numbers ({self.dtype})")
-        encoded = np.ascontiguousarray(array, dtype=self.dtype)
+        if (
+            self.dtype.kind in "iu"
+            and array.dtype.kind == "f"
+            and not np.array_equal(array, np.trunc(array))
+        ):
+            raise InvalidInputError(f"this model takes whole numbers ({self.dtype})")
+        # A value beyond the dtype's range becomes inf (float) or wraps (int) in
+        # the cast: both are caught just below, so numpy need not warn.
+        with np.errstate(over="ignore", invalid="ignore"):
+            encoded = np.ascontiguousarray(array, dtype=self.dtype)
         if encoded.dtype.kind == "f" and not self.allow_nan and not np.isfinite(encoded).all():
             self._raise_non_finite(encoded)
+        if encoded.dtype.kind in "iu" and not np.array_equal(encoded, array):
+            i, j = (int(k) for k in np.argwhere(encoded != array)[0])
+            name = self._column_name(j)
+            raise InvalidInputError(
+                f"row {i}, feature {name!r}: {array[i, j]} is out of range for {self.dtype}",
+                field=name,
+            )
         return encoded
 
     # -- the slow path: name the row and field at fault ------------------------
@@ -200,8 +216,7 @@ class InputSchema:
     def _diagnose_sequence(self, i: int, row: object) -> None:
         if isinstance(row, Mapping) or not isinstance(row, Sequence) or isinstance(row, str):
             raise InvalidInputError(
-                f"row {i}: expected a list of {self.n_features} numbers,"
-                f" got {type(row).__name__}",
+                f"row {i}: expected a list of {self.n_features} numbers, got {type(row).__name__}",
                 field=f"row[{i}]",
             )
         if len(row) != self.n_features:
@@ -221,7 +236,14 @@ class InputSchema:
                 f" {type(value).__name__} {_short_repr(value)}",
                 field=name,
             )
-        if not self.allow_nan and not math.isfinite(float(value)):
+        try:
+            number = float(value)
+        except OverflowError:  # an int with hundreds of digits
+            raise InvalidInputError(
+                f"row {i}, feature {name!r}: {_short_repr(value)} is out of range for {self.dtype}",
+                field=name,
+            ) from None
+        if not self.allow_nan and not math.isfinite(number):
             raise InvalidInputError(
                 f"row {i}, feature {name!r}: {value} is not allowed; deploy with"
                 " allow_nan=True if the model handles missing values",

@@ -20,6 +20,7 @@ from turnout.core.errors import (
     ConversionError,
     InvalidConfigError,
     InvalidInputError,
+    OverloadedError,
     ServerClosedError,
     TurnoutError,
     VersionExistsError,
@@ -27,7 +28,7 @@ from turnout.core.errors import (
 from turnout.core.health import HealthReport, HealthStatus
 from turnout.core.metrics import VersionMetrics
 from turnout.core.names import check_name
-from turnout.core.onnx_model import OnnxModel
+from turnout.core.onnx_model import wrap_onnx_model
 from turnout.core.outputs import BatchOutput, OutputDecoder, OutputMode, parse_output_mode
 from turnout.core.registry import Deployment, HealthCheckFn, ModelRegistry
 from turnout.core.runtime import ModelRuntime, OnnxRuntime, PythonRuntime
@@ -127,9 +128,7 @@ class ModelServer:
         mode = parse_output_mode(output)
 
         name = f"{model_id}:{version}"
-        loaded, runtime = await anyio.to_thread.run_sync(
-            self._load, model_instance, features, name
-        )
+        loaded, runtime = await anyio.to_thread.run_sync(self._load, model_instance, features, name)
         try:
             decoder = OutputDecoder(loaded.signature, mode)
             schema = InputSchema(
@@ -147,7 +146,9 @@ class ModelServer:
             model_id=model_id,
             version=version,
             loaded=loaded,
-            model=loaded.estimator if loaded.estimator is not None else OnnxModel(runtime, loaded.signature),
+            model=loaded.estimator
+            if loaded.estimator is not None
+            else wrap_onnx_model(runtime, loaded.signature),
             schema=schema,
             decoder=decoder,
             runtime=runtime,
@@ -189,7 +190,9 @@ class ModelServer:
         if loaded.onnx_bytes is None:
             runtime = PythonRuntime(loaded.estimator, loaded.signature)
         else:
-            runtime = OnnxRuntime(loaded.onnx_bytes, loaded.signature, threads=self._runtime_threads)
+            runtime = OnnxRuntime(
+                loaded.onnx_bytes, loaded.signature, threads=self._runtime_threads
+            )
         probe = np.zeros((1, loaded.signature.n_features), dtype=loaded.signature.input_dtype)
         try:
             runtime.run(probe)
@@ -285,7 +288,11 @@ class ModelServer:
         deadline = None if timeout is None else started + _check_timeout(timeout)
         deployment = self._registry.get(model_id, version)
         rows = deployment.schema.encode(inputs)
-        piece = await deployment.batcher.submit(rows, deadline=deadline, started=started)
+        try:
+            piece = await deployment.batcher.submit(rows, deadline=deadline, started=started)
+        except OverloadedError:
+            deployment.metrics.record_shed()
+            raise
         return deployment, piece
 
     # -- status and health --------------------------------------------------------------
@@ -297,7 +304,8 @@ class ModelServer:
         for deployment in self._registry:
             stats = deployment.batcher.statistics()
             status.setdefault(deployment.model_id, {})[deployment.version] = {
-                "status": "active" if active.get(deployment.model_id) == deployment.version
+                "status": "active"
+                if active.get(deployment.model_id) == deployment.version
                 else "inactive",
                 "metrics": deployment.metrics.snapshot(queue_depth=stats.queued_rows),
                 "metadata": dict(deployment.metadata),
@@ -320,9 +328,7 @@ class ModelServer:
             reasons.append(
                 f"error rate {snapshot.error_rate:.1%} is above {deployment.error_threshold:.1%}"
             )
-        if deployment.health_check_fn is not None and not await self._run_health_check(
-            deployment
-        ):
+        if deployment.health_check_fn is not None and not await self._run_health_check(deployment):
             status = HealthStatus.UNHEALTHY
             reasons.append("the deployment's health_check_fn reported failure")
         if status is HealthStatus.HEALTHY and snapshot.request_count == 0:
@@ -348,10 +354,14 @@ class ModelServer:
                     check, deployment.model, deployment.version, abandon_on_cancel=True
                 )
         except TimeoutError:
-            logger.warning("health check of %s:%s timed out", deployment.model_id, deployment.version)
+            logger.warning(
+                "health check of %s:%s timed out", deployment.model_id, deployment.version
+            )
             return False
         except Exception:
-            logger.exception("health check of %s:%s raised", deployment.model_id, deployment.version)
+            logger.exception(
+                "health check of %s:%s raised", deployment.model_id, deployment.version
+            )
             return False
         return bool(ok)
 

@@ -1,0 +1,78 @@
+"""The built-in demo: two versions of a model trained on a bundled dataset, served side by side."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from turnout.core.server import ModelServer
+
+__all__ = ["DEMO_MODEL", "deploy_demo_models", "run_demo"]
+
+DEMO_MODEL = "breast_cancer"
+
+
+def _train() -> tuple[Any, Any, Any, np.ndarray[Any, Any]]:
+    """Train two classifiers on scikit-learn's breast cancer data; return them with test data."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
+    baseline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    candidate = RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0)
+    return (
+        baseline.fit(X_train, y_train),
+        candidate.fit(X_train, y_train),
+        X_test,
+        y_test.to_numpy(),
+    )
+
+
+async def deploy_demo_models(server: ModelServer) -> tuple[Any, np.ndarray[Any, Any]]:
+    """Deploy the demo's v1 (active) and v2; return the held-out rows and labels."""
+    baseline, candidate, X_test, y_test = await asyncio.to_thread(_train)
+    await server.deploy_model(
+        DEMO_MODEL, "v1", baseline, metadata={"algorithm": "logistic regression"}
+    )
+    await server.deploy_model(
+        DEMO_MODEL, "v2", candidate, set_active=False, metadata={"algorithm": "random forest"}
+    )
+    return X_test, y_test
+
+
+async def run_demo() -> None:
+    """Deploy two versions, send concurrent traffic to each, print predictions and status."""
+    async with ModelServer() as server:
+        X_test, y_test = await deploy_demo_models(server)
+        rows = X_test.to_dict("records")
+        print(f"Deployed {DEMO_MODEL} v1 (active) and v2; {len(rows)} held-out rows.\n")
+
+        first = await server.infer(DEMO_MODEL, rows[:3])
+        print(f"P(benign) for three rows from {first.version}: {np.round(first.outputs, 3)}")
+        print(f"  labels {first.labels}, truth {y_test[:3]}, {first.latency_ms:.2f} ms\n")
+
+        for version in ("v1", "v2"):
+            results = await asyncio.gather(
+                *(server.predict(DEMO_MODEL, [row], version=version) for row in rows)
+            )
+            predicted = (np.concatenate(results) >= 0.5).astype(int)
+            accuracy = float((predicted == y_test).mean())
+            print(f"{version}: {len(rows)} concurrent single-row requests, accuracy {accuracy:.3f}")
+
+        print("\nStatus:")
+        for version, info in server.get_all_models_status()[DEMO_MODEL].items():
+            m = info["metrics"]
+            print(
+                f"  {version} [{info['status']}] {info['metadata']['algorithm']}:"
+                f" {m.request_count} requests in {m.batches} batches"
+                f" (mean batch {m.mean_batch_size:.1f} rows),"
+                f" p50 {m.p50_latency_ms:.2f} ms, p99 {m.p99_latency_ms:.2f} ms,"
+                f" error rate {m.error_rate:.1%}"
+            )

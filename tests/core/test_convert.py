@@ -1,0 +1,487 @@
+"""Deploying scikit-learn and ONNX models: served results match scikit-learn's own.
+
+Every test goes through a real ModelServer: skl2onnx converts, ONNX Runtime
+runs, and predictions are compared with the estimator's on held-out rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import pytest
+from skl2onnx import to_onnx
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from turnout import (
+    ConversionError,
+    InvalidConfigError,
+    InvalidInputError,
+    ModelNotFoundError,
+    ModelServer,
+)
+from turnout.core.onnx_model import OnnxModel
+
+if TYPE_CHECKING:
+    from conftest import Dataset
+
+# ONNX Runtime computes in float32: probabilities agree with scikit-learn's
+# float64 ones to about 1e-7, well inside this.
+ATOL = 1e-5
+
+
+def assert_close(actual: Any, expected: Any, **tolerance: float) -> None:
+    np.testing.assert_allclose(actual, expected, **({"atol": ATOL} | tolerance))
+
+
+def float32_onnx(model: Any, n_features: int, **options: Any) -> onnx.ModelProto:
+    """Convert as a user deploying ONNX would: float32 rows, ZipMap on unless options say not."""
+    return to_onnx(model, np.zeros((1, n_features), dtype=np.float32), **options)
+
+
+# -- scikit-learn estimators, converted by turnout ----------------------------------------
+
+
+@pytest.mark.parametrize("fixture", ["logistic_model", "forest_model", "boosting_model"])
+async def test_binary_classifier_gives_positive_class_probability(
+    server: ModelServer, binary_data: Dataset, fixture: str, request: pytest.FixtureRequest
+) -> None:
+    model = request.getfixturevalue(fixture)
+    X = binary_data.X_test.to_numpy()
+    await server.deploy_model("cancer", "v1", model)
+
+    predictions = await server.predict("cancer", X)
+
+    assert predictions.shape == (len(X),)
+    assert_close(predictions, model.predict_proba(X)[:, 1])
+
+
+async def test_pipeline_fitted_on_a_dataframe_takes_dicts_and_frames(
+    server: ModelServer, binary_data: Dataset, binary_model: Any
+) -> None:
+    # binary_model is StandardScaler + LogisticRegression fitted on named columns.
+    await server.deploy_model("cancer", "v1", binary_model)
+    expected = binary_model.predict_proba(binary_data.X_test)[:, 1]
+
+    from_dicts = await server.predict("cancer", binary_data.records())
+    shuffled = binary_data.X_test[binary_data.features[::-1]]
+    from_frame = await server.predict("cancer", shuffled)
+
+    assert_close(from_dicts, expected)
+    assert_close(from_frame, expected)
+    assert server.get_all_models_status()["cancer"]["v1"]["features"] == binary_data.features
+
+
+async def test_multiclass_classifier_gives_probability_matrix(
+    server: ModelServer, multiclass_data: Dataset, iris_model: LogisticRegression
+) -> None:
+    X = multiclass_data.X_test.to_numpy()
+    await server.deploy_model("iris", "v1", iris_model)
+
+    probabilities = await server.predict("iris", X)
+
+    assert probabilities.shape == (len(X), 3)
+    assert_close(probabilities, iris_model.predict_proba(X))
+
+
+async def test_regressor_gives_values(
+    server: ModelServer, regression_data: Dataset, forest_regressor: Any
+) -> None:
+    X = regression_data.X_test.to_numpy()
+    await server.deploy_model("diabetes", "v1", forest_regressor)
+
+    values = await server.predict("diabetes", X)
+
+    assert values.shape == (len(X),)
+    # Targets run to about 350, where float32's last bit is about 3e-5: compare
+    # relatively (float32 carries about 7 significant digits).
+    assert_close(values, forest_regressor.predict(X), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "data"), [("forest_model", "binary_data"), ("iris_model", "multiclass_data")]
+)
+async def test_label_output_equals_predict(
+    server: ModelServer, fixture: str, data: str, request: pytest.FixtureRequest
+) -> None:
+    model = request.getfixturevalue(fixture)
+    X = request.getfixturevalue(data).X_test.to_numpy()
+    await server.deploy_model("m", "v1", model, output="label")
+
+    labels = await server.predict("m", X)
+
+    np.testing.assert_array_equal(labels, model.predict(X))
+
+
+async def test_string_class_labels(server: ModelServer, binary_data: Dataset) -> None:
+    y = np.where(binary_data.y_train == 1, "benign", "malignant")
+    model = RandomForestClassifier(n_estimators=5, random_state=0)
+    model.fit(binary_data.X_train.to_numpy(), y)
+    X = binary_data.X_test.to_numpy()
+    await server.deploy_model("cancer", "v1", model, output="label")
+
+    result = await server.infer("cancer", X)
+
+    np.testing.assert_array_equal(result.labels, model.predict(X))
+    assert_close(result.probabilities, model.predict_proba(X))
+
+
+async def test_probabilities_output_gives_both_columns_for_binary(
+    server: ModelServer, binary_data: Dataset, forest_model: RandomForestClassifier
+) -> None:
+    X = binary_data.X_test.to_numpy()
+    await server.deploy_model("cancer", "v1", forest_model, output="probabilities")
+
+    probabilities = await server.predict("cancer", X)
+
+    assert probabilities.shape == (len(X), 2)
+    assert_close(probabilities, forest_model.predict_proba(X))
+
+
+async def test_infer_returns_version_labels_probabilities_and_latency(
+    server: ModelServer, binary_data: Dataset, forest_model: RandomForestClassifier
+) -> None:
+    X = binary_data.X_test.to_numpy()
+    await server.deploy_model("cancer", "v1", forest_model)
+    await server.deploy_model("cancer", "v2", forest_model, set_active=True)
+
+    result = await server.infer("cancer", X)
+    pinned = await server.infer("cancer", X[:3], version="v1")
+
+    assert (result.model_id, result.version, pinned.version) == ("cancer", "v2", "v1")
+    assert_close(result.outputs, forest_model.predict_proba(X)[:, 1])
+    np.testing.assert_array_equal(result.labels, forest_model.predict(X))
+    assert result.probabilities is not None
+    assert result.probabilities.shape == (len(X), 2)
+    assert_close(result.probabilities, forest_model.predict_proba(X))
+    assert result.latency_ms > 0
+
+
+async def test_infer_on_a_regressor_has_no_labels_or_probabilities(
+    server: ModelServer, regression_data: Dataset, forest_regressor: Any
+) -> None:
+    X = regression_data.X_test.to_numpy()[:5]
+    await server.deploy_model("diabetes", "v1", forest_regressor)
+
+    result = await server.infer("diabetes", X)
+
+    assert result.labels is None
+    assert result.probabilities is None
+    assert_close(result.outputs, forest_regressor.predict(X), rtol=1e-6)
+
+
+async def test_features_at_deploy_name_an_array_fitted_model(
+    server: ModelServer, binary_data: Dataset, forest_model: RandomForestClassifier
+) -> None:
+    await server.deploy_model("cancer", "v1", forest_model, features=binary_data.features)
+
+    predictions = await server.predict("cancer", binary_data.records())
+
+    assert_close(predictions, forest_model.predict_proba(binary_data.X_test.to_numpy())[:, 1])
+
+
+# -- ONNX models, deployed as they are --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def forest_onnx(forest_model: RandomForestClassifier) -> onnx.ModelProto:
+    return float32_onnx(forest_model, forest_model.n_features_in_, options={"zipmap": False})
+
+
+@pytest.mark.parametrize("form", ["ModelProto", "bytes", "Path", "str path"])
+async def test_onnx_model_in_every_form(
+    server: ModelServer,
+    binary_data: Dataset,
+    forest_model: RandomForestClassifier,
+    forest_onnx: onnx.ModelProto,
+    tmp_path: Path,
+    form: str,
+) -> None:
+    path = tmp_path / "forest.onnx"
+    path.write_bytes(forest_onnx.SerializeToString())
+    deployable = {
+        "ModelProto": forest_onnx,
+        "bytes": forest_onnx.SerializeToString(),
+        "Path": path,
+        "str path": str(path),
+    }[form]
+    X = binary_data.X_test.to_numpy()
+    await server.deploy_model("cancer", "v1", deployable)
+
+    result = await server.infer("cancer", X)
+
+    assert_close(result.outputs, forest_model.predict_proba(X)[:, 1])
+    np.testing.assert_array_equal(result.labels, forest_model.predict(X))
+
+
+@pytest.mark.parametrize("fixture", ["logistic_model", "forest_model"])
+async def test_onnx_model_with_zipmap_is_served_as_a_tensor(
+    server: ModelServer, binary_data: Dataset, fixture: str, request: pytest.FixtureRequest
+) -> None:
+    # skl2onnx's default wraps probabilities in a ZipMap (a list of dicts per
+    # row); turnout removes it and reads the tensor beneath.
+    model = request.getfixturevalue(fixture)
+    proto = float32_onnx(model, model.n_features_in_)
+    assert any(node.op_type == "ZipMap" for node in proto.graph.node)
+    X = binary_data.X_test.to_numpy()
+    deployment = await server.deploy_model("cancer", "v1", proto, output="probabilities")
+
+    probabilities = await server.predict("cancer", X)
+
+    assert_close(probabilities, model.predict_proba(X))
+    # The class labels, which for a linear model only the ZipMap held, survive.
+    np.testing.assert_array_equal(deployment.model.classes_, model.classes_)
+
+
+async def test_double_precision_onnx_model_with_zipmap(
+    server: ModelServer, multiclass_data: Dataset, iris_model: LogisticRegression
+) -> None:
+    X = multiclass_data.X_test.to_numpy()
+    proto = to_onnx(iris_model, X[:1])  # float64 input, float64 probabilities, ZipMap
+    await server.deploy_model("iris", "v1", proto)
+
+    probabilities = await server.predict("iris", X)
+
+    assert probabilities.dtype == np.float64
+    assert_close(probabilities, iris_model.predict_proba(X))
+
+
+async def test_features_at_deploy_let_an_onnx_model_take_dicts(
+    server: ModelServer,
+    binary_data: Dataset,
+    forest_model: RandomForestClassifier,
+    forest_onnx: onnx.ModelProto,
+) -> None:
+    await server.deploy_model("named", "v1", forest_onnx, features=binary_data.features)
+    await server.deploy_model("unnamed", "v1", forest_onnx)
+
+    predictions = await server.predict("named", binary_data.records())
+
+    assert_close(predictions, forest_model.predict_proba(binary_data.X_test.to_numpy())[:, 1])
+    with pytest.raises(InvalidInputError, match="no feature names"):
+        await server.predict("unnamed", binary_data.records(2))
+
+
+async def test_onnx_model_has_the_estimators_face(
+    server: ModelServer,
+    binary_data: Dataset,
+    forest_model: RandomForestClassifier,
+    forest_onnx: onnx.ModelProto,
+) -> None:
+    # When only ONNX was deployed, deployment.model stands in for the estimator
+    # (for a health_check_fn, say) with predict, predict_proba and n_features_in_.
+    X = binary_data.X_test.to_numpy()
+    deployment = await server.deploy_model("cancer", "v1", forest_onnx.SerializeToString())
+    model = deployment.model
+
+    assert isinstance(model, OnnxModel)
+    assert model.n_features_in_ == forest_model.n_features_in_ == 30
+    np.testing.assert_array_equal(model.classes_, forest_model.classes_)
+    np.testing.assert_array_equal(model.predict(X), forest_model.predict(X))
+    assert_close(model.predict_proba(X), forest_model.predict_proba(X))
+
+
+async def test_onnx_regressor_has_the_estimators_face(
+    server: ModelServer, regression_data: Dataset, forest_regressor: Any
+) -> None:
+    X = regression_data.X_test.to_numpy()
+    proto = float32_onnx(forest_regressor, forest_regressor.n_features_in_)
+    model = (await server.deploy_model("diabetes", "v1", proto)).model
+
+    assert model.n_features_in_ == 10
+    assert_close(model.predict(X), forest_regressor.predict(X), rtol=1e-6)
+    assert not hasattr(model, "predict_proba")  # as for the regressor itself
+
+
+async def test_deployed_estimator_is_the_deployments_model(
+    server: ModelServer, forest_model: RandomForestClassifier
+) -> None:
+    deployment = await server.deploy_model("cancer", "v1", forest_model)
+    assert deployment.model is forest_model
+
+
+# -- what cannot be deployed ------------------------------------------------------------
+
+
+class ConstantClassifier(ClassifierMixin, BaseEstimator):
+    """A fitted scikit-learn classifier that skl2onnx has no converter for."""
+
+    def fit(self, X: Any, y: Any) -> ConstantClassifier:
+        self.classes_ = np.unique(y)
+        self.n_features_in_ = np.shape(X)[1]
+        return self
+
+    def predict(self, X: Any) -> np.ndarray[Any, Any]:
+        return np.full(len(X), self.classes_[0])
+
+    def predict_proba(self, X: Any) -> np.ndarray[Any, Any]:
+        return np.tile(np.eye(len(self.classes_))[0], (len(X), 1))
+
+
+async def assert_nothing_deployed(server: ModelServer, model_id: str) -> None:
+    assert model_id not in server.get_all_models_status()
+    assert model_id not in server.active_models
+    with pytest.raises(ModelNotFoundError):
+        await server.predict(model_id, [[0.0] * 30])
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: LogisticRegression(), "LogisticRegression is not fitted"),
+        (
+            lambda: make_pipeline(StandardScaler(), LogisticRegression()),
+            r"Pipeline\(StandardScaler, LogisticRegression\) is not fitted",
+        ),
+        (
+            lambda: ConstantClassifier().fit(np.zeros((4, 30)), [0, 1, 0, 1]),
+            "skl2onnx cannot convert ConstantClassifier",
+        ),
+    ],
+    ids=["unfitted", "unfitted-pipeline", "no-converter"],
+)
+async def test_estimator_that_cannot_be_served(
+    server: ModelServer, make: Any, message: str
+) -> None:
+    with pytest.raises(ConversionError, match=message):
+        await server.deploy_model("broken", "v1", make())
+    await assert_nothing_deployed(server, "broken")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: b"this is not an onnx model", "the bytes given are not an ONNX model"),
+        (lambda tmp: b"", "the ONNX model is invalid"),
+        (lambda tmp: tmp / "model.pkl", "expected a path to a .onnx file, got 'model.pkl'"),
+        (lambda tmp: str(tmp / "missing.onnx"), "no ONNX file at"),
+        (lambda tmp: object(), "not object"),
+        (lambda tmp: {"coef": [1.0]}, "not dict"),
+    ],
+    ids=["garbage-bytes", "empty-bytes", "not-onnx-path", "missing-file", "object", "dict"],
+)
+async def test_thing_that_is_not_a_model(
+    server: ModelServer, tmp_path: Path, make: Any, message: str
+) -> None:
+    (tmp_path / "model.pkl").write_bytes(b"pickle")
+    with pytest.raises(ConversionError, match=message):
+        await server.deploy_model("broken", "v1", make(tmp_path))
+    await assert_nothing_deployed(server, "broken")
+
+
+async def test_file_with_onnx_suffix_but_garbage_inside(
+    server: ModelServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x00garbage\xff" * 10)
+    with pytest.raises(ConversionError, match=r"model.onnx is not a readable ONNX model"):
+        await server.deploy_model("broken", "v1", path)
+    await assert_nothing_deployed(server, "broken")
+
+
+async def test_onnx_model_with_one_input_per_column(
+    server: ModelServer, binary_data: Dataset, binary_model: Any
+) -> None:
+    # skl2onnx gives a model converted from a DataFrame one input per column.
+    proto = to_onnx(binary_model, binary_data.X_train[:1].astype(np.float32))
+    with pytest.raises(ConversionError, match="has 30 inputs; turnout serves models with one"):
+        await server.deploy_model("cancer", "v1", proto)
+    await assert_nothing_deployed(server, "cancer")
+
+
+@pytest.mark.parametrize("output", ["label", "probabilities"])
+async def test_classifier_outputs_for_a_regressor(
+    server: ModelServer, forest_regressor: Any, output: str
+) -> None:
+    with pytest.raises(InvalidConfigError, match=f"output='{output}' needs a classifier"):
+        await server.deploy_model("diabetes", "v1", forest_regressor, output=output)
+    await assert_nothing_deployed(server, "diabetes")
+
+
+async def test_unknown_output_mode(server: ModelServer, forest_model: Any) -> None:
+    with pytest.raises(InvalidConfigError, match="output must be one of"):
+        await server.deploy_model("cancer", "v1", forest_model, output="logits")
+
+
+async def test_feature_names_that_do_not_fit(server: ModelServer, forest_model: Any) -> None:
+    with pytest.raises(ConversionError, match="2 feature names given"):
+        await server.deploy_model("cancer", "v1", forest_model, features=["a", "b"])
+    with pytest.raises(ConversionError, match="list of feature-name strings"):
+        await server.deploy_model("cancer", "v1", forest_model, features="radius")
+    await assert_nothing_deployed(server, "cancer")
+
+
+# -- mock mode: the estimator's own methods, no ONNX ---------------------------------------
+
+
+@pytest.fixture
+async def mock_server() -> AsyncIterator[ModelServer]:
+    """A ModelServer in mock mode: estimators run through their own methods."""
+    async with ModelServer(mock_mode=True) as server:
+        yield server
+
+
+async def test_mock_mode_runs_the_estimator_itself(
+    mock_server: ModelServer, binary_data: Dataset, forest_model: RandomForestClassifier
+) -> None:
+    X = binary_data.X_test.to_numpy()
+    deployment = await mock_server.deploy_model("cancer", "v1", forest_model)
+
+    result = await mock_server.infer("cancer", X)
+
+    assert deployment.loaded.onnx_bytes is None
+    np.testing.assert_array_equal(result.outputs, forest_model.predict_proba(X)[:, 1])
+    np.testing.assert_array_equal(result.labels, forest_model.predict(X))
+    np.testing.assert_array_equal(result.probabilities, forest_model.predict_proba(X))
+
+
+async def test_mock_mode_with_a_dataframe_fitted_model(
+    mock_server: ModelServer, binary_data: Dataset, binary_model: Any
+) -> None:
+    # The estimator gets a DataFrame with its own column names, so it does not
+    # warn "X does not have valid feature names" (pytest turns warnings into errors).
+    await mock_server.deploy_model("cancer", "v1", binary_model)
+    expected = binary_model.predict_proba(binary_data.X_test)[:, 1]
+
+    from_dicts = await mock_server.predict("cancer", binary_data.records())
+    from_frame = await mock_server.predict("cancer", binary_data.X_test)
+
+    np.testing.assert_array_equal(from_dicts, expected)
+    np.testing.assert_array_equal(from_frame, expected)
+
+
+@pytest.mark.parametrize("output", ["label", "probabilities"])
+async def test_mock_mode_output_modes(
+    mock_server: ModelServer, multiclass_data: Dataset, iris_model: LogisticRegression, output: str
+) -> None:
+    X = multiclass_data.X_test.to_numpy()
+    await mock_server.deploy_model("iris", "v1", iris_model, output=output)
+
+    predictions = await mock_server.predict("iris", X)
+
+    expected = iris_model.predict(X) if output == "label" else iris_model.predict_proba(X)
+    np.testing.assert_array_equal(predictions, expected)
+
+
+async def test_mock_mode_regressor(
+    mock_server: ModelServer, regression_data: Dataset, forest_regressor: Any
+) -> None:
+    X = regression_data.X_test.to_numpy()
+    await mock_server.deploy_model("diabetes", "v1", forest_regressor)
+
+    np.testing.assert_array_equal(
+        await mock_server.predict("diabetes", X), forest_regressor.predict(X)
+    )
+
+
+async def test_mock_mode_still_refuses_unfitted_estimators(mock_server: ModelServer) -> None:
+    with pytest.raises(ConversionError, match="not fitted"):
+        await mock_server.deploy_model("broken", "v1", LogisticRegression())
+    await assert_nothing_deployed(mock_server, "broken")
