@@ -9,7 +9,22 @@ import pytest
 import turnout
 
 EXPECTED = {
+    "ABComparison",
     "BatchingConfig",
+    "InvalidRoutingError",
+    "OutcomeStatistics",
+    "PluginError",
+    "RolloutEvent",
+    "Route",
+    "RouteRequest",
+    "RoutingConfig",
+    "RoutingContext",
+    "RoutingStrategy",
+    "RoutingStrategyFactory",
+    "ShadowStatistics",
+    "SmokeTestError",
+    "hookimpl",
+    "hookspec",
     "CircuitOpenError",
     "ConversionError",
     "DeadlineExceededError",
@@ -39,7 +54,7 @@ def test_all_is_pinned() -> None:
     assert set(turnout.__all__) == EXPECTED
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED - {"__version__"}))
+@pytest.mark.parametrize("name", sorted(EXPECTED - {"__version__", "hookimpl", "hookspec"}))
 def test_every_export_is_documented(name: str) -> None:
     obj = getattr(turnout, name)
     assert inspect.getdoc(obj), f"{name} has no docstring"

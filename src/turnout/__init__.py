@@ -14,23 +14,39 @@ from turnout.core.errors import (
     InvalidConfigError,
     InvalidInputError,
     InvalidNameError,
+    InvalidRoutingError,
     ModelNotFoundError,
     OverloadedError,
+    PluginError,
     ServerClosedError,
     ServiceUnavailableError,
+    SmokeTestError,
     TurnoutError,
     VersionExistsError,
     VersionNotFoundError,
 )
 from turnout.core.health import HealthReport, HealthStatus
+from turnout.core.hookspecs import hookimpl, hookspec
 from turnout.core.manager import ModelServingManager
 from turnout.core.metrics import MetricsSnapshot
+from turnout.core.outcomes import ABComparison, OutcomeStatistics
 from turnout.core.outputs import OutputMode
+from turnout.core.rollout import RolloutEvent
+from turnout.core.routing import (
+    Route,
+    RouteRequest,
+    RoutingConfig,
+    RoutingContext,
+    RoutingStrategy,
+    RoutingStrategyFactory,
+)
 from turnout.core.server import InferenceResult, ModelServer
+from turnout.core.shadow import ShadowStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ABComparison",
     "BatchingConfig",
     "CircuitOpenError",
     "ConversionError",
@@ -42,16 +58,30 @@ __all__ = [
     "InvalidConfigError",
     "InvalidInputError",
     "InvalidNameError",
+    "InvalidRoutingError",
     "MetricsSnapshot",
     "ModelNotFoundError",
     "ModelServer",
     "ModelServingManager",
+    "OutcomeStatistics",
     "OutputMode",
     "OverloadedError",
+    "PluginError",
+    "RolloutEvent",
+    "Route",
+    "RouteRequest",
+    "RoutingConfig",
+    "RoutingContext",
+    "RoutingStrategy",
+    "RoutingStrategyFactory",
     "ServerClosedError",
     "ServiceUnavailableError",
+    "ShadowStatistics",
+    "SmokeTestError",
     "TurnoutError",
     "VersionExistsError",
     "VersionNotFoundError",
     "__version__",
+    "hookimpl",
+    "hookspec",
 ]

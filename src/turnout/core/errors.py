@@ -12,6 +12,7 @@
     │   └── VersionNotFoundError
     ├── VersionExistsError
     ├── PluginError
+    ├── SmokeTestError
     ├── ServiceUnavailableError
     │   ├── OverloadedError
     │   ├── CircuitOpenError
@@ -40,6 +41,7 @@ __all__ = [
     "PluginError",
     "ServerClosedError",
     "ServiceUnavailableError",
+    "SmokeTestError",
     "TurnoutError",
     "VersionExistsError",
     "VersionNotFoundError",
@@ -99,6 +101,10 @@ class VersionExistsError(TurnoutError):
 
 class PluginError(TurnoutError):
     """Raised at start-up when plugins clash (two strategies of one name) or are malformed."""
+
+
+class SmokeTestError(TurnoutError):
+    """Raised when a blue-green switch is refused because the new version failed its smoke tests."""
 
 
 class ServiceUnavailableError(TurnoutError):

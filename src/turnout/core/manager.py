@@ -8,12 +8,13 @@ requests meet in the same batchers and run together.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 import numpy as np
@@ -22,15 +23,17 @@ from anyio.from_thread import BlockingPortal
 from turnout.core.batching import BatchingConfig
 from turnout.core.errors import InvalidConfigError, ServerClosedError, TurnoutError
 from turnout.core.health import HealthReport
+from turnout.core.outcomes import ABComparison
 from turnout.core.outputs import OutputMode
 from turnout.core.registry import HealthCheckFn
+from turnout.core.rollout import RolloutEvent
+from turnout.core.routing import RoutingConfig
 from turnout.core.server import InferenceResult, ModelServer
+from turnout.core.shadow import ShadowStatistics
 
 __all__ = ["ModelServingManager"]
 
 logger = logging.getLogger("turnout")
-
-T = TypeVar("T")
 
 
 class _LoopThread:
@@ -65,14 +68,13 @@ class _LoopThread:
             self._ready.set()
             await portal.sleep_until_stopped()
 
-    def call(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        """Run ``await func(*args)`` on the loop and return its result."""
+    def call(self, func: Callable[[], Any]) -> Any:
+        """Run ``func()`` on the loop (awaiting it if it is a coroutine) and return the result."""
         if self._stopping:
             # Otherwise the caller would get anyio's "This portal is not running".
             raise ServerClosedError("the manager is closed")
         assert self._portal is not None
-        result: T = self._portal.call(func, *args)
-        return result
+        return self._portal.call(func)
 
     def stop(self) -> None:
         """Stop the loop and wait for its thread to end."""
@@ -107,9 +109,8 @@ class ModelServingManager:
             )
         if enable_mlflow:
             logger.warning(
-                "MLflow tracking of deployments and serving metrics is not available in"
-                " turnout %s; serving goes on without it",
-                "0.1",
+                "MLflow tracking of deployments and serving metrics is not built yet;"
+                " serving goes on without it"
             )
         self.enable_mlflow = enable_mlflow
         self.mlflow_experiment = mlflow_experiment
@@ -120,6 +121,10 @@ class ModelServingManager:
         )
         self._loop = _LoopThread()
         self._finalizer = weakref.finalize(self, _shutdown, self._loop, self.server)
+
+    def _run(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``func`` (a coroutine function or a plain one) on the server's loop."""
+        return self._loop.call(functools.partial(func, *args, **kwargs))
 
     def deploy_model(
         self,
@@ -138,9 +143,9 @@ class ModelServingManager:
         replace: bool = False,
     ) -> bool:
         """Deploy a model version; return True, or False with the reason logged."""
-
-        async def deploy() -> None:
-            await self.server.deploy_model(
+        try:
+            self._run(
+                self.server.deploy_model,
                 model_id,
                 version,
                 model_instance,
@@ -154,9 +159,6 @@ class ModelServingManager:
                 error_threshold=error_threshold,
                 health_check_fn=health_check_fn,
             )
-
-        try:
-            self._loop.call(deploy)
         except TurnoutError as exc:
             logger.error("deploying %s:%s failed: %s", model_id, version, exc)
             return False
@@ -169,15 +171,19 @@ class ModelServingManager:
         version: str | None = None,
         key: str | None = None,
         timeout: float | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> np.ndarray[Any, Any]:
         """Return predictions for ``inputs`` (see :meth:`ModelServer.predict`)."""
-
-        async def predict() -> np.ndarray[Any, Any]:
-            return await self.server.predict(
-                model_id, inputs, version=version, key=key, timeout=timeout
-            )
-
-        return self._loop.call(predict)
+        result: np.ndarray[Any, Any] = self._run(
+            self.server.predict,
+            model_id,
+            inputs,
+            version=version,
+            key=key,
+            timeout=timeout,
+            attributes=attributes,
+        )
+        return result
 
     def infer(
         self,
@@ -186,40 +192,93 @@ class ModelServingManager:
         version: str | None = None,
         key: str | None = None,
         timeout: float | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> InferenceResult:
         """Return the full result for ``inputs`` (see :meth:`ModelServer.infer`)."""
-
-        async def infer() -> InferenceResult:
-            return await self.server.infer(
-                model_id, inputs, version=version, key=key, timeout=timeout
-            )
-
-        return self._loop.call(infer)
+        result: InferenceResult = self._run(
+            self.server.infer,
+            model_id,
+            inputs,
+            version=version,
+            key=key,
+            timeout=timeout,
+            attributes=attributes,
+        )
+        return result
 
     def set_active_version(self, model_id: str, version: str) -> None:
-        """Send the model's traffic to ``version`` from now on."""
-        self._loop.call(self.server.set_active_version, model_id, version)
+        """Send all of the model's traffic to ``version``, ending any test or rollout."""
+        self._run(self.server.set_active_version, model_id, version)
 
     def retire_model(self, model_id: str, version: str) -> None:
         """Remove a version, after answering the requests it already admitted."""
-        self._loop.call(self.server.retire_model, model_id, version)
+        self._run(self.server.retire_model, model_id, version)
 
     @property
     def active_models(self) -> Mapping[str, str]:
         """A read-only live mapping of model_id to its active version."""
         return self.server.active_models
 
+    def setup_ab_test(
+        self, model_id: str, versions: Sequence[str], weights: Sequence[float]
+    ) -> None:
+        """Split the model's traffic between ``versions`` by ``weights``."""
+        self._run(self.server.setup_ab_test, model_id, versions, weights)
+
+    def set_routing(self, model_id: str, config: RoutingConfig) -> None:
+        """Route the model's traffic by ``config`` (see :meth:`ModelServer.set_routing`)."""
+        self._run(self.server.set_routing, model_id, config)
+
+    def get_routing(self, model_id: str) -> RoutingConfig:
+        """Return the model's current routing config."""
+        config: RoutingConfig = self._run(self.server.get_routing, model_id)
+        return config
+
+    def start_canary(self, model_id: str, candidate: str, **plan: Any) -> None:
+        """Roll ``candidate`` out step by step (see :meth:`ModelServer.start_canary`)."""
+        self._run(self.server.start_canary, model_id, candidate, **plan)
+
+    def abort_canary(self, model_id: str) -> None:
+        """Stop a canary rollout and send all traffic back to its baseline."""
+        self._run(self.server.abort_canary, model_id)
+
+    def rollout_history(self, model_id: str) -> tuple[RolloutEvent, ...]:
+        """Return the model's rollout events, oldest first."""
+        history: tuple[RolloutEvent, ...] = self._run(self.server.rollout_history, model_id)
+        return history
+
+    def blue_green_switch(self, model_id: str, green: str, **smoke_tests: Any) -> None:
+        """Smoke-test ``green`` and switch to it (see :meth:`ModelServer.blue_green_switch`)."""
+        self._run(self.server.blue_green_switch, model_id, green, **smoke_tests)
+
+    def blue_green_rollback(self, model_id: str) -> None:
+        """Send all traffic back to the blue version of the last blue-green switch."""
+        self._run(self.server.blue_green_rollback, model_id)
+
+    def record_outcome(self, model_id: str, request_id: str, outcome: float) -> str:
+        """Attach an outcome to a served request; return the version that served it."""
+        version: str = self._run(self.server.record_outcome, model_id, request_id, outcome)
+        return version
+
+    def compare_versions(self, model_id: str, a: str, b: str) -> ABComparison:
+        """Compare two versions' recorded outcomes (see :meth:`ModelServer.compare_versions`)."""
+        comparison: ABComparison = self._run(self.server.compare_versions, model_id, a, b)
+        return comparison
+
+    def shadow_statistics(self, model_id: str) -> list[ShadowStatistics]:
+        """Return each shadow version's record against its primary."""
+        stats: list[ShadowStatistics] = self._run(self.server.shadow_statistics, model_id)
+        return stats
+
     def get_all_models_status(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Return ``{model_id: {version: {"status", "metrics", "metadata", ...}}}``."""
-
-        async def status() -> dict[str, dict[str, dict[str, Any]]]:
-            return self.server.get_all_models_status()
-
-        return self._loop.call(status)
+        status: dict[str, dict[str, dict[str, Any]]] = self._run(self.server.get_all_models_status)
+        return status
 
     def health_check(self, model_id: str, version: str | None = None) -> HealthReport:
         """Return the health of ``version`` (the active version when None)."""
-        return self._loop.call(self.server.health_check, model_id, version)
+        report: HealthReport = self._run(self.server.health_check, model_id, version)
+        return report
 
     def close(self) -> None:
         """Answer every admitted request, release every model and stop the loop thread."""

@@ -81,6 +81,10 @@ class ModelRegistry:
         """True if that version of that model is deployed."""
         return version in self._versions.get(model_id, {})
 
+    def contains_model(self, model_id: str) -> bool:
+        """True if the model has at least one deployed version."""
+        return model_id in self._versions
+
     def add(self, deployment: Deployment, *, replace: bool = False) -> Deployment | None:
         """Register ``deployment``; return the one it replaced, if any."""
         versions = self._versions.setdefault(deployment.model_id, {})

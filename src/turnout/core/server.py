@@ -1,49 +1,72 @@
-"""ModelServer: the async facade that deploys models and answers predictions."""
+"""ModelServer: the async facade that deploys models, routes requests and answers them.
+
+Every change to the server's state (deploy, activate, retire, routing)
+happens on the event loop between two awaits, so each is atomic with
+respect to requests: a request is routed wholly before or wholly after it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from types import MappingProxyType
 from typing import Any
 
 import anyio
 import numpy as np
 
-from turnout.core.batching import AdaptiveBatcher, BatchingConfig, BatchReport, BatchSlice
+from turnout.core.batching import BatchingConfig, BatchReport, BatchSlice
 from turnout.core.clock import Clock, MonotonicClock
-from turnout.core.convert import LoadedModel, load_model
+from turnout.core.deployer import (
+    DeploymentOptions,
+    build_deployment,
+    check_batching,
+    check_metadata,
+    check_threshold,
+    load_runtime,
+)
 from turnout.core.errors import (
-    ConversionError,
     InvalidConfigError,
     InvalidInputError,
+    InvalidRoutingError,
     OverloadedError,
     ServerClosedError,
+    ServiceUnavailableError,
+    SmokeTestError,
     TurnoutError,
     VersionExistsError,
 )
 from turnout.core.health import HealthReport, HealthStatus
-from turnout.core.metrics import VersionMetrics
 from turnout.core.names import check_name
-from turnout.core.onnx_model import wrap_onnx_model
-from turnout.core.outputs import BatchOutput, OutputDecoder, OutputMode, parse_output_mode
+from turnout.core.outcomes import ABComparison, compare
+from turnout.core.outputs import BatchOutput, OutputMode, parse_output_mode
+from turnout.core.plugins import EventEmitter, collect_strategies, make_plugin_manager
 from turnout.core.registry import Deployment, HealthCheckFn, ModelRegistry
-from turnout.core.runtime import ModelRuntime, OnnxRuntime, PythonRuntime
-from turnout.core.schema import InputSchema
+from turnout.core.rollout import RolloutAction, RolloutController, RolloutEvent
+from turnout.core.routing import RoutingConfig, RoutingContext
+from turnout.core.shadow import ShadowStatistics, compare_outputs
+from turnout.core.traffic import ACTIVE, ModelTraffic, Router
+from turnout.strategies.blue_green import BlueGreenRouting
+from turnout.strategies.canary import DEFAULT_STEPS, CanaryPlan, CanaryRouting
 
-__all__ = ["InferenceResult", "ModelServer"]
+__all__ = ["InferenceResult", "ModelServer", "SmokeTest"]
 
 logger = logging.getLogger("turnout")
 
 HEALTH_CHECK_TIMEOUT = 5.0
 
+SmokeTest = Callable[["ModelServer", str, str], Awaitable[bool] | bool]
+
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """The full answer to one request: what served it, and every output it produced."""
+    """The full answer to one request: what served it, and every output it produced.
+
+    ``request_id`` identifies the request to :meth:`ModelServer.record_outcome`.
+    """
 
     model_id: str
     version: str
@@ -51,13 +74,17 @@ class InferenceResult:
     labels: np.ndarray[Any, Any] | None
     probabilities: np.ndarray[Any, Any] | None
     latency_ms: float
+    request_id: str
 
 
 class ModelServer:
     """Deploys versions of models and serves predictions through adaptive batchers.
 
     Use it as ``async with ModelServer() as server:``; leaving the block
-    answers every admitted request and releases every model.
+    answers every admitted request and releases every model. ``plugins`` are
+    registered beside the built-ins and the installed ``turnout`` entry
+    points (``entry_points=False`` skips those); ``seed`` makes routing
+    draws repeatable.
     """
 
     def __init__(
@@ -67,10 +94,13 @@ class ModelServer:
         error_threshold: float = 0.5,
         mock_mode: bool = False,
         runtime_threads: int = 1,
+        plugins: Iterable[object] = (),
+        entry_points: bool = True,
+        seed: int | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self._batching = _check_batching(batching or BatchingConfig())
-        self._error_threshold = _check_threshold(error_threshold)
+        self._batching = check_batching(batching or BatchingConfig())
+        self._error_threshold = check_threshold(error_threshold)
         if not isinstance(runtime_threads, int) or not 1 <= runtime_threads <= 64:
             raise InvalidConfigError(
                 f"runtime_threads must be an integer from 1 to 64, got {runtime_threads!r}"
@@ -78,7 +108,12 @@ class ModelServer:
         self._runtime_threads = runtime_threads
         self.mock_mode = bool(mock_mode)
         self._clock = clock or MonotonicClock()
+        self.plugin_manager = make_plugin_manager(plugins, entry_points=entry_points)
+        self._events = EventEmitter(self.plugin_manager)
+        self._router = Router(collect_strategies(self.plugin_manager), random.Random(seed).random)
+        self._rollouts = RolloutController(self._clock)
         self._registry = ModelRegistry()
+        self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def __aenter__(self) -> ModelServer:
@@ -114,109 +149,113 @@ class ModelServer:
         check_name("model_id", model_id)
         check_name("version", version)
         self._check_open()
+        self._check_absent(model_id, version, replace)
+        if health_check_fn is not None and not callable(health_check_fn):
+            raise InvalidConfigError("health_check_fn must be callable as fn(model, version)")
+        options = DeploymentOptions(
+            output=parse_output_mode(output),
+            batching=check_batching(batching or self._batching),
+            error_threshold=check_threshold(
+                self._error_threshold if error_threshold is None else error_threshold
+            ),
+            metadata=check_metadata(metadata),
+            features=features,
+            allow_nan=bool(allow_nan),
+            health_check_fn=health_check_fn,
+        )
+        name = f"{model_id}:{version}"
+        loaded, runtime = await anyio.to_thread.run_sync(
+            lambda: load_runtime(
+                model_instance,
+                features,
+                name=name,
+                mock_mode=self.mock_mode,
+                threads=self._runtime_threads,
+            )
+        )
+        deployment = build_deployment(
+            model_id,
+            version,
+            loaded,
+            runtime,
+            options,
+            clock=self._clock,
+            on_batch=self._batch_done,
+        )
+        try:
+            # Checked again: the server may have closed, or another deploy of
+            # this version landed, while the model was converting.
+            self._check_open()
+            self._check_absent(model_id, version, replace)
+            old = self._registry.add(deployment, replace=replace)
+        except TurnoutError:
+            await _release(deployment)
+            raise
+        activate = set_active if set_active is not None else model_id not in self._registry.active
+        if activate:
+            self._set_active(model_id, version)
+        else:
+            self._refresh_routing(model_id)
+        logger.info("deployed %s (%s)%s", name, loaded.source, " [active]" if activate else "")
+        self._events.emit("model_deployed", deployment=deployment)
+        if old is not None:
+            await _release(old)
+        return deployment
+
+    def _check_absent(self, model_id: str, version: str, replace: bool) -> None:
         if not replace and self._registry.contains(model_id, version):
             raise VersionExistsError(
                 f"Version '{version}' of model '{model_id}' is already deployed;"
                 " pass replace=True to replace it"
             )
-        config = _check_batching(batching or self._batching)
-        threshold = self._error_threshold if error_threshold is None else error_threshold
-        threshold = _check_threshold(threshold)
-        meta = _check_metadata(metadata)
-        if health_check_fn is not None and not callable(health_check_fn):
-            raise InvalidConfigError("health_check_fn must be callable as fn(model, version)")
-        mode = parse_output_mode(output)
-
-        name = f"{model_id}:{version}"
-        loaded, runtime = await anyio.to_thread.run_sync(self._load, model_instance, features, name)
-        try:
-            decoder = OutputDecoder(loaded.signature, mode)
-            schema = InputSchema(
-                n_features=loaded.signature.n_features,
-                dtype=loaded.signature.input_dtype,
-                feature_names=loaded.signature.feature_names,
-                allow_nan=allow_nan,
-                max_rows=config.max_request_rows,
-            )
-        except TurnoutError:
-            runtime.close()
-            raise
-        metrics = VersionMetrics()
-        deployment = Deployment(
-            model_id=model_id,
-            version=version,
-            loaded=loaded,
-            model=loaded.estimator
-            if loaded.estimator is not None
-            else wrap_onnx_model(runtime, loaded.signature),
-            schema=schema,
-            decoder=decoder,
-            runtime=runtime,
-            batcher=None,  # type: ignore[arg-type]  # set just below: it needs execute
-            metrics=metrics,
-            metadata=meta,
-            error_threshold=threshold,
-            health_check_fn=health_check_fn,
-        )
-        deployment.batcher = AdaptiveBatcher(
-            deployment.execute,
-            config,
-            name=name,
-            clock=self._clock,
-            on_batch=lambda report: _record_batch(metrics, report),
-            on_timeout=metrics.record_timeout,
-        )
-        try:
-            self._check_open()
-            old = self._registry.add(deployment, replace=replace)
-        except TurnoutError:
-            await deployment.batcher.close()
-            runtime.close()
-            raise
-        activate = set_active if set_active is not None else model_id not in self._registry.active
-        if activate:
-            self._registry.activate(model_id, version)
-        logger.info("deployed %s (%s)%s", name, loaded.source, " [active]" if activate else "")
-        if old is not None:
-            await _release(old)
-        return deployment
-
-    def _load(
-        self, model_instance: object, features: Sequence[str] | None, name: str
-    ) -> tuple[LoadedModel, ModelRuntime]:
-        """Convert and load a model, then prove it runs on one row; in a worker thread."""
-        loaded = load_model(model_instance, features=features, convert=not self.mock_mode)
-        runtime: ModelRuntime
-        if loaded.onnx_bytes is None:
-            runtime = PythonRuntime(loaded.estimator, loaded.signature)
-        else:
-            runtime = OnnxRuntime(
-                loaded.onnx_bytes, loaded.signature, threads=self._runtime_threads
-            )
-        probe = np.zeros((1, loaded.signature.n_features), dtype=loaded.signature.input_dtype)
-        try:
-            runtime.run(probe)
-        except TurnoutError as exc:
-            runtime.close()
-            raise ConversionError(f"{name} fails on a row of zeros: {exc}") from exc
-        return loaded, runtime
 
     async def set_active_version(self, model_id: str, version: str) -> None:
-        """Send the model's traffic to ``version`` from now on."""
-        self._registry.activate(check_name("model_id", model_id), check_name("version", version))
-        logger.info("active version of %s is now %s", model_id, version)
+        """Send all of the model's traffic to ``version``, ending any test or rollout."""
+        check_name("model_id", model_id)
+        check_name("version", version)
+        self._registry.get(model_id, version)
+        self._end_rollout(model_id, "ended by set_active_version")
+        self._set_active(model_id, version)
+        self._apply_routing(model_id, ACTIVE)
+
+    def _set_active(self, model_id: str, version: str) -> None:
+        old = self._registry.active.get(model_id)
+        self._registry.activate(model_id, version)
+        self._refresh_routing(model_id)
+        if old != version:
+            logger.info("active version of %s is now %s", model_id, version)
+            self._events.emit("active_version_changed", model_id=model_id, old=old, new=version)
 
     async def retire_model(self, model_id: str, version: str) -> None:
         """Remove a version; requests it already admitted are still answered.
 
         Retiring the active version leaves the model without one until
-        another is activated.
+        another is activated. A version that the model's routing sends
+        traffic to (other than plain active routing) cannot be retired: change
+        the routing first.
         """
-        deployment = self._registry.remove(
-            check_name("model_id", model_id), check_name("version", version)
-        )
+        check_name("model_id", model_id)
+        check_name("version", version)
+        self._registry.get(model_id, version)
+        config = self._router.config(model_id)
+        if config.strategy != ACTIVE.strategy:
+            strategy = self._router.traffic(model_id).strategy
+            if version in strategy.versions():
+                raise InvalidRoutingError(
+                    f"version '{version}' of model '{model_id}' receives traffic under"
+                    f" {config.strategy!r} routing; change the routing before retiring it"
+                )
+        was_active = self._registry.active.get(model_id) == version
+        deployment = self._registry.remove(model_id, version)
+        if self._registry.contains_model(model_id):
+            self._refresh_routing(model_id)
+        else:
+            self._router.drop(model_id)
         logger.info("retired %s:%s", model_id, version)
+        if was_active:
+            self._events.emit("active_version_changed", model_id=model_id, old=version, new=None)
         await _release(deployment)
+        self._events.emit("model_retired", model_id=model_id, version=version)
 
     @property
     def active_models(self) -> Mapping[str, str]:
@@ -226,6 +265,55 @@ class ModelServer:
     def get_deployment(self, model_id: str, version: str | None = None) -> Deployment:
         """Return a deployed version (the active one when ``version`` is None)."""
         return self._registry.get(model_id, version)
+
+    # -- routing -----------------------------------------------------------------------
+
+    async def set_routing(self, model_id: str, config: RoutingConfig) -> None:
+        """Route the model's traffic by ``config``; if it is refused, the old routing stays."""
+        if not isinstance(config, RoutingConfig):
+            raise InvalidRoutingError(f"expected a RoutingConfig, got {type(config).__name__}")
+        self._registry.versions(check_name("model_id", model_id))
+        self._router.build(config, self._context(model_id))  # validate before ending anything
+        if self._router.config(model_id).strategy == "canary" and config.strategy != "canary":
+            self._end_rollout(model_id, "replaced by new routing")
+        self._apply_routing(model_id, config)
+
+    def get_routing(self, model_id: str) -> RoutingConfig:
+        """Return the model's current routing config."""
+        self._registry.versions(check_name("model_id", model_id))
+        return self._router.config(model_id)
+
+    async def setup_ab_test(
+        self, model_id: str, versions: Sequence[str], weights: Sequence[float]
+    ) -> None:
+        """Split the model's traffic between ``versions`` by ``weights`` (as in the guide)."""
+        params = {"versions": list(versions), "weights": list(weights)}
+        await self.set_routing(model_id, RoutingConfig("weighted", params))
+
+    def _context(self, model_id: str) -> RoutingContext:
+        return RoutingContext(
+            model_id=model_id,
+            active=self._registry.active.get(model_id),
+            versions=frozenset(self._registry.versions(model_id)),
+        )
+
+    def _apply_routing(self, model_id: str, config: RoutingConfig, reason: str = "") -> None:
+        old = self._router.set(model_id, config, self._context(model_id))
+        if config.strategy == "canary":
+            self._begin_canary_step(model_id, started=old.strategy != "canary", reason=reason)
+        if old != config:
+            logger.info("routing of %s is now %s", model_id, config.to_dict())
+            self._events.emit("routing_changed", model_id=model_id, old=old, new=config)
+
+    def _refresh_routing(self, model_id: str) -> None:
+        dropped = self._router.refresh(model_id, self._context(model_id))
+        if dropped is not None:
+            logger.warning(
+                "routing %s of %s no longer fits its versions; back to active routing",
+                dropped.to_dict(),
+                model_id,
+            )
+            self._events.emit("routing_changed", model_id=model_id, old=dropped, new=ACTIVE)
 
     # -- predictions -----------------------------------------------------------------
 
@@ -237,14 +325,18 @@ class ModelServer:
         version: str | None = None,
         key: str | None = None,
         timeout: float | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> np.ndarray[Any, Any]:
         """Return the model's predictions for ``inputs``, one per row.
 
         A binary classifier gives the positive-class probability per row, a
         multiclass one a (rows, classes) matrix, a regressor its values,
-        unless the deployment chose ``output="label"``. ``timeout`` is in seconds.
+        unless the deployment chose ``output="label"``. ``version`` pins a
+        version past the routing; ``key`` keeps a caller on one version under
+        sticky routing; ``timeout`` is in seconds; ``attributes`` are for
+        strategies that route by them.
         """
-        _, piece = await self._submit(model_id, inputs, version, key, timeout)
+        _, piece = await self._submit(model_id, inputs, version, key, timeout, attributes)
         primary = piece.result.primary
         if piece.start == 0 and piece.stop == len(primary):
             return primary
@@ -258,11 +350,14 @@ class ModelServer:
         version: str | None = None,
         key: str | None = None,
         timeout: float | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> InferenceResult:
-        """Like :meth:`predict`, but return the version that served, labels and probabilities."""
+        """Like :meth:`predict`, but return the version that served, labels, probabilities
+        and a ``request_id`` for :meth:`record_outcome`."""
         started = self._clock.now()
-        deployment, piece = await self._submit(model_id, inputs, version, key, timeout)
+        deployment, piece = await self._submit(model_id, inputs, version, key, timeout, attributes)
         out, rows = piece.result, slice(piece.start, piece.stop)
+        traffic = self._router.traffic(model_id)
         return InferenceResult(
             model_id=model_id,
             version=deployment.version,
@@ -270,6 +365,7 @@ class ModelServer:
             labels=None if out.labels is None else out.labels[rows],
             probabilities=None if out.scores is None or out.labels is None else out.scores[rows],
             latency_ms=(self._clock.now() - started) * 1e3,
+            request_id=traffic.outcomes.new_request(deployment.version),
         )
 
     async def _submit(
@@ -279,21 +375,315 @@ class ModelServer:
         version: str | None,
         key: str | None,
         timeout: float | None,
+        attributes: Mapping[str, Any] | None,
     ) -> tuple[Deployment, BatchSlice[BatchOutput]]:
         started = self._clock.now()
         if self._closed:
             raise ServerClosedError("the server is closed")
         if key is not None and not isinstance(key, str):
             raise InvalidInputError(f"key must be a string, got {type(key).__name__}")
+        if attributes is not None and not isinstance(attributes, Mapping):
+            raise InvalidInputError("attributes must be a dict")
         deadline = None if timeout is None else started + _check_timeout(timeout)
-        deployment = self._registry.get(model_id, version)
+        if version is None:
+            route = self._router.route(model_id, key, attributes or {})
+            deployment = self._registry.get(model_id, route.primary)
+        else:
+            route = None
+            deployment = self._registry.get(model_id, version)
         rows = deployment.schema.encode(inputs)
+        submission: Awaitable[BatchSlice[BatchOutput]] = deployment.batcher.submit(
+            rows, deadline=deadline, started=started
+        )
+        if route is not None and route.mirrors:
+            primary = asyncio.ensure_future(submission)
+            for mirror in route.mirrors:
+                # Started after the primary was queued; they never delay it.
+                self._spawn(self._shadow(model_id, deployment, mirror, inputs, primary))
+            submission = primary
         try:
-            piece = await deployment.batcher.submit(rows, deadline=deadline, started=started)
+            piece = await submission
         except OverloadedError:
             deployment.metrics.record_shed()
             raise
         return deployment, piece
+
+    async def _shadow(
+        self,
+        model_id: str,
+        primary: Deployment,
+        version: str,
+        inputs: object,
+        primary_result: asyncio.Future[BatchSlice[BatchOutput]],
+    ) -> None:
+        traffic = self._router.traffic(model_id)
+        recorder = traffic.shadow(primary.version, version)
+        started = self._clock.now()
+        try:
+            shadow = self._registry.get(model_id, version)
+            piece = await shadow.batcher.submit(shadow.schema.encode(inputs), started=started)
+        except ServiceUnavailableError:
+            recorder.dropped += 1
+            return
+        except TurnoutError:
+            recorder.errors += 1
+            return
+        latency = self._clock.now() - started
+        try:
+            mine = await primary_result
+        except BaseException:
+            return  # the primary failed or its caller went away: nothing to compare with
+        a, b = mine.result, piece.result
+        ra, rb = slice(mine.start, mine.stop), slice(piece.start, piece.stop)
+        total, largest, agreed = compare_outputs(
+            a.primary[ra],
+            b.primary[rb],
+            None if a.labels is None else a.labels[ra],
+            None if b.labels is None else b.labels[rb],
+        )
+        rows = mine.stop - mine.start
+        recorder.record(rows, total, largest, agreed, latency)
+        if self._events.has_listeners("shadow_compared"):
+            self._events.emit(
+                "shadow_compared",
+                model_id=model_id,
+                primary=primary.version,
+                shadow=version,
+                difference=total / rows,
+                agreed=None if agreed is None else agreed == rows,
+            )
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _batch_done(self, deployment: Deployment, report: BatchReport) -> None:
+        deployment.metrics.record_batch(
+            rows=report.rows,
+            latencies=report.latencies,
+            requests=report.requests,
+            errors=report.requests if report.error is not None else 0,
+        )
+        if self._events.has_listeners("batch_completed"):
+            self._events.emit(
+                "batch_completed",
+                model_id=deployment.model_id,
+                version=deployment.version,
+                report=report,
+            )
+        if self._router.config(deployment.model_id).strategy == "canary":
+            self._judge_canary(deployment.model_id)
+
+    # -- outcomes and shadows ----------------------------------------------------------
+
+    async def record_outcome(self, model_id: str, request_id: str, outcome: float) -> str:
+        """Attach ground truth or a reward to a served request; return the version that served.
+
+        A bandit routing learns from it; :meth:`compare_versions` tests it.
+        """
+        traffic = self._router.traffic(check_name("model_id", model_id))
+        if not isinstance(request_id, str):
+            raise InvalidInputError("request_id must be a string from an InferenceResult")
+        learn = getattr(traffic.strategy, "record_outcome", None)
+        if learn is not None:
+            # The strategy validates the reward first, so a refused one changes nothing.
+            learn(traffic.outcomes.version_of(request_id), outcome)
+        return traffic.outcomes.record(request_id, outcome)
+
+    def compare_versions(self, model_id: str, a: str, b: str) -> ABComparison:
+        """Compare two versions' recorded outcomes: difference, p-value and a verdict."""
+        for version in (a, b):
+            self._registry.get(model_id, version)
+        outcomes = self._router.traffic(model_id).outcomes
+        return compare(outcomes.statistics(a), outcomes.statistics(b))
+
+    def shadow_statistics(self, model_id: str) -> list[ShadowStatistics]:
+        """Return each shadow version's record against its primary."""
+        self._registry.versions(model_id)
+        traffic: ModelTraffic = self._router.traffic(model_id)
+        return [recorder.statistics() for recorder in traffic.shadows.values()]
+
+    # -- canary rollouts -----------------------------------------------------------------
+
+    async def start_canary(
+        self,
+        model_id: str,
+        candidate: str,
+        *,
+        baseline: str | None = None,
+        steps: Sequence[float] = DEFAULT_STEPS,
+        min_requests: int = 100,
+        min_seconds: float = 0.0,
+        max_error_rate: float = 0.05,
+        max_latency_ratio: float = 1.5,
+    ) -> None:
+        """Roll ``candidate`` out step by step, promoting it or rolling back by itself.
+
+        At each step the candidate gets that share of traffic until it has
+        served ``min_requests`` for at least ``min_seconds``; it is then judged
+        on its error rate and p99 latency against the baseline (the active
+        version unless named). Failing a judgement rolls back at once.
+        """
+        if baseline is None:
+            baseline = self._registry.get(model_id).version
+        params = {
+            "baseline": baseline,
+            "candidate": candidate,
+            "steps": list(steps),
+            "step": 0,
+            "min_requests": min_requests,
+            "min_seconds": min_seconds,
+            "max_error_rate": max_error_rate,
+            "max_latency_ratio": max_latency_ratio,
+        }
+        await self.set_routing(model_id, RoutingConfig("canary", params))
+
+    async def abort_canary(self, model_id: str) -> None:
+        """Stop a canary rollout and send all traffic back to its baseline."""
+        plan = self._canary_plan(model_id)
+        if plan is None:
+            raise InvalidRoutingError(f"model '{model_id}' has no canary rollout in progress")
+        self._finish_canary(model_id, plan, RolloutAction.ROLL_BACK, "aborted by request")
+
+    def rollout_history(self, model_id: str) -> tuple[RolloutEvent, ...]:
+        """Return the model's rollout events (steps, promotions, rollbacks), oldest first."""
+        return self._rollouts.history(model_id)
+
+    def _canary_plan(self, model_id: str) -> CanaryPlan | None:
+        if self._router.config(model_id).strategy != "canary":
+            return None
+        strategy = self._router.traffic(model_id).strategy
+        return strategy.plan if isinstance(strategy, CanaryRouting) else None
+
+    def _begin_canary_step(self, model_id: str, *, started: bool, reason: str) -> None:
+        plan = self._canary_plan(model_id)
+        assert plan is not None
+        self._rollouts.begin_step(
+            model_id,
+            plan,
+            self._registry.get(model_id, plan.baseline).metrics,
+            self._registry.get(model_id, plan.candidate).metrics,
+            event="started" if started else "step",
+            reason=reason,
+        )
+        self._emit_rollout(model_id, plan, "started" if started else "step")
+
+    def _judge_canary(self, model_id: str) -> None:
+        plan = self._canary_plan(model_id)
+        if plan is None:
+            return
+        judgement = self._rollouts.judge(
+            model_id,
+            plan,
+            self._registry.get(model_id, plan.baseline).metrics,
+            self._registry.get(model_id, plan.candidate).metrics,
+        )
+        if judgement is None:
+            return
+        if judgement.action is RolloutAction.ADVANCE:
+            params = {**plan.to_params(), "step": plan.step + 1}
+            logger.info("canary of %s: %s", model_id, judgement.reason)
+            self._apply_routing(model_id, RoutingConfig("canary", params), judgement.reason)
+        else:
+            self._finish_canary(model_id, plan, judgement.action, judgement.reason)
+
+    def _finish_canary(
+        self, model_id: str, plan: CanaryPlan, action: RolloutAction, reason: str
+    ) -> None:
+        winner = plan.candidate if action is RolloutAction.PROMOTE else plan.baseline
+        log = logger.info if action is RolloutAction.PROMOTE else logger.warning
+        log("canary of %s %s: %s", model_id, action.value, reason)
+        self._rollouts.record(model_id, plan, action.value, reason)
+        self._rollouts.end(model_id)
+        self._set_active(model_id, winner)
+        self._apply_routing(model_id, ACTIVE)
+        self._emit_rollout(model_id, plan, action.value)
+
+    def _end_rollout(self, model_id: str, reason: str) -> None:
+        plan = self._canary_plan(model_id)
+        if plan is not None:
+            self._rollouts.record(model_id, plan, "ended", reason)
+            self._rollouts.end(model_id)
+
+    def _emit_rollout(self, model_id: str, plan: CanaryPlan, event: str) -> None:
+        self._events.emit(
+            "rollout_step",
+            model_id=model_id,
+            candidate=plan.candidate,
+            step=plan.step,
+            weight=plan.weight if event != RolloutAction.ROLL_BACK else 0.0,
+            event=event,
+        )
+
+    # -- blue-green ----------------------------------------------------------------------
+
+    async def blue_green_switch(
+        self,
+        model_id: str,
+        green: str,
+        *,
+        smoke_test: SmokeTest | None = None,
+        samples: object = None,
+        expected: object = None,
+        tolerance: float = 1e-6,
+    ) -> None:
+        """Test ``green``, then switch all traffic to it at once, keeping blue for rollback.
+
+        Smoke tests: ``smoke_test(server, model_id, green)`` returning true,
+        and/or ``samples`` whose predictions on green must equal ``expected``
+        within ``tolerance``. On failure SmokeTestError is raised and blue
+        keeps serving.
+        """
+        self._registry.get(model_id, green)
+        blue = self._registry.get(model_id).version
+        if blue == green:
+            raise InvalidRoutingError(f"'{green}' is already the live version of '{model_id}'")
+        await self._smoke_test(model_id, green, smoke_test, samples, expected, tolerance)
+        self._end_rollout(model_id, "replaced by a blue-green switch")
+        self._set_active(model_id, green)
+        params = {"blue": blue, "green": green, "live": "green"}
+        self._apply_routing(model_id, RoutingConfig("blue_green", params))
+
+    async def blue_green_rollback(self, model_id: str) -> None:
+        """Send all traffic back to the blue version of the last blue-green switch."""
+        strategy = self._router.traffic(check_name("model_id", model_id)).strategy
+        if not isinstance(strategy, BlueGreenRouting) or strategy.live != "green":
+            raise InvalidRoutingError(f"model '{model_id}' has no blue-green switch to roll back")
+        self._set_active(model_id, strategy.blue)
+        params = {"blue": strategy.blue, "green": strategy.green, "live": "blue"}
+        self._apply_routing(model_id, RoutingConfig("blue_green", params))
+
+    async def _smoke_test(
+        self,
+        model_id: str,
+        green: str,
+        smoke_test: SmokeTest | None,
+        samples: object,
+        expected: object,
+        tolerance: float,
+    ) -> None:
+        if smoke_test is None and samples is None:
+            raise InvalidConfigError("a blue-green switch needs a smoke_test or samples to run")
+        if smoke_test is not None:
+            try:
+                verdict = smoke_test(self, model_id, green)
+                if not isinstance(verdict, bool):
+                    verdict = bool(await verdict)
+            except Exception as exc:
+                raise SmokeTestError(f"the smoke test of {model_id}:{green} raised: {exc}") from exc
+            if not verdict:
+                raise SmokeTestError(f"the smoke test of {model_id}:{green} failed")
+        if samples is not None:
+            if expected is None:
+                raise InvalidConfigError("samples need expected outputs to compare with")
+            got = await self.predict(model_id, samples, version=green)
+            want = np.asarray(expected)
+            if got.shape != want.shape or not np.allclose(got, want, atol=tolerance, rtol=0):
+                raise SmokeTestError(
+                    f"{model_id}:{green} gave outputs that differ from the expected ones"
+                    f" by more than {tolerance}"
+                )
 
     # -- status and health --------------------------------------------------------------
 
@@ -303,6 +693,7 @@ class ModelServer:
         status: dict[str, dict[str, dict[str, Any]]] = {}
         for deployment in self._registry:
             stats = deployment.batcher.statistics()
+            routing = self._router.config(deployment.model_id)
             status.setdefault(deployment.model_id, {})[deployment.version] = {
                 "status": "active"
                 if active.get(deployment.model_id) == deployment.version
@@ -314,6 +705,7 @@ class ModelServer:
                 "features": list(deployment.schema.feature_names or ()),
                 "output": deployment.decoder.mode.value,
                 "batching": asdict(deployment.batcher.config),
+                "routing": routing.to_dict(),
             }
         return status
 
@@ -348,20 +740,17 @@ class ModelServer:
     async def _run_health_check(self, deployment: Deployment) -> bool:
         check = deployment.health_check_fn
         assert check is not None
+        name = f"{deployment.model_id}:{deployment.version}"
         try:
             with anyio.fail_after(HEALTH_CHECK_TIMEOUT):
                 ok = await anyio.to_thread.run_sync(
                     check, deployment.model, deployment.version, abandon_on_cancel=True
                 )
         except TimeoutError:
-            logger.warning(
-                "health check of %s:%s timed out", deployment.model_id, deployment.version
-            )
+            logger.warning("health check of %s timed out", name)
             return False
         except Exception:
-            logger.exception(
-                "health check of %s:%s raised", deployment.model_id, deployment.version
-            )
+            logger.exception("health check of %s raised", name)
             return False
         return bool(ok)
 
@@ -373,6 +762,8 @@ class ModelServer:
             return
         self._closed = True
         await asyncio.gather(*(_release(d) for d in self._registry))
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     @property
     def closed(self) -> bool:
@@ -389,15 +780,6 @@ async def _release(deployment: Deployment) -> None:
     deployment.runtime.close()
 
 
-def _record_batch(metrics: VersionMetrics, report: BatchReport) -> None:
-    metrics.record_batch(
-        rows=report.rows,
-        latencies=report.latencies,
-        requests=report.requests,
-        errors=report.requests if report.error is not None else 0,
-    )
-
-
 def _check_timeout(timeout: object) -> float:
     if (
         isinstance(timeout, bool)
@@ -407,23 +789,3 @@ def _check_timeout(timeout: object) -> float:
     ):
         raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
-
-
-def _check_threshold(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise InvalidConfigError(f"error_threshold must be between 0 and 1, got {value!r}")
-    return float(value)
-
-
-def _check_batching(config: object) -> BatchingConfig:
-    if not isinstance(config, BatchingConfig):
-        raise InvalidConfigError(f"batching must be a BatchingConfig, got {type(config).__name__}")
-    return config
-
-
-def _check_metadata(metadata: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    if metadata is None:
-        return MappingProxyType({})
-    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
-        raise InvalidConfigError("metadata must be a dict with string keys")
-    return MappingProxyType(dict(metadata))

@@ -1,0 +1,145 @@
+"""Building a Deployment: load and convert the model, prove it runs, give it a batcher.
+
+Kept apart from the server so that everything slow or fallible about a
+deployment happens here, before the server's state changes at all: a model
+that fails anywhere on this path leaves nothing half-deployed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from turnout.core.batching import AdaptiveBatcher, BatchingConfig, BatchReport
+from turnout.core.clock import Clock
+from turnout.core.convert import LoadedModel, load_model
+from turnout.core.errors import ConversionError, InvalidConfigError, TurnoutError
+from turnout.core.metrics import VersionMetrics
+from turnout.core.onnx_model import wrap_onnx_model
+from turnout.core.outputs import OutputDecoder, OutputMode
+from turnout.core.registry import Deployment, HealthCheckFn
+from turnout.core.runtime import ModelRuntime, OnnxRuntime, PythonRuntime
+from turnout.core.schema import InputSchema
+
+__all__ = [
+    "DeploymentOptions",
+    "build_deployment",
+    "check_batching",
+    "check_metadata",
+    "check_threshold",
+    "load_runtime",
+]
+
+
+@dataclass(frozen=True)
+class DeploymentOptions:
+    """Validated options of one ``deploy_model`` call."""
+
+    output: OutputMode
+    batching: BatchingConfig
+    error_threshold: float
+    metadata: Mapping[str, Any]
+    features: Sequence[str] | None = None
+    allow_nan: bool = False
+    health_check_fn: HealthCheckFn | None = None
+
+
+def load_runtime(
+    model_instance: object,
+    features: Sequence[str] | None,
+    *,
+    name: str,
+    mock_mode: bool,
+    threads: int,
+) -> tuple[LoadedModel, ModelRuntime]:
+    """Convert and load a model, then prove it runs on one row. Slow: call it in a thread."""
+    loaded = load_model(model_instance, features=features, convert=not mock_mode)
+    runtime: ModelRuntime
+    if loaded.onnx_bytes is None:
+        runtime = PythonRuntime(loaded.estimator, loaded.signature)
+    else:
+        runtime = OnnxRuntime(loaded.onnx_bytes, loaded.signature, threads=threads)
+    probe = np.zeros((1, loaded.signature.n_features), dtype=loaded.signature.input_dtype)
+    try:
+        runtime.run(probe)
+    except TurnoutError as exc:
+        runtime.close()
+        raise ConversionError(f"{name} fails on a row of zeros: {exc}") from exc
+    return loaded, runtime
+
+
+def build_deployment(
+    model_id: str,
+    version: str,
+    loaded: LoadedModel,
+    runtime: ModelRuntime,
+    options: DeploymentOptions,
+    *,
+    clock: Clock,
+    on_batch: Callable[[Deployment, BatchReport], None],
+) -> Deployment:
+    """Assemble the Deployment for a loaded model; closes the runtime if that fails."""
+    try:
+        decoder = OutputDecoder(loaded.signature, options.output)
+        schema = InputSchema(
+            n_features=loaded.signature.n_features,
+            dtype=loaded.signature.input_dtype,
+            feature_names=loaded.signature.feature_names,
+            allow_nan=options.allow_nan,
+            max_rows=options.batching.max_request_rows,
+        )
+    except TurnoutError:
+        runtime.close()
+        raise
+    metrics = VersionMetrics()
+    model = loaded.estimator if loaded.estimator is not None else None
+    deployment = Deployment(
+        model_id=model_id,
+        version=version,
+        loaded=loaded,
+        model=model if model is not None else wrap_onnx_model(runtime, loaded.signature),
+        schema=schema,
+        decoder=decoder,
+        runtime=runtime,
+        batcher=None,  # type: ignore[arg-type]  # set just below: it needs execute
+        metrics=metrics,
+        metadata=options.metadata,
+        error_threshold=options.error_threshold,
+        health_check_fn=options.health_check_fn,
+    )
+    deployment.batcher = AdaptiveBatcher(
+        deployment.execute,
+        options.batching,
+        name=f"{model_id}:{version}",
+        clock=clock,
+        on_batch=lambda report: on_batch(deployment, report),
+        on_timeout=metrics.record_timeout,
+    )
+    return deployment
+
+
+def check_threshold(value: object) -> float:
+    """Return ``value`` as an error threshold in [0, 1], else raise InvalidConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise InvalidConfigError(f"error_threshold must be between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def check_batching(config: object) -> BatchingConfig:
+    """Return ``config`` if it is a BatchingConfig, else raise InvalidConfigError."""
+    if not isinstance(config, BatchingConfig):
+        raise InvalidConfigError(f"batching must be a BatchingConfig, got {type(config).__name__}")
+    return config
+
+
+def check_metadata(metadata: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """Return a read-only copy of ``metadata`` (a dict with string keys)."""
+    if metadata is None:
+        return MappingProxyType({})
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+        raise InvalidConfigError("metadata must be a dict with string keys")
+    return MappingProxyType(dict(metadata))

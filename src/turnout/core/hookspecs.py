@@ -1,0 +1,108 @@
+"""Every hook a turnout plugin can implement.
+
+A plugin is any object or module with functions marked ``@turnout.hookimpl``
+and named after a hook below. Built-in strategies register through these
+same hooks, so a plugin replaces or extends nothing that is closed to it.
+
+The sync/async contract, once: pluggy calls hooks synchronously, on the
+server's event loop.
+
+* **Registration hooks** (``register_*``) are called once, when a server
+  starts, and return classes. Their instances may have ``async`` methods
+  where the protocol says so.
+* **Event hooks** are called after the fact, on the event loop, and must
+  return quickly: they must not block, sleep or do I/O. A plugin that does
+  I/O (a tracking server, a pager) puts the event on its own queue or thread
+  and returns. Their return values are ignored. An event hook that raises is
+  logged and skipped; it never fails a prediction or a deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from turnout.core.batching import BatchReport
+    from turnout.core.registry import Deployment
+    from turnout.core.routing import RoutingConfig, RoutingStrategyFactory
+
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+
+PROJECT_NAME = "turnout"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -- registration -------------------------------------------------------------------------
+
+
+@hookspec
+def register_routing_strategies() -> Sequence[RoutingStrategyFactory]:
+    """Return routing strategy classes to offer, each with a unique ``name``.
+
+    Called once when a server builds its plugin manager. Two strategies with
+    the same name, from any two plugins, are an error at start-up.
+    """
+
+
+# -- model lifecycle events ------------------------------------------------------------------
+
+
+@hookspec
+def model_deployed(deployment: Deployment) -> None:
+    """Called after ``deployment`` was added and can serve requests."""
+
+
+@hookspec
+def model_retired(model_id: str, version: str) -> None:
+    """Called after a version was retired; its admitted requests have been answered."""
+
+
+@hookspec
+def active_version_changed(model_id: str, old: str | None, new: str | None) -> None:
+    """Called after a model's active version changed (``None``: no active version)."""
+
+
+@hookspec
+def routing_changed(model_id: str, old: RoutingConfig, new: RoutingConfig) -> None:
+    """Called after a model's routing configuration was replaced."""
+
+
+# -- serving events --------------------------------------------------------------------------
+
+
+@hookspec
+def batch_completed(model_id: str, version: str, report: BatchReport) -> None:
+    """Called once per executed batch (not per request), with its sizes, latencies and error."""
+
+
+@hookspec
+def shadow_compared(
+    model_id: str, primary: str, shadow: str, difference: float, agreed: bool | None
+) -> None:
+    """Called when a mirrored request's shadow result was compared with the primary's.
+
+    ``difference`` is the mean absolute difference of the outputs; ``agreed``
+    whether the labels all matched (None for a regressor).
+    """
+
+
+@hookspec
+def rollout_step(model_id: str, candidate: str, step: int, weight: float, event: str) -> None:
+    """Called when a canary rollout moves: ``event`` is "step", "promoted" or "rolled_back".
+
+    ``weight`` is the share of traffic the candidate gets from now on.
+    """
+
+
+def all_hook_names() -> list[str]:
+    """Return the name of every hook specified in this module."""
+    return [
+        name
+        for name, value in globals().items()
+        if callable(value) and hasattr(value, f"{PROJECT_NAME}_spec")
+    ]

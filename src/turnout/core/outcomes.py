@@ -1,0 +1,177 @@
+"""Outcome feedback and A/B statistics: ground truth joined to the version that served.
+
+Every full result (``infer``) carries a ``request_id``. ``record_outcome``
+attaches an outcome to it later; :func:`compare` then tests whether two
+versions' outcomes differ: a two-proportion z-test when every outcome is 0
+or 1, Welch's t-test otherwise (both from SciPy, which scikit-learn brings).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from turnout.core.errors import InvalidInputError
+
+__all__ = ["ABComparison", "OutcomeStatistics", "OutcomeTracker", "compare"]
+
+DEFAULT_CAPACITY = 100_000
+
+
+@dataclass(frozen=True)
+class OutcomeStatistics:
+    """The outcomes recorded for one version."""
+
+    version: str
+    count: int
+    mean: float
+    std: float
+    binary: bool
+
+
+@dataclass(frozen=True)
+class ABComparison:
+    """Whether two versions' outcomes differ, and by how much."""
+
+    a: OutcomeStatistics
+    b: OutcomeStatistics
+    difference: float
+    p_value: float | None
+    test: str
+    significant: bool
+    needed_per_version: int | None
+    verdict: str
+
+
+class _Accumulator:
+    __slots__ = ("binary", "count", "total", "total_sq")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.total_sq = 0.0
+        self.binary = True
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.total_sq += value * value
+        self.binary = self.binary and value in (0.0, 1.0)
+
+    def statistics(self, version: str) -> OutcomeStatistics:
+        n = self.count
+        mean = self.total / n if n else 0.0
+        var = max(0.0, (self.total_sq - n * mean * mean) / (n - 1)) if n > 1 else 0.0
+        return OutcomeStatistics(version, n, mean, math.sqrt(var), self.binary and n > 0)
+
+
+class OutcomeTracker:
+    """Remembers which version served each recent request and collects their outcomes."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._capacity = capacity
+        self._served: OrderedDict[str, str] = OrderedDict()
+        self._outcomes: dict[str, _Accumulator] = {}
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+
+    def new_request(self, version: str) -> str:
+        """Return a fresh request id and remember that ``version`` served it."""
+        request_id = f"{self._prefix}-{next(self._counter)}"
+        self._served[request_id] = version
+        if len(self._served) > self._capacity:
+            self._served.popitem(last=False)
+        return request_id
+
+    def version_of(self, request_id: str) -> str:
+        """Return the version that served ``request_id``; raise if the id is not known."""
+        version = self._served.get(request_id)
+        if version is None:
+            raise self._unknown(request_id)
+        return version
+
+    def _unknown(self, request_id: str) -> InvalidInputError:
+        return InvalidInputError(
+            f"unknown request id {request_id!r}: it was never issued, already has an"
+            f" outcome, or is older than the last {self._capacity} requests"
+        )
+
+    def record(self, request_id: str, outcome: float) -> str:
+        """Attach ``outcome`` to the request; return the version that served it."""
+        if isinstance(outcome, bool):
+            outcome = float(outcome)
+        if not isinstance(outcome, int | float) or not math.isfinite(outcome):
+            raise InvalidInputError(f"outcome must be a finite number, got {outcome!r}")
+        version = self._served.pop(request_id, None)
+        if version is None:
+            raise self._unknown(request_id)
+        self._outcomes.setdefault(version, _Accumulator()).add(float(outcome))
+        return version
+
+    def statistics(self, version: str) -> OutcomeStatistics:
+        """Return the outcomes recorded for ``version`` so far."""
+        return self._outcomes.get(version, _Accumulator()).statistics(version)
+
+
+def compare(a: OutcomeStatistics, b: OutcomeStatistics, *, alpha: float = 0.05) -> ABComparison:
+    """Test whether ``b``'s mean outcome differs from ``a``'s, and say it in plain words."""
+    from scipy import stats
+
+    difference = b.mean - a.mean
+    binary = a.binary and b.binary
+    test = "two-proportion z-test" if binary else "Welch's t-test"
+    if a.count < 2 or b.count < 2:
+        return ABComparison(
+            a,
+            b,
+            difference,
+            None,
+            test,
+            False,
+            None,
+            f"not enough outcomes yet ({a.version}: {a.count}, {b.version}: {b.count});"
+            " record at least 2 per version",
+        )
+    if binary:
+        pooled = (a.mean * a.count + b.mean * b.count) / (a.count + b.count)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / a.count + 1 / b.count))
+        p_value = 1.0 if se == 0 else float(2 * stats.norm.sf(abs(difference) / se))
+        spread = a.mean * (1 - a.mean) + b.mean * (1 - b.mean)
+    else:
+        if a.std == 0 and b.std == 0:
+            p_value = 1.0 if difference == 0 else 0.0
+        else:
+            p_value = float(
+                stats.ttest_ind_from_stats(
+                    a.mean, a.std, a.count, b.mean, b.std, b.count, equal_var=False
+                ).pvalue
+            )
+        spread = a.std**2 + b.std**2
+    needed = _needed_per_version(difference, spread, alpha)
+    significant = p_value < alpha
+    if significant:
+        better = b.version if difference > 0 else a.version
+        verdict = (
+            f"{better} has the higher mean outcome ({b.version} - {a.version} ="
+            f" {difference:+.4g}, p={p_value:.3g} < {alpha})"
+        )
+    else:
+        more = "" if needed is None else f"; about {needed} outcomes per version would detect it"
+        verdict = (
+            f"no significant difference yet ({difference:+.4g}, p={p_value:.3g}) with"
+            f" {a.count} and {b.count} outcomes{more}"
+        )
+    return ABComparison(a, b, difference, p_value, test, significant, needed, verdict)
+
+
+def _needed_per_version(difference: float, spread: float, alpha: float) -> int | None:
+    """Outcomes per version for 80% power to detect ``difference`` at level ``alpha``."""
+    from scipy import stats
+
+    if difference == 0 or spread <= 0:
+        return None
+    z = float(stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(0.8))
+    return math.ceil(z * z * spread / (difference * difference))

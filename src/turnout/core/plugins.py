@@ -1,0 +1,106 @@
+"""Builds a server's plugin manager: built-ins, entry-point plugins, explicit plugins.
+
+One manager per server, built by :func:`make_plugin_manager`, never at import
+time, so two servers in one process (or one test after another) never share
+plugins. Built-in strategies register exactly as third-party ones do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import pluggy
+
+from turnout.core import hookspecs
+from turnout.core.errors import PluginError
+from turnout.core.hookspecs import PROJECT_NAME
+from turnout.core.routing import RoutingStrategyFactory
+
+__all__ = ["DEFAULT_PLUGINS", "EventEmitter", "collect_strategies", "make_plugin_manager"]
+
+logger = logging.getLogger("turnout.plugins")
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "turnout.strategies.active",
+    "turnout.strategies.weighted",
+    "turnout.strategies.sticky",
+    "turnout.strategies.canary",
+    "turnout.strategies.blue_green",
+    "turnout.strategies.shadow",
+    "turnout.strategies.bandit",
+)
+
+
+def make_plugin_manager(
+    plugins: Iterable[object] = (), *, entry_points: bool = True
+) -> pluggy.PluginManager:
+    """Return a new plugin manager with the built-ins, entry-point plugins and ``plugins``.
+
+    Entry-point plugins come from the ``turnout`` group of installed packages.
+    A hook implementation that matches no hook fails here, at start-up.
+    """
+    manager = pluggy.PluginManager(PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        manager.register(importlib.import_module(name), name=name)
+    if entry_points:
+        manager.load_setuptools_entrypoints(PROJECT_NAME)
+    for plugin in plugins:
+        manager.register(plugin)
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(exc)) from exc
+    return manager
+
+
+def collect_strategies(manager: pluggy.PluginManager) -> Mapping[str, RoutingStrategyFactory]:
+    """Return every registered routing strategy by name; a name registered twice is an error."""
+    found: dict[str, RoutingStrategyFactory] = {}
+    owners: dict[str, str] = {}
+    for impl in manager.hook.register_routing_strategies.get_hookimpls():
+        offered: Iterable[RoutingStrategyFactory] = impl.function() or ()  # type: ignore[assignment]
+        for strategy in offered:
+            name = getattr(strategy, "name", None)
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {impl.plugin_name!r} offers a strategy with no name")
+            if name in found:
+                raise PluginError(
+                    f"routing strategy {name!r} is registered by both {owners[name]!r}"
+                    f" and {impl.plugin_name!r}"
+                )
+            found[name] = strategy
+            owners[name] = impl.plugin_name
+    return MappingProxyType(found)
+
+
+class EventEmitter:
+    """Calls event hooks so that a failing plugin is logged and skipped, never fatal."""
+
+    def __init__(self, manager: pluggy.PluginManager) -> None:
+        self._manager = manager
+        self._listeners: dict[str, tuple[tuple[str, Callable[..., Any], tuple[str, ...]], ...]] = {}
+        for name in hookspecs.all_hook_names():
+            if name.startswith("register_"):
+                continue
+            impls = getattr(manager.hook, name).get_hookimpls()
+            self._listeners[name] = tuple(
+                (impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in impls
+            )
+
+    def has_listeners(self, hook: str) -> bool:
+        """True if any plugin implements ``hook``; lets callers skip building arguments."""
+        return bool(self._listeners[hook])
+
+    def emit(self, hook: str, /, **kwargs: Any) -> None:
+        """Call every implementation of the event hook ``hook`` with ``kwargs``."""
+        for plugin_name, function, argnames in self._listeners[hook]:
+            try:
+                # Like pluggy itself: an implementation takes only the arguments it names.
+                function(**{name: kwargs[name] for name in argnames})
+            except Exception:
+                logger.exception("plugin %r failed in event hook %s", plugin_name, hook)

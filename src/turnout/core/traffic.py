@@ -1,0 +1,119 @@
+"""Per-model traffic state: the routing config, the strategy built from it, shadows, outcomes.
+
+:class:`Router` owns that state for every model and is the one place that
+turns a :class:`RoutingConfig` into a strategy through the registered
+strategy classes. It never changes the registry; the server does, then
+asks the router to rebuild the affected model's strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from turnout.core.errors import InvalidRoutingError, ModelNotFoundError
+from turnout.core.outcomes import OutcomeTracker
+from turnout.core.routing import (
+    Route,
+    RouteRequest,
+    RoutingConfig,
+    RoutingContext,
+    RoutingStrategy,
+    RoutingStrategyFactory,
+)
+from turnout.core.shadow import ShadowRecorder
+
+__all__ = ["ACTIVE", "ModelTraffic", "Router"]
+
+ACTIVE = RoutingConfig("active")
+
+
+class ModelTraffic:
+    """One model's routing config and strategy, with its shadow and outcome records."""
+
+    def __init__(self, config: RoutingConfig, strategy: RoutingStrategy) -> None:
+        self.config = config
+        self.strategy = strategy
+        self.shadows: dict[tuple[str, str], ShadowRecorder] = {}
+        self.outcomes = OutcomeTracker()
+
+    def shadow(self, primary: str, shadow: str) -> ShadowRecorder:
+        """Return the recorder for (primary, shadow), creating it on first use."""
+        recorder = self.shadows.get((primary, shadow))
+        if recorder is None:
+            recorder = self.shadows[(primary, shadow)] = ShadowRecorder(primary, shadow)
+        return recorder
+
+
+class Router:
+    """Builds strategies from configs and routes each model's requests."""
+
+    def __init__(
+        self, strategies: Mapping[str, RoutingStrategyFactory], random: Callable[[], float]
+    ) -> None:
+        self._strategies = strategies
+        self._random = random
+        self._traffic: dict[str, ModelTraffic] = {}
+
+    @property
+    def strategy_names(self) -> list[str]:
+        """Every strategy name a config may use."""
+        return sorted(self._strategies)
+
+    def build(self, config: RoutingConfig, context: RoutingContext) -> RoutingStrategy:
+        """Return the strategy for ``config``; raise InvalidRoutingError if it is refused."""
+        factory = self._strategies.get(config.strategy)
+        if factory is None:
+            raise InvalidRoutingError(
+                f"unknown routing strategy {config.strategy!r};"
+                f" known: {', '.join(self.strategy_names)}"
+            )
+        return factory(config.params, context)
+
+    def traffic(self, model_id: str) -> ModelTraffic:
+        """Return the model's traffic state; raise ModelNotFoundError if it has none."""
+        traffic = self._traffic.get(model_id)
+        if traffic is None:
+            raise ModelNotFoundError(
+                f"Model '{model_id}' not found or no active version set", model_id=model_id
+            )
+        return traffic
+
+    def config(self, model_id: str) -> RoutingConfig:
+        """Return the model's routing config (``active`` for a model never routed)."""
+        traffic = self._traffic.get(model_id)
+        return ACTIVE if traffic is None else traffic.config
+
+    def set(self, model_id: str, config: RoutingConfig, context: RoutingContext) -> RoutingConfig:
+        """Replace the model's routing; return the old config. On error the old one stays."""
+        strategy = self.build(config, context)
+        traffic = self._traffic.get(model_id)
+        if traffic is None:
+            self._traffic[model_id] = ModelTraffic(config, strategy)
+            return ACTIVE
+        old = traffic.config
+        traffic.config, traffic.strategy = config, strategy
+        return old
+
+    def refresh(self, model_id: str, context: RoutingContext) -> RoutingConfig | None:
+        """Rebuild the model's strategy after its versions changed.
+
+        If the config no longer fits (a version it names is gone), the model
+        falls back to ``active`` routing and the dropped config is returned.
+        """
+        config = self.config(model_id)
+        try:
+            self.set(model_id, config, context)
+        except InvalidRoutingError:
+            self.set(model_id, ACTIVE, context)
+            return config
+        return None
+
+    def drop(self, model_id: str) -> None:
+        """Forget a model that has no versions left."""
+        self._traffic.pop(model_id, None)
+
+    def route(self, model_id: str, key: str | None, attributes: Mapping[str, Any]) -> Route:
+        """Return the Route for one request to ``model_id``."""
+        strategy = self.traffic(model_id).strategy
+        return strategy.route(RouteRequest(key, self._random, attributes))

@@ -1,0 +1,104 @@
+"""The ``bandit`` strategy: traffic shifts toward the version with the best outcomes.
+
+Params: ``{"versions": ["v1", "v2"], "algorithm": "thompson", "epsilon": 0.1,
+"seed": null}``. Rewards come from ``record_outcome`` and must lie in [0, 1]
+(1 a success, 0 a failure, fractions in between). Thompson sampling draws
+from each version's Beta posterior and routes to the best draw; epsilon-greedy
+explores at random with probability ``epsilon`` and otherwise exploits the
+best mean. The posteriors live in memory: a new routing config starts afresh.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from turnout.core.errors import InvalidInputError, InvalidRoutingError
+from turnout.core.hookspecs import hookimpl
+from turnout.core.routing import (
+    Route,
+    RouteRequest,
+    RoutingContext,
+    RoutingStrategyFactory,
+    check_versions,
+)
+
+__all__ = ["BanditRouting"]
+
+ALGORITHMS = ("thompson", "epsilon_greedy")
+
+
+class BanditRouting:
+    """Thompson sampling or epsilon-greedy over versions, learning from outcome feedback."""
+
+    name: ClassVar[str] = "bandit"
+
+    def __init__(self, params: Mapping[str, Any], context: RoutingContext) -> None:
+        unknown = set(params) - {"versions", "algorithm", "epsilon", "seed"}
+        if unknown:
+            raise InvalidRoutingError(f"'bandit' routing: unknown params {sorted(unknown)}")
+        versions = check_versions(params.get("versions"), context)
+        algorithm = params.get("algorithm", "thompson")
+        if algorithm not in ALGORITHMS:
+            raise InvalidRoutingError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        epsilon = params.get("epsilon", 0.1)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
+            raise InvalidRoutingError(f"epsilon must be a number in [0, 1], got {epsilon!r}")
+        if not 0.0 <= epsilon <= 1.0:
+            raise InvalidRoutingError(f"epsilon must be in [0, 1], got {epsilon!r}")
+        seed = params.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InvalidRoutingError(f"seed must be an integer or null, got {seed!r}")
+        self._versions = versions
+        self._routes = {version: Route(version) for version in versions}
+        self._algorithm = algorithm
+        self._epsilon = float(epsilon)
+        self._random = random.Random(seed)
+        # Beta(1, 1) priors: [successes + 1, failures + 1] per version.
+        self._posterior = {version: [1.0, 1.0] for version in versions}
+        self._lock = threading.Lock()
+
+    def route(self, request: RouteRequest) -> Route:
+        """Return the version chosen by the configured algorithm."""
+        with self._lock:
+            if self._algorithm == "thompson":
+                draws = {v: self._random.betavariate(a, b) for v, (a, b) in self._posterior.items()}
+                return self._routes[max(draws, key=draws.__getitem__)]
+            if self._random.random() < self._epsilon:
+                return self._routes[self._random.choice(self._versions)]
+            means = {v: a / (a + b) for v, (a, b) in self._posterior.items()}
+            return self._routes[max(means, key=means.__getitem__)]
+
+    def record_outcome(self, version: str, reward: float) -> None:
+        """Update ``version``'s posterior with a reward in [0, 1]."""
+        if (
+            isinstance(reward, bool)
+            or not isinstance(reward, int | float)
+            or not math.isfinite(reward)
+            or not 0.0 <= reward <= 1.0
+        ):
+            raise InvalidInputError(f"a bandit reward must be in [0, 1], got {reward!r}")
+        posterior = self._posterior.get(version)
+        if posterior is None:
+            return
+        with self._lock:
+            posterior[0] += reward
+            posterior[1] += 1.0 - reward
+
+    def posteriors(self) -> dict[str, tuple[float, float]]:
+        """Return each version's Beta posterior parameters (alpha, beta)."""
+        with self._lock:
+            return {v: (a, b) for v, (a, b) in self._posterior.items()}
+
+    def versions(self) -> frozenset[str]:
+        """Every version in the bandit."""
+        return frozenset(self._versions)
+
+
+@hookimpl(trylast=True)
+def register_routing_strategies() -> Sequence[RoutingStrategyFactory]:
+    """Offer the ``bandit`` strategy."""
+    return [BanditRouting]
