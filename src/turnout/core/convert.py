@@ -189,8 +189,12 @@ def _sklearn_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedMo
     except ConversionError:
         raise
     except Exception as exc:
+        detail = str(exc)
+        if len(detail) > 500:
+            # skl2onnx can dump the whole graph; the first lines name the problem.
+            detail = detail[:500] + " ..."
         raise ConversionError(
-            f"skl2onnx cannot convert {_describe(estimator)}: {exc}".strip()
+            f"skl2onnx cannot convert {_describe(estimator)}: {detail}".strip()
         ) from exc
     signature = _onnx_signature(proto, names)
     classes = _classes(estimator)

@@ -93,9 +93,12 @@ def shadow_compared(
 
 @hookspec
 def rollout_step(model_id: str, candidate: str, step: int, weight: float, event: str) -> None:
-    """Called when a canary rollout moves: ``event`` is "step", "promoted" or "rolled_back".
+    """Called when a canary rollout starts, moves on a step, is promoted, rolls back or ends.
 
-    ``weight`` is the share of traffic the candidate gets from now on.
+    ``event`` is "started", "step", "promoted", "rolled_back" or "ended" (the
+    rollout was replaced by other routing or by ``set_active_version``);
+    ``weight`` is the share of traffic the candidate gets from now on (0.0
+    after a rollback or an end, 1.0 after a promotion).
     """
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -84,6 +85,18 @@ class _LoopThread:
         self._thread.join()
 
 
+def _off_the_loop(test: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Wrap a sync smoke test so that it runs in a worker thread, not on the event loop."""
+
+    async def run(server: ModelServer, model_id: str, version: str) -> Any:
+        verdict = await anyio.to_thread.run_sync(test, server, model_id, version)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        return verdict
+
+    return run
+
+
 def _shutdown(loop: _LoopThread, server: ModelServer) -> None:
     try:
         loop.call(server.close)
@@ -92,7 +105,11 @@ def _shutdown(loop: _LoopThread, server: ModelServer) -> None:
 
 
 class ModelServingManager:
-    """Deploy, route and serve models from synchronous code; the guide's API."""
+    """Deploy, route and serve models from synchronous code; the guide's API.
+
+    Keyword arguments after the guide's four (``batching``, ``plugins``,
+    ``seed``, ...) are passed to the :class:`ModelServer` it runs.
+    """
 
     def __init__(
         self,
@@ -100,8 +117,7 @@ class ModelServingManager:
         mlflow_experiment: str | None = None,
         error_threshold: float = 0.5,
         mock_mode: bool = False,
-        *,
-        batching: BatchingConfig | None = None,
+        **server_options: Any,
     ) -> None:
         if enable_mlflow and importlib.util.find_spec("mlflow") is None:
             raise InvalidConfigError(
@@ -117,7 +133,7 @@ class ModelServingManager:
         self.error_threshold = error_threshold
         self.mock_mode = mock_mode
         self.server = ModelServer(
-            batching=batching, error_threshold=error_threshold, mock_mode=mock_mode
+            error_threshold=error_threshold, mock_mode=mock_mode, **server_options
         )
         self._loop = _LoopThread()
         self._finalizer = weakref.finalize(self, _shutdown, self._loop, self.server)
@@ -248,7 +264,14 @@ class ModelServingManager:
         return history
 
     def blue_green_switch(self, model_id: str, green: str, **smoke_tests: Any) -> None:
-        """Smoke-test ``green`` and switch to it (see :meth:`ModelServer.blue_green_switch`)."""
+        """Smoke-test ``green`` and switch to it (see :meth:`ModelServer.blue_green_switch`).
+
+        A plain-function ``smoke_test`` runs in a worker thread, so it may call this manager.
+        """
+        smoke_test = smoke_tests.get("smoke_test")
+        if smoke_test is not None and not inspect.iscoroutinefunction(smoke_test):
+            # On the loop thread, its calls back into the manager would all fail.
+            smoke_tests["smoke_test"] = _off_the_loop(smoke_test)
         self._run(self.server.blue_green_switch, model_id, green, **smoke_tests)
 
     def blue_green_rollback(self, model_id: str) -> None:

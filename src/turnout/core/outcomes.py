@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -47,25 +48,32 @@ class ABComparison:
 
 
 class _Accumulator:
-    __slots__ = ("binary", "count", "total", "total_sq")
+    """Count, mean and variance by Welford's update.
+
+    Not sums of values and of squares: their difference cancels catastrophically
+    when the spread is small beside the mean (outcomes near 1e9 varying by 1 came
+    out with a standard deviation of exactly 0, and a t-test of nothing).
+    """
+
+    __slots__ = ("binary", "count", "mean", "squares")
 
     def __init__(self) -> None:
         self.count = 0
-        self.total = 0.0
-        self.total_sq = 0.0
+        self.mean = 0.0
+        self.squares = 0.0  # sum of squared deviations from the running mean
         self.binary = True
 
     def add(self, value: float) -> None:
         self.count += 1
-        self.total += value
-        self.total_sq += value * value
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.squares += delta * (value - self.mean)
         self.binary = self.binary and value in (0.0, 1.0)
 
     def statistics(self, version: str) -> OutcomeStatistics:
         n = self.count
-        mean = self.total / n if n else 0.0
-        var = max(0.0, (self.total_sq - n * mean * mean) / (n - 1)) if n > 1 else 0.0
-        return OutcomeStatistics(version, n, mean, math.sqrt(var), self.binary and n > 0)
+        var = max(0.0, self.squares / (n - 1)) if n > 1 else 0.0
+        return OutcomeStatistics(version, n, self.mean, math.sqrt(var), self.binary and n > 0)
 
 
 class OutcomeTracker:
@@ -103,7 +111,7 @@ class OutcomeTracker:
         """Attach ``outcome`` to the request; return the version that served it."""
         if isinstance(outcome, bool):
             outcome = float(outcome)
-        if not isinstance(outcome, int | float) or not math.isfinite(outcome):
+        if not isinstance(outcome, numbers.Real) or not _finite(outcome):
             raise InvalidInputError(f"outcome must be a finite number, got {outcome!r}")
         version = self._served.pop(request_id, None)
         if version is None:
@@ -114,6 +122,13 @@ class OutcomeTracker:
     def statistics(self, version: str) -> OutcomeStatistics:
         """Return the outcomes recorded for ``version`` so far."""
         return self._outcomes.get(version, _Accumulator()).statistics(version)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def compare(a: OutcomeStatistics, b: OutcomeStatistics, *, alpha: float = 0.05) -> ABComparison:

@@ -8,6 +8,7 @@ plugins. Built-in strategies register exactly as third-party ones do.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -47,11 +48,13 @@ def make_plugin_manager(
     manager.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
         manager.register(importlib.import_module(name), name=name)
-    if entry_points:
-        manager.load_setuptools_entrypoints(PROJECT_NAME)
-    for plugin in plugins:
-        manager.register(plugin)
     try:
+        # register() itself refuses an implementation of a known hook whose
+        # arguments the spec lacks: that must be a PluginError too, not pluggy's.
+        if entry_points:
+            manager.load_setuptools_entrypoints(PROJECT_NAME)
+        for plugin in plugins:
+            manager.register(plugin)
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(str(exc)) from exc
@@ -88,8 +91,20 @@ class EventEmitter:
             if name.startswith("register_"):
                 continue
             impls = getattr(manager.hook, name).get_hookimpls()
+            for impl in impls:
+                if impl.hookwrapper or impl.wrapper:
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r}: event hook {name} cannot be a wrapper"
+                    )
+                if inspect.iscoroutinefunction(impl.function):
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r}: event hook {name} must be a plain"
+                        " function; hand async work to your own task or queue"
+                    )
+            # pluggy calls the last registered first (tryfirst/trylast honoured):
+            # get_hookimpls() lists them the other way round.
             self._listeners[name] = tuple(
-                (impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in impls
+                (impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in reversed(impls)
             )
 
     def has_listeners(self, hook: str) -> bool:

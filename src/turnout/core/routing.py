@@ -149,10 +149,19 @@ def check_weights(weights: object, count: int) -> tuple[float, ...]:
     for weight in weights:
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             raise InvalidRoutingError(f"weight {weight!r} is not a number")
-        if not math.isfinite(weight) or weight < 0:
+        try:
+            value = float(weight)
+        except OverflowError:
+            # JSON may carry an int too large for a float; math.isfinite would raise too.
+            raise InvalidRoutingError(f"weight {weight!r} is too large") from None
+        if not math.isfinite(value) or value < 0:
             raise InvalidRoutingError(f"weight {weight!r} must be a finite number >= 0")
-        values.append(float(weight))
-    total = math.fsum(values)
+        values.append(value)
+    try:
+        total = math.fsum(values)
+    except OverflowError:
+        # Finite weights can still add up past the float range ([1e308, 1e308]).
+        raise InvalidRoutingError("weights are too large: scale them down") from None
     if total <= 0:
         raise InvalidRoutingError("weights must not all be zero")
     return tuple(value / total for value in values)

@@ -8,6 +8,7 @@ respect to requests: a request is routed wholly before or wholly after it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import random
@@ -196,6 +197,12 @@ class ModelServer:
             self._set_active(model_id, version)
         else:
             self._refresh_routing(model_id)
+        plan = self._canary_plan(model_id) if old is not None else None
+        if plan is not None and version in (plan.baseline, plan.candidate):
+            # The new deployment's counters start at zero: judged against the step's
+            # marks on the old one, the step would count negative requests.
+            reason = f"{version} was replaced; step {plan.step} starts over"
+            self._begin_canary_step(model_id, started=False, reason=reason)
         logger.info("deployed %s (%s)%s", name, loaded.source, " [active]" if activate else "")
         self._events.emit("model_deployed", deployment=deployment)
         if old is not None:
@@ -248,7 +255,7 @@ class ModelServer:
         was_active = self._registry.active.get(model_id) == version
         deployment = self._registry.remove(model_id, version)
         if self._registry.contains_model(model_id):
-            self._refresh_routing(model_id)
+            self._refresh_routing(model_id, keep_unaffected=False)
         else:
             self._router.drop(model_id)
         logger.info("retired %s:%s", model_id, version)
@@ -274,7 +281,9 @@ class ModelServer:
             raise InvalidRoutingError(f"expected a RoutingConfig, got {type(config).__name__}")
         self._registry.versions(check_name("model_id", model_id))
         self._router.build(config, self._context(model_id))  # validate before ending anything
-        if self._router.config(model_id).strategy == "canary" and config.strategy != "canary":
+        old = self._router.config(model_id)
+        if old.strategy == "canary" and not _same_rollout(old, config):
+            # Also when a canary of other versions replaces it: that one starts afresh.
             self._end_rollout(model_id, "replaced by new routing")
         self._apply_routing(model_id, config)
 
@@ -300,13 +309,15 @@ class ModelServer:
     def _apply_routing(self, model_id: str, config: RoutingConfig, reason: str = "") -> None:
         old = self._router.set(model_id, config, self._context(model_id))
         if config.strategy == "canary":
-            self._begin_canary_step(model_id, started=old.strategy != "canary", reason=reason)
+            self._begin_canary_step(model_id, started=not _same_rollout(old, config), reason=reason)
         if old != config:
             logger.info("routing of %s is now %s", model_id, config.to_dict())
             self._events.emit("routing_changed", model_id=model_id, old=old, new=config)
 
-    def _refresh_routing(self, model_id: str) -> None:
-        dropped = self._router.refresh(model_id, self._context(model_id))
+    def _refresh_routing(self, model_id: str, *, keep_unaffected: bool = True) -> None:
+        dropped = self._router.refresh(
+            model_id, self._context(model_id), keep_unaffected=keep_unaffected
+        )
         if dropped is not None:
             logger.warning(
                 "routing %s of %s no longer fits its versions; back to active routing",
@@ -541,6 +552,7 @@ class ModelServer:
 
     async def abort_canary(self, model_id: str) -> None:
         """Stop a canary rollout and send all traffic back to its baseline."""
+        self._registry.versions(check_name("model_id", model_id))
         plan = self._canary_plan(model_id)
         if plan is None:
             raise InvalidRoutingError(f"model '{model_id}' has no canary rollout in progress")
@@ -548,6 +560,7 @@ class ModelServer:
 
     def rollout_history(self, model_id: str) -> tuple[RolloutEvent, ...]:
         """Return the model's rollout events (steps, promotions, rollbacks), oldest first."""
+        self._registry.versions(check_name("model_id", model_id))
         return self._rollouts.history(model_id)
 
     def _canary_plan(self, model_id: str) -> CanaryPlan | None:
@@ -605,14 +618,23 @@ class ModelServer:
         if plan is not None:
             self._rollouts.record(model_id, plan, "ended", reason)
             self._rollouts.end(model_id)
+            self._emit_rollout(model_id, plan, "ended")
 
     def _emit_rollout(self, model_id: str, plan: CanaryPlan, event: str) -> None:
+        # The share the candidate gets from now on: all of it once promoted, even
+        # when the plan's last step is below 1.0; none once rolled back.
+        if event == RolloutAction.PROMOTE:
+            weight = 1.0
+        elif event in (RolloutAction.ROLL_BACK, "ended"):
+            weight = 0.0
+        else:
+            weight = plan.weight
         self._events.emit(
             "rollout_step",
             model_id=model_id,
             candidate=plan.candidate,
             step=plan.step,
-            weight=plan.weight if event != RolloutAction.ROLL_BACK else 0.0,
+            weight=weight,
             event=event,
         )
 
@@ -668,16 +690,24 @@ class ModelServer:
         if smoke_test is not None:
             try:
                 verdict = smoke_test(self, model_id, green)
-                if not isinstance(verdict, bool):
-                    verdict = bool(await verdict)
+                # Not "if not a bool": a sync test may well return numpy's bool_ or a count.
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                passed = bool(verdict)  # an array's truth is ambiguous: that raises, here
             except Exception as exc:
                 raise SmokeTestError(f"the smoke test of {model_id}:{green} raised: {exc}") from exc
-            if not verdict:
+            if not passed:
                 raise SmokeTestError(f"the smoke test of {model_id}:{green} failed")
         if samples is not None:
             if expected is None:
                 raise InvalidConfigError("samples need expected outputs to compare with")
-            got = await self.predict(model_id, samples, version=green)
+            try:
+                got = await self.predict(model_id, samples, version=green)
+            except TurnoutError as exc:
+                # Green failing to answer at all fails its smoke test like a wrong answer.
+                raise SmokeTestError(
+                    f"{model_id}:{green} could not answer the smoke-test samples: {exc}"
+                ) from exc
             want = np.asarray(expected)
             if got.shape != want.shape or not np.allclose(got, want, atol=tolerance, rtol=0):
                 raise SmokeTestError(
@@ -773,6 +803,15 @@ class ModelServer:
     def _check_open(self) -> None:
         if self._closed:
             raise ServerClosedError("the server is closed")
+
+
+def _same_rollout(old: RoutingConfig, new: RoutingConfig) -> bool:
+    """True if ``new`` is a step of the canary rollout ``old`` (same baseline and candidate)."""
+    return (
+        old.strategy == new.strategy == "canary"
+        and old.params.get("baseline") == new.params.get("baseline")
+        and old.params.get("candidate") == new.params.get("candidate")
+    )
 
 
 async def _release(deployment: Deployment) -> None:

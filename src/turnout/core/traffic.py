@@ -31,9 +31,12 @@ ACTIVE = RoutingConfig("active")
 class ModelTraffic:
     """One model's routing config and strategy, with its shadow and outcome records."""
 
-    def __init__(self, config: RoutingConfig, strategy: RoutingStrategy) -> None:
+    def __init__(
+        self, config: RoutingConfig, strategy: RoutingStrategy, context: RoutingContext
+    ) -> None:
         self.config = config
         self.strategy = strategy
+        self.context = context
         self.shadows: dict[tuple[str, str], ShadowRecorder] = {}
         self.outcomes = OutcomeTracker()
 
@@ -68,7 +71,17 @@ class Router:
                 f"unknown routing strategy {config.strategy!r};"
                 f" known: {', '.join(self.strategy_names)}"
             )
-        return factory(config.params, context)
+        try:
+            return factory(config.params, context)
+        except InvalidRoutingError:
+            raise
+        except Exception as exc:
+            # A plugin's constructor that breaks its contract must not leave
+            # a deploy or a retire half done: treat it as a refused config.
+            raise InvalidRoutingError(
+                f"routing strategy {config.strategy!r} refused its params:"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
 
     def traffic(self, model_id: str) -> ModelTraffic:
         """Return the model's traffic state; raise ModelNotFoundError if it has none."""
@@ -89,19 +102,34 @@ class Router:
         strategy = self.build(config, context)
         traffic = self._traffic.get(model_id)
         if traffic is None:
-            self._traffic[model_id] = ModelTraffic(config, strategy)
+            self._traffic[model_id] = ModelTraffic(config, strategy, context)
             return ACTIVE
         old = traffic.config
-        traffic.config, traffic.strategy = config, strategy
+        traffic.config, traffic.strategy, traffic.context = config, strategy, context
         return old
 
-    def refresh(self, model_id: str, context: RoutingContext) -> RoutingConfig | None:
+    def refresh(
+        self, model_id: str, context: RoutingContext, *, keep_unaffected: bool = True
+    ) -> RoutingConfig | None:
         """Rebuild the model's strategy after its versions changed.
 
         If the config no longer fits (a version it names is gone), the model
         falls back to ``active`` routing and the dropped config is returned.
+        With ``keep_unaffected`` (after a deployment), a strategy whose
+        versions and active version are unchanged is kept as it is.
         """
         config = self.config(model_id)
+        traffic = self._traffic.get(model_id)
+        if (
+            keep_unaffected
+            and traffic is not None
+            and traffic.context.active == context.active
+            and traffic.strategy.versions() <= context.versions
+        ):
+            # Nothing the strategy routes to changed: keep it, and what it has
+            # learned (a bandit's posteriors), across unrelated deployments.
+            traffic.context = context
+            return None
         try:
             self.set(model_id, config, context)
         except InvalidRoutingError:

@@ -73,12 +73,16 @@ class BanditRouting:
             return self._routes[max(means, key=means.__getitem__)]
 
     def record_outcome(self, version: str, reward: float) -> None:
-        """Update ``version``'s posterior with a reward in [0, 1]."""
+        """Update ``version``'s posterior with a reward in [0, 1] (a bool counts as 0 or 1)."""
+        if isinstance(reward, bool):
+            # As OutcomeTracker.record takes it: without this, record_outcome(..., True)
+            # worked under every routing but the bandit, the one that learns from it.
+            reward = float(reward)
         if (
-            isinstance(reward, bool)
-            or not isinstance(reward, int | float)
-            or not math.isfinite(reward)
+            not isinstance(reward, int | float)
+            # Range before isfinite, which raises OverflowError on a huge int.
             or not 0.0 <= reward <= 1.0
+            or not math.isfinite(reward)
         ):
             raise InvalidInputError(f"a bandit reward must be in [0, 1], got {reward!r}")
         posterior = self._posterior.get(version)

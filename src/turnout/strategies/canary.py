@@ -115,7 +115,12 @@ class CanaryPlan:
 
 
 def _number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False  # an int too large for a float, which JSON allows
 
 
 class CanaryRouting:

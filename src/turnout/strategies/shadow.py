@@ -50,7 +50,8 @@ class ShadowRouting:
             if (
                 isinstance(fraction, bool)
                 or not isinstance(fraction, int | float)
-                or not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0)
+                # Range first: isfinite raises OverflowError on a huge JSON int.
+                or not (0.0 <= fraction <= 1.0 and math.isfinite(fraction))
             ):
                 raise InvalidRoutingError(
                     f"mirror fraction of {version!r} must be in [0, 1], got {fraction!r}"

@@ -23,12 +23,16 @@ from turnout.strategies.weighted import WeightedRouting, read_split
 __all__ = ["StickyRouting", "key_score"]
 
 _TWO_64 = float(2**64)
+_BELOW_ONE = math.nextafter(1.0, 0.0)
 
 
 def key_score(key: str, version: str, weight: float) -> float:
     """Return the rendezvous score of ``key`` for ``version`` at ``weight``."""
     digest = hashlib.blake2b(f"{version}\x00{key}".encode(), digest_size=8).digest()
     u = (int.from_bytes(digest, "big") + 0.5) / _TWO_64  # uniform in (0, 1)
+    # The top ~1024 digests round to exactly 1.0 as floats, and log(1.0) == 0
+    # would divide by zero: keep u below 1 (every other u is unchanged).
+    u = min(u, _BELOW_ONE)
     return -weight / math.log(u)
 
 

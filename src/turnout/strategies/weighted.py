@@ -46,7 +46,12 @@ class WeightedRouting:
         versions, weights = read_split(params, context, self.name)
         self._routes = [Route(version) for version in versions]
         self._cumulative = list(itertools.accumulate(weights))
-        self._cumulative[-1] = 1.0  # no draw may fall past the end through rounding
+        # No draw may fall past the end through rounding: the running sum can
+        # stop just under 1 (0.7, 0.05 -> 0.9999999999999999), so every entry
+        # from the last version with weight on is 1.0, or a draw close to 1
+        # would land on a trailing zero-weight version that versions() omits.
+        last = max(i for i, weight in enumerate(weights) if weight > 0)
+        self._cumulative[last:] = [1.0] * (len(weights) - last)
         self._versions = frozenset(v for v, w in zip(versions, weights, strict=True) if w > 0)
 
     def route(self, request: RouteRequest) -> Route:
