@@ -28,9 +28,8 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -45,6 +44,7 @@ from turnout.core.errors import (
     TurnoutError,
 )
 from turnout.core.schema import DEFAULT_MAX_REQUEST_ROWS
+from turnout.core.worker import BatchWorkers
 
 __all__ = [
     "AdaptiveBatcher",
@@ -105,8 +105,7 @@ class BatchingConfig:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class BatchSlice(Generic[R]):
+class BatchSlice(NamedTuple, Generic[R]):
     """One caller's share of a batch result: rows ``start:stop`` of ``result``."""
 
     result: R
@@ -187,15 +186,15 @@ class AdaptiveBatcher(Generic[R]):
         self._queued_requests = 0
         self._queued_rows = 0
         # Each in-flight batch's future, with its start time and rows, for the cost model.
-        self._in_flight: dict[asyncio.Future[Any], tuple[float, int]] = {}
-        self._delay_handle: asyncio.TimerHandle | None = None
+        self._in_flight: dict[object, tuple[float, int]] = {}
+        self._delay_handle: asyncio.Handle | None = None
         self._cost = LinearCostModel()
         self._shed = 0
         self._timeouts = 0
         self._closing = False
         self._idle: asyncio.Event | None = None
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.config.max_concurrent_batches, thread_name_prefix=f"turnout-{name}"
+        self._workers: BatchWorkers[R] = BatchWorkers(
+            self.config.max_concurrent_batches, name=f"turnout-{name}"
         )
 
     # -- admission -------------------------------------------------------------
@@ -282,11 +281,14 @@ class AdaptiveBatcher(Generic[R]):
             self._notify_if_idle()
             return
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-        loop = asyncio.get_running_loop()
         started = self._clock.now()
-        future = loop.run_in_executor(self._executor, self._execute, rows)
-        self._in_flight[future] = (started, len(rows))
-        future.add_done_callback(lambda f: self._finish(f, batch, len(rows), started))
+        token = object()
+        self._in_flight[token] = (started, len(rows))
+        self._workers.submit(
+            self._execute,
+            rows,
+            lambda result, error: self._finish(token, result, error, batch, len(rows), started),
+        )
 
     def _take_batch(self) -> list[_Pending]:
         queue, limit = self._queue, self.config.max_batch_rows
@@ -317,23 +319,22 @@ class AdaptiveBatcher(Generic[R]):
 
     def _finish(
         self,
-        future: asyncio.Future[R],
+        token: object,
+        result: R | None,
+        raised: BaseException | None,
         batch: list[_Pending],
         rows: int,
         started: float,
     ) -> None:
-        del self._in_flight[future]
+        del self._in_flight[token]
         finished = self._clock.now()
         error: TurnoutError | None = None
-        result: R | None = None
-        try:
-            result = future.result()
-        except TurnoutError as exc:
-            error = exc
-        except Exception as exc:
+        if isinstance(raised, TurnoutError):
+            error = raised
+        elif raised is not None:
             # An execute callable that broke its contract: still answer everyone.
-            error = InferenceError(f"{self.name}: {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
+            error = InferenceError(f"{self.name}: {type(raised).__name__}: {raised}")
+            error.__cause__ = raised
         self._cost.observe(rows, finished - started)
         latencies = []
         offset = 0
@@ -363,7 +364,23 @@ class AdaptiveBatcher(Generic[R]):
         self._schedule_next()
 
     def _schedule_next(self) -> None:
-        if not self._queue or self._delay_handle is not None:
+        """Decide on the next batch one loop turn from now, not at once.
+
+        The callers this batch just answered resume in this loop turn, and
+        under closed-loop load most of them send their next request straight
+        away. Launching at once would run whatever trickled in during the
+        batch (often a single row) and leave them to queue behind it: batches
+        would alternate between one row and all the rest, and half of them
+        would pay a whole thread hand-off for one row. One turn later, they
+        have all queued and go together.
+        """
+        if self._delay_handle is None:
+            loop = asyncio.get_running_loop()
+            self._delay_handle = loop.call_soon(self._after_batch)
+
+    def _after_batch(self) -> None:
+        self._delay_handle = None
+        if not self._queue:
             self._notify_if_idle()
             return
         delay = self._worthwhile_wait()
@@ -371,7 +388,7 @@ class AdaptiveBatcher(Generic[R]):
             loop = asyncio.get_running_loop()
             self._delay_handle = loop.call_later(delay, self._launch_after_wait)
         else:
-            self._launch()
+            self._launch_after_wait()
 
     def _worthwhile_wait(self) -> float:
         """Seconds to wait for more requests before the next batch; 0 for none.
@@ -401,6 +418,7 @@ class AdaptiveBatcher(Generic[R]):
             self._launch()
             if len(self._in_flight) == before:
                 break
+        self._notify_if_idle()
 
     # -- lifecycle and statistics ------------------------------------------------
 
@@ -428,7 +446,7 @@ class AdaptiveBatcher(Generic[R]):
             if self._idle is None:
                 self._idle = asyncio.Event()
             await self._idle.wait()
-        self._executor.shutdown(wait=True)
+        self._workers.shutdown()
 
     @property
     def closing(self) -> bool:

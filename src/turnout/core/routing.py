@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from turnout.core.errors import InvalidRoutingError
 
@@ -77,13 +77,15 @@ class Route:
 _NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class RouteRequest:
-    """What a strategy may look at to route one request."""
+class RouteRequest(NamedTuple):
+    """What a strategy may look at to route one request.
+
+    A named tuple rather than a dataclass: one is built per request.
+    """
 
     key: str | None
     random: Callable[[], float]
-    attributes: Mapping[str, Any] = field(default_factory=lambda: _NO_ATTRIBUTES)
+    attributes: Mapping[str, Any] = _NO_ATTRIBUTES
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,11 @@ class RoutingStrategy(Protocol):
     def versions(self) -> frozenset[str]:
         """Return every version this routing may send traffic to."""
         ...
+
+
+# A strategy may also set ``fixed_route: Route | None``: when not None, every
+# request goes that way and ``route`` is not called (the ``active`` and
+# ``blue_green`` strategies do, which makes their routing free).
 
 
 class RoutingStrategyFactory(Protocol):

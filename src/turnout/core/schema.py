@@ -168,10 +168,13 @@ class InputSchema:
             and not np.array_equal(array, np.trunc(array))
         ):
             raise InvalidInputError(f"this model takes whole numbers ({self.dtype})")
-        # A value beyond the dtype's range becomes inf (float) or wraps (int) in
-        # the cast: both are caught just below, so numpy need not warn.
-        with np.errstate(over="ignore", invalid="ignore"):
-            encoded = np.ascontiguousarray(array, dtype=self.dtype)
+        if array.dtype == self.dtype and array.flags.c_contiguous:
+            encoded = array  # the common case of a ready-made array: no copy, no cast
+        else:
+            # A value beyond the dtype's range becomes inf (float) or wraps (int)
+            # in the cast: both are caught just below, so numpy need not warn.
+            with np.errstate(over="ignore", invalid="ignore"):
+                encoded = np.ascontiguousarray(array, dtype=self.dtype)
         if encoded.dtype.kind == "f" and not self.allow_nan and not np.isfinite(encoded).all():
             self._raise_non_finite(encoded)
         if encoded.dtype.kind in "iu" and not np.array_equal(encoded, array):

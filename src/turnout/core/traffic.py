@@ -31,12 +31,24 @@ ACTIVE = RoutingConfig("active")
 class ModelTraffic:
     """One model's routing config and strategy, with its shadow and outcome records."""
 
+    @property
+    def strategy(self) -> RoutingStrategy:
+        """The strategy built from :attr:`config`."""
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, strategy: RoutingStrategy) -> None:
+        self._strategy = strategy
+        # A strategy that sends every request the same way says so with a
+        # ``fixed_route`` attribute; routing then skips building a request.
+        self.fixed_route: Route | None = getattr(strategy, "fixed_route", None)
+
     def __init__(
         self, config: RoutingConfig, strategy: RoutingStrategy, context: RoutingContext
     ) -> None:
         self.config = config
-        self.strategy = strategy
         self.context = context
+        self.strategy = strategy
         self.shadows: dict[tuple[str, str], ShadowRecorder] = {}
         self.outcomes = OutcomeTracker()
 
@@ -143,5 +155,7 @@ class Router:
 
     def route(self, model_id: str, key: str | None, attributes: Mapping[str, Any]) -> Route:
         """Return the Route for one request to ``model_id``."""
-        strategy = self.traffic(model_id).strategy
-        return strategy.route(RouteRequest(key, self._random, attributes))
+        traffic = self.traffic(model_id)
+        if traffic.fixed_route is not None:
+            return traffic.fixed_route
+        return traffic.strategy.route(RouteRequest(key, self._random, attributes))

@@ -22,6 +22,7 @@ class ActiveRouting:
             raise InvalidRoutingError(f"'active' routing takes no params, got {sorted(params)}")
         self._model_id = context.model_id
         self._route = None if context.active is None else Route(context.active)
+        self.fixed_route = self._route
 
     def route(self, request: RouteRequest) -> Route:
         """Return the active version, or raise ModelNotFoundError if there is none."""

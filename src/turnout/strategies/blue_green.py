@@ -39,6 +39,7 @@ class BlueGreenRouting:
             raise InvalidRoutingError(f'"live" must be "blue" or "green", got {live!r}')
         self.blue, self.green, self.live = blue, green, live
         self._route = Route(blue if live == "blue" else green)
+        self.fixed_route = self._route
 
     def route(self, request: RouteRequest) -> Route:
         """Return the live version."""
