@@ -10,6 +10,7 @@ turnout adds at low load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -55,10 +56,9 @@ class BatchWorkers(Generic[T]):
                 result, error = func(arg), None
             except BaseException as exc:  # handed to the awaiting side, whatever it is
                 result, error = None, exc
-            try:
+            # A closed loop raises RuntimeError: nobody is left to answer.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(done, result, error)
-            except RuntimeError:
-                pass  # the loop is closed: nobody is left to answer
 
     def shutdown(self) -> None:
         """Let the threads finish their jobs and exit; wait for them."""
