@@ -1,0 +1,1 @@
+"""Benchmarks for turnout; run them as modules, e.g. ``python -m benchmarks.core``."""
