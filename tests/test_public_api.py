@@ -11,6 +11,12 @@ import turnout
 EXPECTED = {
     "ABComparison",
     "BatchingConfig",
+    "BreakerConfig",
+    "BreakerSnapshot",
+    "BreakerState",
+    "Fallback",
+    "HealthFacts",
+    "HealthVerdict",
     "InvalidRoutingError",
     "OutcomeStatistics",
     "PluginError",

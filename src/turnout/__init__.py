@@ -6,6 +6,7 @@ synchronous one.
 """
 
 from turnout.core.batching import BatchingConfig
+from turnout.core.breaker import BreakerConfig, BreakerSnapshot, BreakerState
 from turnout.core.errors import (
     CircuitOpenError,
     ConversionError,
@@ -25,7 +26,8 @@ from turnout.core.errors import (
     VersionExistsError,
     VersionNotFoundError,
 )
-from turnout.core.health import HealthReport, HealthStatus
+from turnout.core.fallback import Fallback
+from turnout.core.health import HealthFacts, HealthReport, HealthStatus, HealthVerdict
 from turnout.core.hookspecs import hookimpl, hookspec
 from turnout.core.manager import ModelServingManager
 from turnout.core.metrics import MetricsSnapshot
@@ -48,11 +50,17 @@ __version__ = "0.1.0"
 __all__ = [
     "ABComparison",
     "BatchingConfig",
+    "BreakerConfig",
+    "BreakerSnapshot",
+    "BreakerState",
     "CircuitOpenError",
     "ConversionError",
     "DeadlineExceededError",
+    "Fallback",
+    "HealthFacts",
     "HealthReport",
     "HealthStatus",
+    "HealthVerdict",
     "InferenceError",
     "InferenceResult",
     "InvalidConfigError",

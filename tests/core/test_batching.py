@@ -349,7 +349,7 @@ async def test_a_cancelled_caller_is_dropped_before_its_batch_runs(make_batcher)
     assert not model.saw(rows(1, 4))
 
 
-async def test_a_failed_batch_fails_each_of_its_requests_and_the_next_batch_runs(
+async def test_a_poison_request_fails_alone_and_its_batch_mates_get_their_results(
     make_batcher,
 ):
     model = Doubler()
@@ -360,20 +360,42 @@ async def test_a_failed_batch_fails_each_of_its_requests_and_the_next_batch_runs
     model.hold()
     first = asyncio.create_task(batcher.submit(rows(0, 1)))
     await until(lambda: batcher.statistics().batches_in_flight == 1)
-    doomed = [asyncio.create_task(batcher.submit(rows(tag, 2))) for tag in (1, 2)]
+    poisoned = asyncio.create_task(batcher.submit(rows(1, 2)))
+    healthy = asyncio.create_task(batcher.submit(rows(2, 2)))
     await until(lambda: batcher.statistics().queued_requests == 2)
     model.release()
 
-    errors = await asyncio.gather(*doomed, return_exceptions=True)
-    assert all(isinstance(e, InferenceError) and str(e) == "bad batch" for e in errors)
-    assert errors[0] is not errors[1]  # each caller raises its own instance
+    with pytest.raises(InferenceError, match="bad batch"):
+        await poisoned
+    np.testing.assert_array_equal(mine(await healthy), rows(2, 2) * 2)
     await first
     np.testing.assert_array_equal(mine(await batcher.submit(rows(3, 2))), rows(3, 2) * 2)
-    assert [(r.rows, r.requests, type(r.error)) for r in reports] == [
-        (1, 1, type(None)),
-        (4, 2, InferenceError),
-        (2, 1, type(None)),
+    # The poisoned batch is reported once, as one failure, with one failed request.
+    assert [(r.rows, r.requests, type(r.error), r.failed_requests) for r in reports] == [
+        (1, 1, type(None), 0),
+        (4, 2, InferenceError, 1),
+        (2, 1, type(None), 0),
     ]
+
+
+async def test_when_every_half_fails_each_request_gets_its_own_error(make_batcher):
+    model = Doubler()
+    model.fail = lambda b: InferenceError("broken model")
+    batcher = make_batcher(model)
+    model.hold()
+    first = asyncio.create_task(batcher.submit(rows(0, 1)))
+    await until(lambda: batcher.statistics().batches_in_flight == 1)
+    doomed = [asyncio.create_task(batcher.submit(rows(tag, 2))) for tag in (1, 2, 3, 4)]
+    await until(lambda: batcher.statistics().queued_requests == 4)
+    model.release()
+
+    errors = await asyncio.gather(*doomed, return_exceptions=True)
+    assert all(isinstance(e, InferenceError) for e in errors)
+    assert len({id(e) for e in errors}) == 4  # each caller raises its own instance
+    with pytest.raises(InferenceError):
+        await first
+    # A broken model is not bisected to the bottom: the batch and its two halves.
+    assert model.sizes[-3:] == [8, 4, 4]
 
 
 async def test_an_execute_that_raises_a_foreign_error_still_answers_with_inference_error(

@@ -64,8 +64,11 @@ class BatchingConfig:
     """How one version batches: batch and queue bounds, optional wait, parallelism.
 
     ``max_batch_rows=1`` turns batching off: each request runs alone.
-    ``max_delay_ms`` is an upper bound on a wait for more requests, taken
-    only when the cost model says the wait pays for itself (0 never waits).
+    ``max_queue_rows`` bounds what may wait: past it requests are refused at
+    once. ``max_delay_ms`` is an upper bound on a wait for more requests,
+    taken only when the cost model says the wait pays for itself (0 never
+    waits). ``timeout_ms`` is the deadline of a request that sets none
+    (None: no deadline).
     """
 
     max_batch_rows: int = 64
@@ -73,6 +76,7 @@ class BatchingConfig:
     max_request_rows: int = DEFAULT_MAX_REQUEST_ROWS
     max_delay_ms: float = 0.0
     max_concurrent_batches: int = 1
+    timeout_ms: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_batch_rows", "max_queue_rows", "max_request_rows"):
@@ -92,6 +96,15 @@ class BatchingConfig:
         ):
             raise InvalidConfigError(
                 f"max_delay_ms must be a number from 0 to 1000, got {self.max_delay_ms!r}"
+            )
+        timeout = self.timeout_ms
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (math.isfinite(timeout) and timeout > 0)
+        ):
+            raise InvalidConfigError(
+                f"timeout_ms must be a positive number of milliseconds or None, got {timeout!r}"
             )
         concurrency = self.max_concurrent_batches
         if (
@@ -115,13 +128,21 @@ class BatchSlice(NamedTuple, Generic[R]):
 
 @dataclass(frozen=True)
 class BatchReport:
-    """What happened in one executed batch, reported once per batch."""
+    """What happened in one executed batch, reported once per batch.
+
+    ``error`` is the batch's own failure, if it failed; ``failed_requests``
+    how many requests were finally answered with an error (after bisection,
+    often fewer than the batch held); ``overran`` whether a request's
+    deadline passed while the batch was executing.
+    """
 
     rows: int
     requests: int
     latencies: tuple[float, ...]
     duration: float
     error: TurnoutError | None
+    failed_requests: int = 0
+    overran: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,10 +156,11 @@ class BatcherStatistics:
     timeouts: int
     closing: bool
     cost: CostEstimate
+    oldest_batch_seconds: float = 0.0
 
 
 class _Pending:
-    __slots__ = ("deadline", "future", "queued", "rows", "size", "started", "timer")
+    __slots__ = ("deadline", "future", "queued", "rows", "size", "started", "timer", "token")
 
     def __init__(
         self,
@@ -155,6 +177,8 @@ class _Pending:
         self.timer: asyncio.TimerHandle | None = None
         # True while counted in the queue's totals; see AdaptiveBatcher._unqueue.
         self.queued = True
+        # The in-flight execution holding this request, once it is launched.
+        self.token: object | None = None
 
 
 class AdaptiveBatcher(Generic[R]):
@@ -175,6 +199,7 @@ class AdaptiveBatcher(Generic[R]):
         clock: Clock | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
         on_timeout: Callable[[], None] | None = None,
+        on_overrun: Callable[[], None] | None = None,
     ) -> None:
         self.config = config or BatchingConfig()
         self.name = name
@@ -182,6 +207,10 @@ class AdaptiveBatcher(Generic[R]):
         self._clock = clock or MonotonicClock()
         self._on_batch = on_batch
         self._on_timeout = on_timeout
+        self._on_overrun = on_overrun
+        # Executions in which some request's deadline passed: each counts once.
+        self._overran: set[object] = set()
+        self._bisections: set[asyncio.Task[None]] = set()
         self._queue: deque[_Pending] = deque()
         self._queued_requests = 0
         self._queued_rows = 0
@@ -271,6 +300,12 @@ class AdaptiveBatcher(Generic[R]):
             )
             if self._on_timeout is not None:
                 self._on_timeout()
+            token = pending.token
+            if token is not None and token in self._in_flight and token not in self._overran:
+                # The model overran a deadline (or hangs): once per execution.
+                self._overran.add(token)
+                if self._on_overrun is not None:
+                    self._on_overrun()
 
     # -- batch formation and execution ------------------------------------------
 
@@ -284,6 +319,8 @@ class AdaptiveBatcher(Generic[R]):
         started = self._clock.now()
         token = object()
         self._in_flight[token] = (started, len(rows))
+        for pending in batch:
+            pending.token = token
         self._workers.submit(
             self._execute,
             rows,
@@ -326,7 +363,6 @@ class AdaptiveBatcher(Generic[R]):
         rows: int,
         started: float,
     ) -> None:
-        del self._in_flight[token]
         finished = self._clock.now()
         error: TurnoutError | None = None
         if isinstance(raised, TurnoutError):
@@ -336,7 +372,31 @@ class AdaptiveBatcher(Generic[R]):
             error = InferenceError(f"{self.name}: {type(raised).__name__}: {raised}")
             error.__cause__ = raised
         self._cost.observe(rows, finished - started)
-        latencies = []
+        live = [p for p in batch if not p.future.done()]
+        if error is not None and len(live) > 1 and not self._closing:
+            # One poison request must not fail its batch-mates: find it.
+            task = asyncio.ensure_future(self._bisect(token, live, error, rows, started))
+            self._bisections.add(task)
+            task.add_done_callback(self._bisections.discard)
+            return
+        del self._in_flight[token]
+        latencies: list[float] = []
+        self._deliver(batch, result, error, finished, latencies)
+        self._report(
+            rows, latencies, finished - started, error, len(latencies) if error else 0, token
+        )
+        self._schedule_next()
+
+    def _deliver(
+        self,
+        batch: list[_Pending],
+        result: R | None,
+        error: TurnoutError | None,
+        finished: float,
+        latencies: list[float],
+    ) -> int:
+        """Answer each still-waiting request of ``batch``; return how many were answered."""
+        answered = 0
         offset = 0
         for pending in batch:
             if pending.timer is not None:
@@ -347,21 +407,115 @@ class AdaptiveBatcher(Generic[R]):
                 else:
                     pending.future.set_exception(_copy_error(error))
                 latencies.append(finished - pending.started)
+                answered += 1
             offset += pending.size
-        if self._on_batch is not None:
-            report = BatchReport(
-                rows=rows,
-                requests=len(latencies),
-                latencies=tuple(latencies),
-                duration=finished - started,
-                error=error,
-            )
-            try:
-                self._on_batch(report)
-            except Exception:
-                # A broken listener must not stall the queue behind this batch.
-                logger.exception("%s: on_batch listener failed", self.name)
-        self._schedule_next()
+        return answered
+
+    def _report(
+        self,
+        rows: int,
+        latencies: list[float],
+        duration: float,
+        error: TurnoutError | None,
+        failed: int,
+        token: object,
+    ) -> None:
+        overran = token in self._overran
+        self._overran.discard(token)
+        if self._on_batch is None:
+            return
+        report = BatchReport(
+            rows=rows,
+            requests=len(latencies),
+            latencies=tuple(latencies),
+            duration=duration,
+            error=error,
+            failed_requests=failed,
+            overran=overran,
+        )
+        try:
+            self._on_batch(report)
+        except Exception:
+            # A broken listener must not stall the queue behind this batch.
+            logger.exception("%s: on_batch listener failed", self.name)
+
+    async def _bisect(
+        self,
+        token: object,
+        batch: list[_Pending],
+        error: TurnoutError,
+        rows: int,
+        started: float,
+    ) -> None:
+        """Re-run a failed batch in halves so that only the failing request(s) get the error.
+
+        Halves run one after the other, in the failed batch's execution slot.
+        A half that succeeds is answered; a failing half is split again. When
+        both halves of a failing group fail, the fault is not one request's
+        (the model is broken, or several rows are): every request in the
+        group gets the error, which bounds the retries of a broken model to
+        two. The batch is reported once, as one failure.
+        """
+        latencies: list[float] = []
+        failed = 0
+
+        async def attempt(group: list[_Pending]) -> TurnoutError | None:
+            group = [p for p in group if not p.future.done()]
+            if not group:
+                return None
+            stacked = np.concatenate([p.rows for p in group])
+            outcome: tuple[R | None, TurnoutError | None] = await self._execute_async(stacked)
+            result, raised = outcome
+            if raised is not None:
+                return raised
+            self._deliver(group, result, None, self._clock.now(), latencies)
+            return None
+
+        async def split(group: list[_Pending], cause: TurnoutError) -> None:
+            nonlocal failed
+            group = [p for p in group if not p.future.done()]
+            if len(group) <= 1:
+                failed += self._deliver(group, None, cause, self._clock.now(), latencies)
+                return
+            half = len(group) // 2
+            left, right = group[:half], group[half:]
+            left_error = await attempt(left)
+            right_error = await attempt(right)
+            if left_error is not None and right_error is not None:
+                now = self._clock.now()
+                failed += self._deliver(left, None, left_error, now, latencies)
+                failed += self._deliver(right, None, right_error, now, latencies)
+                return
+            if left_error is not None:
+                await split(left, left_error)
+            if right_error is not None:
+                await split(right, right_error)
+
+        try:
+            await split(batch, error)
+        finally:
+            # Whatever happened, nobody admitted is left waiting.
+            failed += self._deliver(batch, None, error, self._clock.now(), latencies)
+            del self._in_flight[token]
+            self._report(rows, latencies, self._clock.now() - started, error, failed, token)
+            self._schedule_next()
+
+    def _execute_async(self, rows: np.ndarray[Any, Any]) -> asyncio.Future[Any]:
+        """Run ``rows`` on a worker; the future gives (result, error), never raises."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(result: R | None, raised: BaseException | None) -> None:
+            if future.done():
+                return
+            if raised is None or isinstance(raised, TurnoutError):
+                future.set_result((result, raised))
+            else:
+                wrapped = InferenceError(f"{self.name}: {type(raised).__name__}: {raised}")
+                wrapped.__cause__ = raised
+                future.set_result((result, wrapped))
+
+        self._workers.submit(self._execute, rows, done)
+        return future
 
     def _schedule_next(self) -> None:
         """Decide on the next batch one loop turn from now, not at once.
@@ -463,6 +617,10 @@ class AdaptiveBatcher(Generic[R]):
             timeouts=self._timeouts,
             closing=self._closing,
             cost=self._cost.estimate(),
+            oldest_batch_seconds=max(
+                (self._clock.now() - started for started, _ in self._in_flight.values()),
+                default=0.0,
+            ),
         )
 
 

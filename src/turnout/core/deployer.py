@@ -15,6 +15,13 @@ from typing import Any
 import numpy as np
 
 from turnout.core.batching import AdaptiveBatcher, BatchingConfig, BatchReport
+from turnout.core.breaker import (
+    BreakerConfig,
+    BreakerPolicy,
+    BreakerPolicyFactory,
+    BreakerState,
+    CircuitBreaker,
+)
 from turnout.core.clock import Clock
 from turnout.core.convert import LoadedModel, load_model
 from turnout.core.errors import ConversionError, InvalidConfigError, TurnoutError
@@ -29,6 +36,7 @@ __all__ = [
     "DeploymentOptions",
     "build_deployment",
     "check_batching",
+    "check_breaker",
     "check_metadata",
     "check_threshold",
     "load_runtime",
@@ -43,6 +51,7 @@ class DeploymentOptions:
     batching: BatchingConfig
     error_threshold: float
     metadata: Mapping[str, Any]
+    breaker: BreakerConfig
     features: Sequence[str] | None = None
     allow_nan: bool = False
     health_check_fn: HealthCheckFn | None = None
@@ -80,10 +89,14 @@ def build_deployment(
     options: DeploymentOptions,
     *,
     clock: Clock,
+    policies: Mapping[str, BreakerPolicyFactory],
     on_batch: Callable[[Deployment, BatchReport], None],
+    on_overrun: Callable[[Deployment], None],
+    on_breaker_change: Callable[[Deployment, BreakerState, BreakerState, str], None],
 ) -> Deployment:
     """Assemble the Deployment for a loaded model; closes the runtime if that fails."""
     try:
+        policy = _breaker_policy(options, policies)
         decoder = OutputDecoder(loaded.signature, options.output)
         schema = InputSchema(
             n_features=loaded.signature.n_features,
@@ -109,17 +122,39 @@ def build_deployment(
         metrics=metrics,
         metadata=options.metadata,
         error_threshold=options.error_threshold,
+        breaker=None,  # type: ignore[arg-type]  # set just below: its listener needs the deployment
         health_check_fn=options.health_check_fn,
+    )
+    name = f"{model_id}:{version}"
+    deployment.breaker = CircuitBreaker(
+        name,
+        policy,
+        options.breaker,
+        clock,
+        on_change=lambda old, new, reason: on_breaker_change(deployment, old, new, reason),
     )
     deployment.batcher = AdaptiveBatcher(
         deployment.execute,
         options.batching,
-        name=f"{model_id}:{version}",
+        name=name,
         clock=clock,
         on_batch=lambda report: on_batch(deployment, report),
         on_timeout=metrics.record_timeout,
+        on_overrun=lambda: on_overrun(deployment),
     )
     return deployment
+
+
+def _breaker_policy(
+    options: DeploymentOptions, policies: Mapping[str, BreakerPolicyFactory]
+) -> BreakerPolicy:
+    factory = policies.get(options.breaker.policy)
+    if factory is None:
+        known = ", ".join(sorted(policies))
+        raise InvalidConfigError(
+            f"unknown breaker policy {options.breaker.policy!r}; known: {known}"
+        )
+    return factory(options.breaker.params, options.error_threshold)
 
 
 def check_threshold(value: object) -> float:
@@ -127,6 +162,13 @@ def check_threshold(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
         raise InvalidConfigError(f"error_threshold must be between 0 and 1, got {value!r}")
     return float(value)
+
+
+def check_breaker(config: object) -> BreakerConfig:
+    """Return ``config`` if it is a BreakerConfig, else raise InvalidConfigError."""
+    if not isinstance(config, BreakerConfig):
+        raise InvalidConfigError(f"breaker must be a BreakerConfig, got {type(config).__name__}")
+    return config
 
 
 def check_batching(config: object) -> BatchingConfig:

@@ -116,7 +116,14 @@ class OverloadedError(ServiceUnavailableError):
 
 
 class CircuitOpenError(ServiceUnavailableError):
-    """Raised when a version's circuit breaker is open and no fallback is configured."""
+    """Raised when a version's circuit breaker is open and no fallback is configured.
+
+    ``retry_after`` is the number of seconds until the breaker next lets a probe through.
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ServerClosedError(ServiceUnavailableError):

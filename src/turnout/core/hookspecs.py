@@ -26,6 +26,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from turnout.core.batching import BatchReport
+    from turnout.core.breaker import BreakerPolicyFactory, BreakerState
+    from turnout.core.health import HealthCheck, HealthReport
     from turnout.core.registry import Deployment
     from turnout.core.routing import RoutingConfig, RoutingStrategyFactory
 
@@ -46,6 +48,26 @@ def register_routing_strategies() -> Sequence[RoutingStrategyFactory]:
 
     Called once when a server builds its plugin manager. Two strategies with
     the same name, from any two plugins, are an error at start-up.
+    """
+
+
+@hookspec
+def register_breaker_policies() -> Sequence[BreakerPolicyFactory]:
+    """Return circuit-breaker policy classes to offer, each with a unique ``name``.
+
+    Called once when a server builds its plugin manager. A policy decides when
+    a closed breaker trips; ``BreakerConfig(policy=name, params=...)`` picks one.
+    Two policies with the same name are an error at start-up.
+    """
+
+
+@hookspec
+def register_health_checks() -> Sequence[HealthCheck]:
+    """Return health checks to run on every version, each with a unique ``name``.
+
+    Called once when a server builds its plugin manager. Each check is called
+    in a worker thread, bounded by a timeout, whenever a version's health is
+    assessed; a check that raises or times out counts as failed.
     """
 
 
@@ -78,6 +100,23 @@ def routing_changed(model_id: str, old: RoutingConfig, new: RoutingConfig) -> No
 @hookspec
 def batch_completed(model_id: str, version: str, report: BatchReport) -> None:
     """Called once per executed batch (not per request), with its sizes, latencies and error."""
+
+
+@hookspec
+def breaker_state_changed(
+    model_id: str, version: str, old: BreakerState, new: BreakerState, reason: str
+) -> None:
+    """Called when a version's circuit breaker opens, starts probing or closes."""
+
+
+@hookspec
+def health_changed(
+    model_id: str, version: str, old: HealthReport | None, new: HealthReport
+) -> None:
+    """Called when the health monitor finds a version's status changed.
+
+    ``old`` is None the first time the monitor looks at a version.
+    """
 
 
 @hookspec

@@ -22,7 +22,9 @@ import numpy as np
 from anyio.from_thread import BlockingPortal
 
 from turnout.core.batching import BatchingConfig
+from turnout.core.breaker import BreakerSnapshot
 from turnout.core.errors import InvalidConfigError, ServerClosedError, TurnoutError
+from turnout.core.fallback import Fallback
 from turnout.core.health import HealthReport
 from turnout.core.outcomes import ABComparison
 from turnout.core.outputs import OutputMode
@@ -292,6 +294,34 @@ class ModelServingManager:
         """Return each shadow version's record against its primary."""
         stats: list[ShadowStatistics] = self._run(self.server.shadow_statistics, model_id)
         return stats
+
+    def reset_circuit_breaker(self, model_id: str, version: str) -> None:
+        """Close a version's circuit breaker by hand and forget its failures."""
+        self._run(self.server.reset_circuit_breaker, model_id, version)
+
+    def circuit_breaker(self, model_id: str, version: str | None = None) -> BreakerSnapshot:
+        """Return a version's breaker state (the active version when None)."""
+        snapshot: BreakerSnapshot = self._run(self.server.circuit_breaker, model_id, version)
+        return snapshot
+
+    def set_fallback(self, model_id: str, fallback: Fallback | None) -> None:
+        """Answer with ``fallback`` while the routed version's breaker is open."""
+        self._run(self.server.set_fallback, model_id, fallback)
+
+    def start_health_monitor(self, interval: float = 30.0, *, auto_rollback: bool = False) -> None:
+        """Watch every version's health in the background (see ModelServer)."""
+        self._run(self.server.start_health_monitor, interval, auto_rollback=auto_rollback)
+
+    def stop_health_monitor(self) -> None:
+        """Stop the background health monitor, if it runs."""
+        self._run(self.server.stop_health_monitor)
+
+    def evaluate_health(self, *, auto_rollback: bool = False) -> list[HealthReport]:
+        """Assess every version once, as the monitor does each interval."""
+        reports: list[HealthReport] = self._run(
+            self.server.evaluate_health, auto_rollback=auto_rollback
+        )
+        return reports
 
     def get_all_models_status(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Return ``{model_id: {version: {"status", "metrics", "metadata", ...}}}``."""

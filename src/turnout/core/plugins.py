@@ -17,11 +17,20 @@ from typing import Any
 import pluggy
 
 from turnout.core import hookspecs
+from turnout.core.breaker import BreakerPolicyFactory
 from turnout.core.errors import PluginError
+from turnout.core.health import HealthCheck
 from turnout.core.hookspecs import PROJECT_NAME
 from turnout.core.routing import RoutingStrategyFactory
 
-__all__ = ["DEFAULT_PLUGINS", "EventEmitter", "collect_strategies", "make_plugin_manager"]
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "EventEmitter",
+    "collect_breaker_policies",
+    "collect_health_checks",
+    "collect_strategies",
+    "make_plugin_manager",
+]
 
 logger = logging.getLogger("turnout.plugins")
 
@@ -33,6 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "turnout.strategies.blue_green",
     "turnout.strategies.shadow",
     "turnout.strategies.bandit",
+    "turnout.plugins.breaker_policies",
 )
 
 
@@ -63,20 +73,34 @@ def make_plugin_manager(
 
 def collect_strategies(manager: pluggy.PluginManager) -> Mapping[str, RoutingStrategyFactory]:
     """Return every registered routing strategy by name; a name registered twice is an error."""
-    found: dict[str, RoutingStrategyFactory] = {}
+    return _collect_named(manager, "register_routing_strategies", "routing strategy")
+
+
+def collect_breaker_policies(manager: pluggy.PluginManager) -> Mapping[str, BreakerPolicyFactory]:
+    """Return every registered breaker policy by name; a name registered twice is an error."""
+    return _collect_named(manager, "register_breaker_policies", "breaker policy")
+
+
+def collect_health_checks(manager: pluggy.PluginManager) -> Mapping[str, HealthCheck]:
+    """Return every registered health check by name; a name registered twice is an error."""
+    return _collect_named(manager, "register_health_checks", "health check")
+
+
+def _collect_named(manager: pluggy.PluginManager, hook: str, kind: str) -> Mapping[str, Any]:
+    found: dict[str, Any] = {}
     owners: dict[str, str] = {}
-    for impl in manager.hook.register_routing_strategies.get_hookimpls():
-        offered: Iterable[RoutingStrategyFactory] = impl.function() or ()  # type: ignore[assignment]
-        for strategy in offered:
-            name = getattr(strategy, "name", None)
+    for impl in getattr(manager.hook, hook).get_hookimpls():
+        offered: Iterable[Any] = impl.function() or ()
+        for item in offered:
+            name = getattr(item, "name", None)
             if not isinstance(name, str) or not name:
-                raise PluginError(f"plugin {impl.plugin_name!r} offers a strategy with no name")
+                raise PluginError(f"plugin {impl.plugin_name!r} offers a {kind} with no name")
             if name in found:
                 raise PluginError(
-                    f"routing strategy {name!r} is registered by both {owners[name]!r}"
+                    f"{kind} {name!r} is registered by both {owners[name]!r}"
                     f" and {impl.plugin_name!r}"
                 )
-            found[name] = strategy
+            found[name] = item
             owners[name] = impl.plugin_name
     return MappingProxyType(found)
 

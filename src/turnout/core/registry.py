@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from turnout.core.batching import AdaptiveBatcher
+from turnout.core.breaker import CircuitBreaker
 from turnout.core.convert import LoadedModel
 from turnout.core.errors import ModelNotFoundError, VersionExistsError, VersionNotFoundError
 from turnout.core.metrics import VersionMetrics
@@ -36,6 +37,7 @@ class Deployment:
     metrics: VersionMetrics
     metadata: Mapping[str, Any]
     error_threshold: float
+    breaker: CircuitBreaker
     health_check_fn: HealthCheckFn | None = None
     deployed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 

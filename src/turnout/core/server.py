@@ -20,16 +20,19 @@ import anyio
 import numpy as np
 
 from turnout.core.batching import BatchingConfig, BatchReport, BatchSlice
+from turnout.core.breaker import BreakerConfig, BreakerSnapshot, BreakerState
 from turnout.core.clock import Clock, MonotonicClock
 from turnout.core.deployer import (
     DeploymentOptions,
     build_deployment,
     check_batching,
+    check_breaker,
     check_metadata,
     check_threshold,
     load_runtime,
 )
 from turnout.core.errors import (
+    CircuitOpenError,
     InvalidConfigError,
     InvalidInputError,
     InvalidRoutingError,
@@ -40,11 +43,19 @@ from turnout.core.errors import (
     TurnoutError,
     VersionExistsError,
 )
-from turnout.core.health import HealthReport, HealthStatus
+from turnout.core.fallback import Fallback
+from turnout.core.health import HealthReport
+from turnout.core.monitor import HealthMonitor, MonitorSettings
 from turnout.core.names import check_name
 from turnout.core.outcomes import ABComparison, compare
 from turnout.core.outputs import BatchOutput, OutputMode, parse_output_mode
-from turnout.core.plugins import EventEmitter, collect_strategies, make_plugin_manager
+from turnout.core.plugins import (
+    EventEmitter,
+    collect_breaker_policies,
+    collect_health_checks,
+    collect_strategies,
+    make_plugin_manager,
+)
 from turnout.core.registry import Deployment, HealthCheckFn, ModelRegistry
 from turnout.core.rollout import RolloutAction, RolloutController, RolloutEvent
 from turnout.core.routing import RoutingConfig, RoutingContext
@@ -67,6 +78,9 @@ class InferenceResult:
     """The full answer to one request: what served it, and every output it produced.
 
     ``request_id`` identifies the request to :meth:`ModelServer.record_outcome`.
+    ``fallback`` is True when the routed version's breaker was open and the
+    model's fallback answered: ``version`` then names the fallback version,
+    or, for a fixed fallback value, the version that could not serve.
     """
 
     model_id: str
@@ -76,6 +90,7 @@ class InferenceResult:
     probabilities: np.ndarray[Any, Any] | None
     latency_ms: float
     request_id: str
+    fallback: bool = False
 
 
 class ModelServer:
@@ -95,12 +110,14 @@ class ModelServer:
         error_threshold: float = 0.5,
         mock_mode: bool = False,
         runtime_threads: int = 1,
+        breaker: BreakerConfig | None = None,
         plugins: Iterable[object] = (),
         entry_points: bool = True,
         seed: int | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._batching = check_batching(batching or BatchingConfig())
+        self._breaker = check_breaker(breaker or BreakerConfig())
         self._error_threshold = check_threshold(error_threshold)
         if not isinstance(runtime_threads, int) or not 1 <= runtime_threads <= 64:
             raise InvalidConfigError(
@@ -112,8 +129,16 @@ class ModelServer:
         self.plugin_manager = make_plugin_manager(plugins, entry_points=entry_points)
         self._events = EventEmitter(self.plugin_manager)
         self._router = Router(collect_strategies(self.plugin_manager), random.Random(seed).random)
+        self._policies = collect_breaker_policies(self.plugin_manager)
         self._rollouts = RolloutController(self._clock)
         self._registry = ModelRegistry()
+        self._health = HealthMonitor(
+            self._registry,
+            collect_health_checks(self.plugin_manager),
+            self._events,
+            rollback=self._roll_back,
+        )
+        self._fallbacks: dict[str, Fallback] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -139,6 +164,7 @@ class ModelServer:
         allow_nan: bool = False,
         replace: bool = False,
         error_threshold: float | None = None,
+        breaker: BreakerConfig | None = None,
         health_check_fn: HealthCheckFn | None = None,
     ) -> Deployment:
         """Deploy ``model_instance`` as ``version`` of ``model_id`` and return the Deployment.
@@ -160,6 +186,7 @@ class ModelServer:
                 self._error_threshold if error_threshold is None else error_threshold
             ),
             metadata=check_metadata(metadata),
+            breaker=check_breaker(breaker or self._breaker),
             features=features,
             allow_nan=bool(allow_nan),
             health_check_fn=health_check_fn,
@@ -181,7 +208,10 @@ class ModelServer:
             runtime,
             options,
             clock=self._clock,
+            policies=self._policies,
             on_batch=self._batch_done,
+            on_overrun=self._overrun,
+            on_breaker_change=self._breaker_changed,
         )
         try:
             # Checked again: the server may have closed, or another deploy of
@@ -252,8 +282,15 @@ class ModelServer:
                     f"version '{version}' of model '{model_id}' receives traffic under"
                     f" {config.strategy!r} routing; change the routing before retiring it"
                 )
+        fallback = self._fallbacks.get(model_id)
+        if fallback is not None and fallback.version == version:
+            raise InvalidConfigError(
+                f"version '{version}' is the fallback of model '{model_id}';"
+                " set another fallback (or none) before retiring it"
+            )
         was_active = self._registry.active.get(model_id) == version
         deployment = self._registry.remove(model_id, version)
+        self._health.forget(model_id, version)
         if self._registry.contains_model(model_id):
             self._refresh_routing(model_id, keep_unaffected=False)
         else:
@@ -347,7 +384,7 @@ class ModelServer:
         sticky routing; ``timeout`` is in seconds; ``attributes`` are for
         strategies that route by them.
         """
-        _, piece = await self._submit(model_id, inputs, version, key, timeout, attributes)
+        _, piece, _ = await self._submit(model_id, inputs, version, key, timeout, attributes)
         primary = piece.result.primary
         if piece.start == 0 and piece.stop == len(primary):
             return primary
@@ -366,7 +403,9 @@ class ModelServer:
         """Like :meth:`predict`, but return the version that served, labels, probabilities
         and a ``request_id`` for :meth:`record_outcome`."""
         started = self._clock.now()
-        deployment, piece = await self._submit(model_id, inputs, version, key, timeout, attributes)
+        deployment, piece, fallback = await self._submit(
+            model_id, inputs, version, key, timeout, attributes
+        )
         out, rows = piece.result, slice(piece.start, piece.stop)
         traffic = self._router.traffic(model_id)
         return InferenceResult(
@@ -377,6 +416,7 @@ class ModelServer:
             probabilities=None if out.scores is None or out.labels is None else out.scores[rows],
             latency_ms=(self._clock.now() - started) * 1e3,
             request_id=traffic.outcomes.new_request(deployment.version),
+            fallback=fallback,
         )
 
     async def _submit(
@@ -387,7 +427,9 @@ class ModelServer:
         key: str | None,
         timeout: float | None,
         attributes: Mapping[str, Any] | None,
-    ) -> tuple[Deployment, BatchSlice[BatchOutput]]:
+    ) -> tuple[Deployment, BatchSlice[BatchOutput], bool]:
+        """Route, validate, admit and queue one request; return who served, the slice,
+        and whether a fallback served."""
         started = self._clock.now()
         if self._closed:
             raise ServerClosedError("the server is closed")
@@ -395,7 +437,8 @@ class ModelServer:
             raise InvalidInputError(f"key must be a string, got {type(key).__name__}")
         if attributes is not None and not isinstance(attributes, Mapping):
             raise InvalidInputError("attributes must be a dict")
-        deadline = None if timeout is None else started + _check_timeout(timeout)
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
         if version is None:
             route = self._router.route(model_id, key, attributes or {})
             deployment = self._registry.get(model_id, route.primary)
@@ -403,21 +446,41 @@ class ModelServer:
             route = None
             deployment = self._registry.get(model_id, version)
         rows = deployment.schema.encode(inputs)
-        submission: Awaitable[BatchSlice[BatchOutput]] = deployment.batcher.submit(
-            rows, deadline=deadline, started=started
-        )
-        if route is not None and route.mirrors:
-            primary = asyncio.ensure_future(submission)
-            for mirror in route.mirrors:
-                # Started after the primary was queued; they never delay it.
-                self._spawn(self._shadow(model_id, deployment, mirror, inputs, primary))
-            submission = primary
+        used_fallback = False
         try:
+            permit = deployment.breaker.admit()
+        except CircuitOpenError:
+            fallback = self._fallbacks.get(model_id)
+            if fallback is None or fallback.version == deployment.version:
+                raise
+            used_fallback = True
+            if fallback.version is None:
+                return deployment, fallback.constant(len(rows)), True
+            # The fallback version's own breaker decides whether it may serve.
+            deployment = self._registry.get(model_id, fallback.version)
+            rows = deployment.schema.encode(inputs)
+            permit = deployment.breaker.admit()
+            route = None
+        if timeout is None and deployment.batcher.config.timeout_ms is not None:
+            timeout = deployment.batcher.config.timeout_ms / 1e3
+        deadline = None if timeout is None else started + timeout
+        try:
+            submission: Awaitable[BatchSlice[BatchOutput]] = deployment.batcher.submit(
+                rows, deadline=deadline, started=started
+            )
+            if route is not None and route.mirrors:
+                primary = asyncio.ensure_future(submission)
+                for mirror in route.mirrors:
+                    # Started after the primary was queued; they never delay it.
+                    self._spawn(self._shadow(model_id, deployment, mirror, inputs, primary))
+                submission = primary
             piece = await submission
         except OverloadedError:
             deployment.metrics.record_shed()
             raise
-        return deployment, piece
+        finally:
+            deployment.breaker.release(permit)
+        return deployment, piece, used_fallback
 
     async def _shadow(
         self,
@@ -430,15 +493,21 @@ class ModelServer:
         traffic = self._router.traffic(model_id)
         recorder = traffic.shadow(primary.version, version)
         started = self._clock.now()
+        permit = None
         try:
             shadow = self._registry.get(model_id, version)
-            piece = await shadow.batcher.submit(shadow.schema.encode(inputs), started=started)
+            encoded = shadow.schema.encode(inputs)
+            permit = shadow.breaker.admit()
+            piece = await shadow.batcher.submit(encoded, started=started)
         except ServiceUnavailableError:
             recorder.dropped += 1
             return
         except TurnoutError:
             recorder.errors += 1
             return
+        finally:
+            if permit is not None:
+                shadow.breaker.release(permit)
         latency = self._clock.now() - started
         try:
             mine = await primary_result
@@ -474,8 +543,10 @@ class ModelServer:
             rows=report.rows,
             latencies=report.latencies,
             requests=report.requests,
-            errors=report.requests if report.error is not None else 0,
+            errors=report.failed_requests,
         )
+        if not report.overran:  # an overrun was counted when its deadline passed
+            deployment.breaker.record(report.error is not None, report.duration)
         if self._events.has_listeners("batch_completed"):
             self._events.emit(
                 "batch_completed",
@@ -586,11 +657,13 @@ class ModelServer:
         plan = self._canary_plan(model_id)
         if plan is None:
             return
+        candidate = self._registry.get(model_id, plan.candidate)
         judgement = self._rollouts.judge(
             model_id,
             plan,
             self._registry.get(model_id, plan.baseline).metrics,
-            self._registry.get(model_id, plan.candidate).metrics,
+            candidate.metrics,
+            candidate_broken=candidate.breaker.state is BreakerState.OPEN,
         )
         if judgement is None:
             return
@@ -736,53 +809,99 @@ class ModelServer:
                 "output": deployment.decoder.mode.value,
                 "batching": asdict(deployment.batcher.config),
                 "routing": routing.to_dict(),
+                "circuit_breaker": asdict(deployment.breaker.snapshot()),
             }
         return status
 
     async def health_check(self, model_id: str, version: str | None = None) -> HealthReport:
-        """Return the health of ``version`` (the active version when None)."""
-        deployment = self._registry.get(model_id, version)
-        snapshot = deployment.metrics.snapshot()
-        reasons: list[str] = []
-        status = HealthStatus.HEALTHY
-        if snapshot.request_count and snapshot.error_rate > deployment.error_threshold:
-            status = HealthStatus.UNHEALTHY
-            reasons.append(
-                f"error rate {snapshot.error_rate:.1%} is above {deployment.error_threshold:.1%}"
-            )
-        if deployment.health_check_fn is not None and not await self._run_health_check(deployment):
-            status = HealthStatus.UNHEALTHY
-            reasons.append("the deployment's health_check_fn reported failure")
-        if status is HealthStatus.HEALTHY and snapshot.request_count == 0:
-            status = HealthStatus.UNKNOWN
-            reasons.append("no requests served yet")
-        return HealthReport(
-            model_id=model_id,
-            version=deployment.version,
-            status=status,
-            circuit_breaker_open=False,
-            last_request_time=snapshot.last_request_time,
-            request_count=snapshot.request_count,
-            error_rate=snapshot.error_rate,
-            reasons=tuple(reasons),
-        )
+        """Return the health of ``version`` (the active version when None), with its reasons."""
+        return await self._health.report(self._registry.get(model_id, version))
 
-    async def _run_health_check(self, deployment: Deployment) -> bool:
-        check = deployment.health_check_fn
-        assert check is not None
-        name = f"{deployment.model_id}:{deployment.version}"
-        try:
-            with anyio.fail_after(HEALTH_CHECK_TIMEOUT):
-                ok = await anyio.to_thread.run_sync(
-                    check, deployment.model, deployment.version, abandon_on_cancel=True
-                )
-        except TimeoutError:
-            logger.warning("health check of %s timed out", name)
-            return False
-        except Exception:
-            logger.exception("health check of %s raised", name)
-            return False
-        return bool(ok)
+    async def evaluate_health(self, *, auto_rollback: bool = False) -> list[HealthReport]:
+        """Assess every version once, as the monitor does each interval; return the reports."""
+        return await self._health.evaluate(auto_rollback=auto_rollback)
+
+    def start_health_monitor(self, interval: float = 30.0, *, auto_rollback: bool = False) -> None:
+        """Watch every version's health every ``interval`` seconds, in the background.
+
+        Status changes are ``health_changed`` events. With ``auto_rollback``,
+        a model whose active version turns UNHEALTHY is moved back to the
+        last version that was healthy while active; with none to go back to,
+        it says so in the log and keeps serving.
+        """
+        if not _positive_number(interval):
+            raise InvalidConfigError(f"interval must be a positive number of seconds: {interval!r}")
+        self._check_open()
+        if self._health.settings is not None:
+            raise InvalidConfigError("the health monitor is already running")
+        self._spawn(self._health.run(MonitorSettings(float(interval), bool(auto_rollback))))
+
+    def stop_health_monitor(self) -> None:
+        """Stop the background health monitor, if it runs."""
+        self._health.stop()
+
+    def _roll_back(self, model_id: str, version: str, reason: str) -> None:
+        self._end_rollout(model_id, f"health monitor rolled back: {reason}")
+        self._set_active(model_id, version)
+        self._apply_routing(model_id, ACTIVE)
+
+    # -- circuit breakers and fallbacks ---------------------------------------------------
+
+    async def reset_circuit_breaker(self, model_id: str, version: str) -> None:
+        """Close a version's circuit breaker by hand and forget its failures."""
+        self._registry.get(check_name("model_id", model_id), check_name("version", version))
+        self._registry.get(model_id, version).breaker.reset()
+
+    def circuit_breaker(self, model_id: str, version: str | None = None) -> BreakerSnapshot:
+        """Return a version's breaker state (the active version when None)."""
+        return self._registry.get(model_id, version).breaker.snapshot()
+
+    async def set_fallback(self, model_id: str, fallback: Fallback | None) -> None:
+        """Answer the model's requests with ``fallback`` while the routed version's breaker is open.
+
+        ``Fallback(version="v1")`` serves another version (its own breaker
+        permitting); ``Fallback(value=0.5)`` a fixed value per row; None
+        removes the fallback.
+        """
+        self._registry.versions(check_name("model_id", model_id))
+        if fallback is None:
+            self._fallbacks.pop(model_id, None)
+            return
+        if not isinstance(fallback, Fallback):
+            raise InvalidConfigError(f"expected a Fallback, got {type(fallback).__name__}")
+        if fallback.version is not None:
+            self._registry.get(model_id, fallback.version)
+        self._fallbacks[model_id] = fallback
+
+    def _overrun(self, deployment: Deployment) -> None:
+        # Counted when the deadline passes, not when (if ever) the batch ends:
+        # a model that hangs must trip its breaker all the same.
+        deployment.breaker.record(True, self._clock.now())
+
+    def _breaker_changed(
+        self, deployment: Deployment, old: BreakerState, new: BreakerState, reason: str
+    ) -> None:
+        log = logger.warning if new is BreakerState.OPEN else logger.info
+        log(
+            "circuit breaker of %s:%s is %s: %s",
+            deployment.model_id,
+            deployment.version,
+            new.value,
+            reason,
+        )
+        self._events.emit(
+            "breaker_state_changed",
+            model_id=deployment.model_id,
+            version=deployment.version,
+            old=old,
+            new=new,
+            reason=reason,
+        )
+        if (
+            new is BreakerState.OPEN
+            and self._router.config(deployment.model_id).strategy == "canary"
+        ):
+            self._judge_canary(deployment.model_id)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -791,6 +910,7 @@ class ModelServer:
         if self._closed:
             return
         self._closed = True
+        self._health.stop()
         await asyncio.gather(*(_release(d) for d in self._registry))
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
@@ -817,6 +937,15 @@ def _same_rollout(old: RoutingConfig, new: RoutingConfig) -> bool:
 async def _release(deployment: Deployment) -> None:
     await deployment.batcher.close()
     deployment.runtime.close()
+
+
+def _positive_number(value: object) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _check_timeout(timeout: object) -> float:

@@ -1,0 +1,216 @@
+"""Health assessment and the optional background monitor that acts on it.
+
+A version's report combines the built-in verdicts (``health.assess``), the
+health-check plugins and the deployment's own ``health_check_fn``. Checks
+that are not turnout's own run in worker threads, each bounded by a timeout:
+one that raises or hangs counts as failed and cannot stall the server.
+
+The monitor evaluates every version each interval, emits ``health_changed``
+when a status moves, remembers which versions were healthy while active,
+and, with ``auto_rollback``, moves a model whose active version turned
+UNHEALTHY back to the last version that was healthy while active.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from turnout.core.health import (
+    HealthCheck,
+    HealthFacts,
+    HealthReport,
+    HealthStatus,
+    HealthVerdict,
+    assess,
+    worst,
+)
+from turnout.core.plugins import EventEmitter
+from turnout.core.registry import Deployment, ModelRegistry
+
+__all__ = ["HEALTH_CHECK_TIMEOUT", "HealthMonitor", "MonitorSettings"]
+
+logger = logging.getLogger("turnout")
+
+HEALTH_CHECK_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """How often the monitor looks, and whether it rolls back by itself."""
+
+    interval: float
+    auto_rollback: bool
+
+
+class HealthMonitor:
+    """Assesses versions' health and, when started, watches them in the background."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        checks: Mapping[str, HealthCheck],
+        events: EventEmitter,
+        rollback: Callable[[str, str, str], None],
+    ) -> None:
+        self._registry = registry
+        self._checks = checks
+        self._events = events
+        self._rollback = rollback
+        self._last: dict[tuple[str, str], HealthReport] = {}
+        self._stable: dict[str, list[str]] = {}
+        self._scope: anyio.CancelScope | None = None
+        self.settings: MonitorSettings | None = None
+
+    # -- one version ---------------------------------------------------------------------
+
+    async def report(self, deployment: Deployment) -> HealthReport:
+        """Return ``deployment``'s health now, with the reasons behind it."""
+        facts = _facts(deployment)
+        verdicts = assess(facts)
+        where = f"of {deployment.model_id}:{deployment.version}"
+        for name, check in self._checks.items():
+            verdict = await _run_bounded(f"{name!r} {where}", functools.partial(check, facts))
+            if isinstance(verdict, HealthVerdict):
+                verdicts.append(verdict)
+            elif verdict is _FAILED:
+                verdicts.append(
+                    HealthVerdict(HealthStatus.UNHEALTHY, f"health check {name!r} failed")
+                )
+        if deployment.health_check_fn is not None:
+            check_fn = deployment.health_check_fn
+            ok = await _run_bounded(where, lambda: check_fn(deployment.model, deployment.version))
+            if ok is _FAILED or not ok:
+                verdicts.append(
+                    HealthVerdict(
+                        HealthStatus.UNHEALTHY, "the deployment's health_check_fn reported failure"
+                    )
+                )
+        status = worst(verdicts)
+        return HealthReport(
+            model_id=deployment.model_id,
+            version=deployment.version,
+            status=status,
+            circuit_breaker_open=facts.breaker_state == "open",
+            last_request_time=facts.last_request_time,
+            request_count=facts.request_count,
+            error_rate=facts.error_rate,
+            reasons=tuple(v.reason for v in verdicts),
+        )
+
+    # -- every version -------------------------------------------------------------------
+
+    async def evaluate(self, *, auto_rollback: bool = False) -> list[HealthReport]:
+        """Assess every version once; emit changes; roll back an unhealthy active version."""
+        reports = []
+        for deployment in list(self._registry):
+            report = await self.report(deployment)
+            reports.append(report)
+            key = (deployment.model_id, deployment.version)
+            old = self._last.get(key)
+            self._last[key] = report
+            if old is None or old.status is not report.status:
+                self._events.emit(
+                    "health_changed",
+                    model_id=deployment.model_id,
+                    version=deployment.version,
+                    old=old,
+                    new=report,
+                )
+            if self._registry.active.get(deployment.model_id) != deployment.version:
+                continue
+            if report.status is HealthStatus.HEALTHY:
+                stable = self._stable.setdefault(deployment.model_id, [])
+                if deployment.version in stable:
+                    stable.remove(deployment.version)
+                stable.append(deployment.version)
+            elif report.status is HealthStatus.UNHEALTHY and auto_rollback:
+                self._roll_back(report)
+        return reports
+
+    def _roll_back(self, report: HealthReport) -> None:
+        model_id, bad = report.model_id, report.version
+        for version in reversed(self._stable.get(model_id, [])):
+            if version == bad or not self._registry.contains(model_id, version):
+                continue
+            if self._registry.get(model_id, version).breaker.state.value == "open":
+                continue
+            reason = f"{bad} is unhealthy ({'; '.join(report.reasons)})"
+            logger.warning("rolling %s back from %s to %s: %s", model_id, bad, version, reason)
+            self._rollback(model_id, version, reason)
+            return
+        logger.error(
+            "%s:%s is UNHEALTHY (%s) and there is no stable version to roll back to;"
+            " it keeps serving",
+            model_id,
+            bad,
+            "; ".join(report.reasons),
+        )
+
+    def forget(self, model_id: str, version: str) -> None:
+        """Drop what the monitor remembers of a retired version."""
+        self._last.pop((model_id, version), None)
+        stable = self._stable.get(model_id)
+        if stable and version in stable:
+            stable.remove(version)
+
+    # -- the background task -------------------------------------------------------------
+
+    async def run(self, settings: MonitorSettings) -> None:
+        """Evaluate every ``settings.interval`` seconds until stopped."""
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            self.settings = settings
+            while True:
+                try:
+                    await self.evaluate(auto_rollback=settings.auto_rollback)
+                except Exception:
+                    logger.exception("the health monitor failed an evaluation; it goes on")
+                await anyio.sleep(settings.interval)
+        self._scope = None
+        self.settings = None
+
+    def stop(self) -> None:
+        """Stop the background task, if it runs."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+_FAILED: Any = object()
+
+
+async def _run_bounded(label: str, call: Callable[[], Any]) -> Any:
+    """Run a foreign check in a thread; return its result, or _FAILED if it raised or hung."""
+    try:
+        with anyio.fail_after(HEALTH_CHECK_TIMEOUT):
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+    except TimeoutError:
+        logger.warning("health check %s timed out after %s s", label, HEALTH_CHECK_TIMEOUT)
+    except Exception:
+        logger.exception("health check %s raised", label)
+    return _FAILED
+
+
+def _facts(deployment: Deployment) -> HealthFacts:
+    metrics = deployment.metrics.snapshot()
+    breaker = deployment.breaker.snapshot()
+    batcher = deployment.batcher.statistics()
+    return HealthFacts(
+        model_id=deployment.model_id,
+        version=deployment.version,
+        model=deployment.model,
+        request_count=metrics.request_count,
+        error_rate=metrics.error_rate,
+        error_threshold=deployment.error_threshold,
+        p99_latency_ms=metrics.p99_latency_ms,
+        last_request_time=metrics.last_request_time,
+        breaker_state=breaker.state.value,
+        breaker_reason=breaker.reason,
+        oldest_batch_seconds=batcher.oldest_batch_seconds,
+        queued_requests=batcher.queued_requests,
+    )

@@ -1,0 +1,1 @@
+"""Built-in plugins other than routing strategies: breaker policies and health checks."""
