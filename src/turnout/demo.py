@@ -48,31 +48,35 @@ async def deploy_demo_models(server: ModelServer) -> tuple[Any, np.ndarray[Any, 
 
 
 async def run_demo() -> None:
-    """Deploy two versions, send concurrent traffic to each, print predictions and status."""
-    async with ModelServer() as server:
+    """Deploy two versions behind a 70/30 A/B split, send traffic, print predictions and status."""
+    async with ModelServer(seed=0) as server:
         X_test, y_test = await deploy_demo_models(server)
         rows = X_test.to_dict("records")
-        print(f"Deployed {DEMO_MODEL} v1 (active) and v2; {len(rows)} held-out rows.\n")
+        await server.setup_ab_test(DEMO_MODEL, ["v1", "v2"], [0.7, 0.3])
+        print(f"Deployed {DEMO_MODEL} v1 and v2 behind a 70/30 weighted A/B split.\n")
 
         first = await server.infer(DEMO_MODEL, rows[:3])
-        print(f"P(benign) for three rows from {first.version}: {np.round(first.outputs, 3)}")
-        print(f"  labels {first.labels}, truth {y_test[:3]}, {first.latency_ms:.2f} ms\n")
+        print(f"P(benign) for three held-out rows, served by {first.version}:")
+        print(f"  {np.round(first.outputs, 3)}; labels {first.labels}, truth {y_test[:3]}\n")
 
-        for version in ("v1", "v2"):
-            results = await asyncio.gather(
-                *(server.predict(DEMO_MODEL, [row], version=version) for row in rows)
+        results = await asyncio.gather(*(server.infer(DEMO_MODEL, [row]) for row in rows * 4))
+        for result, truth in zip(results, np.tile(y_test, 4), strict=True):
+            await server.record_outcome(
+                DEMO_MODEL, result.request_id, float(result.labels[0] == truth)
             )
-            predicted = (np.concatenate(results) >= 0.5).astype(int)
-            accuracy = float((predicted == y_test).mean())
-            print(f"{version}: {len(rows)} concurrent single-row requests, accuracy {accuracy:.3f}")
+        served = {v: sum(r.version == v for r in results) for v in ("v1", "v2")}
+        print(f"{len(results)} concurrent single-row requests: {served}")
+        comparison = server.compare_versions(DEMO_MODEL, "v1", "v2")
+        print(
+            f"Accuracy v1 {comparison.a.mean:.3f}, v2 {comparison.b.mean:.3f}: {comparison.verdict}"
+        )
 
         print("\nStatus:")
         for version, info in server.get_all_models_status()[DEMO_MODEL].items():
             m = info["metrics"]
             print(
-                f"  {version} [{info['status']}] {info['metadata']['algorithm']}:"
-                f" {m.request_count} requests in {m.batches} batches"
-                f" (mean batch {m.mean_batch_size:.1f} rows),"
+                f"  {version} ({info['metadata']['algorithm']}): {m.request_count} requests"
+                f" in {m.batches} batches (mean batch {m.mean_batch_size:.1f} rows),"
                 f" p50 {m.p50_latency_ms:.2f} ms, p99 {m.p99_latency_ms:.2f} ms,"
-                f" error rate {m.error_rate:.1%}"
+                f" error rate {m.error_rate:.1%}, breaker {info['circuit_breaker']['state']}"
             )
