@@ -90,12 +90,15 @@ class BreakerConfig:
 
 
 def _positive(value: object) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and value > 0
-    )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        # An int too large for a float is no usable number of seconds (and
+        # math.isfinite raised OverflowError on it, not InvalidConfigError).
+        number = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(number) and number > 0
 
 
 class BreakerPolicy(Protocol):
@@ -209,13 +212,23 @@ class CircuitBreaker:
             self._half_open_since = self._last_probe_answer = now
             self._permits_out = 0
             self._probe_successes = 0
-        elif now - self._last_probe_answer > self.config.half_open_timeout:
+        elif (
+            self._permits_out > 0 and now - self._last_probe_answer > self.config.half_open_timeout
+        ):
             # Probes went out and none came back in time: a half-open state
-            # that nothing answers must not stick.
+            # that nothing answers must not stick. Only while probes are out:
+            # with none out, a lull in traffic is no unanswered probe (it used
+            # to re-open the breaker and refuse the next request).
+            # Like a failed probe, it re-opens for a longer cool-down (the
+            # contract above; this path used to keep the old one).
+            self._cool_down = min(self._cool_down * self.config.backoff, self.config.max_cool_down)
             self._trip("no probe answered within the half-open timeout", now)
             raise self._refusal(self._cool_down)
         if self._permits_out >= self.config.half_open_permits:
             raise self._refusal(0.0)
+        if self._permits_out == 0:
+            # Nothing was out: the wait for an answer starts with this probe.
+            self._last_probe_answer = now
         self._permits_out += 1
         return Permit(self._epoch)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +140,11 @@ class HealthMonitor:
                 continue
             if self._registry.get(model_id, version).breaker.state.value == "open":
                 continue
+            last = self._last.get((model_id, version))
+            if last is not None and last.status is HealthStatus.UNHEALTHY:
+                # Healthy while active once, unhealthy now (its error rate, a check):
+                # rolling back to it would swap two unhealthy versions every interval.
+                continue
             reason = f"{bad} is unhealthy ({'; '.join(report.reasons)})"
             logger.warning("rolling %s back from %s to %s: %s", model_id, bad, version, reason)
             self._rollback(model_id, version, reason)
@@ -161,24 +166,43 @@ class HealthMonitor:
 
     # -- the background task -------------------------------------------------------------
 
+    def start(self, settings: MonitorSettings) -> Coroutine[Any, Any, None]:
+        """Mark the monitor as running with ``settings``; return the coroutine that runs it.
+
+        Marked at once, not when the task first runs: a second start, a stop or
+        a close in the same loop turn must see it. (When :meth:`run` marked it,
+        a second start launched a second monitor that nothing could stop, and a
+        stop or a close before the task began missed it: close then waited on
+        the monitor forever.)
+        """
+        self.settings = settings
+        return self.run(settings)
+
     async def run(self, settings: MonitorSettings) -> None:
         """Evaluate every ``settings.interval`` seconds until stopped."""
-        with anyio.CancelScope() as scope:
-            self._scope = scope
-            self.settings = settings
-            while True:
-                try:
-                    await self.evaluate(auto_rollback=settings.auto_rollback)
-                except Exception:
-                    logger.exception("the health monitor failed an evaluation; it goes on")
-                await anyio.sleep(settings.interval)
-        self._scope = None
-        self.settings = None
+        if self.settings is not settings:
+            return  # stopped (or restarted) before this task began
+        scope = self._scope = anyio.CancelScope()
+        try:
+            with scope:
+                while True:
+                    try:
+                        await self.evaluate(auto_rollback=settings.auto_rollback)
+                    except Exception:
+                        logger.exception("the health monitor failed an evaluation; it goes on")
+                    await anyio.sleep(settings.interval)
+        finally:
+            # Unless a stop and a new start came in the meantime: that monitor is not this one.
+            if self._scope is scope:
+                self._scope = None
+                self.settings = None
 
     def stop(self) -> None:
-        """Stop the background task, if it runs."""
+        """Stop the background task, if it runs; it may be started again at once."""
+        self.settings = None
         if self._scope is not None:
             self._scope.cancel()
+            self._scope = None
 
 
 _FAILED: Any = object()

@@ -834,7 +834,7 @@ class ModelServer:
         self._check_open()
         if self._health.settings is not None:
             raise InvalidConfigError("the health monitor is already running")
-        self._spawn(self._health.run(MonitorSettings(float(interval), bool(auto_rollback))))
+        self._spawn(self._health.start(MonitorSettings(float(interval), bool(auto_rollback))))
 
     def stop_health_monitor(self) -> None:
         """Stop the background health monitor, if it runs."""
@@ -876,7 +876,12 @@ class ModelServer:
     def _overrun(self, deployment: Deployment) -> None:
         # Counted when the deadline passes, not when (if ever) the batch ends:
         # a model that hangs must trip its breaker all the same.
-        deployment.breaker.record(True, self._clock.now())
+        # The second argument is the execution's duration, as policies (slow_calls,
+        # plugins) read it: how long the batch has run so far, not the clock's
+        # reading (which was passed here before). The oldest batch in flight is
+        # the overrunning one whenever a version runs one batch at a time.
+        elapsed = deployment.batcher.statistics().oldest_batch_seconds
+        deployment.breaker.record(True, elapsed)
 
     def _breaker_changed(
         self, deployment: Deployment, old: BreakerState, new: BreakerState, reason: str

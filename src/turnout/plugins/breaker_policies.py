@@ -26,7 +26,9 @@ __all__ = ["ConsecutiveFailuresPolicy", "ErrorRatePolicy", "SlowCallPolicy"]
 def _params(params: Mapping[str, Any], policy: str, allowed: set[str]) -> None:
     unknown = set(params) - allowed
     if unknown:
-        raise InvalidConfigError(f"breaker policy {policy!r}: unknown params {sorted(unknown)}")
+        # key=str: a key that is no string made sorted() raise TypeError instead.
+        unknown_params = sorted(unknown, key=str)
+        raise InvalidConfigError(f"breaker policy {policy!r}: unknown params {unknown_params}")
 
 
 def _count(params: Mapping[str, Any], name: str, default: int) -> int:
@@ -36,28 +38,46 @@ def _count(params: Mapping[str, Any], name: str, default: int) -> int:
     return value
 
 
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None if it is not a number (nor a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        # math.isfinite (and float) raise OverflowError on an int too large for
+        # a float: that must be an InvalidConfigError like any bad value.
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _fraction(params: Mapping[str, Any], name: str, default: float) -> float:
     value = params.get(name, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (math.isfinite(value) and 0.0 <= value <= 1.0)
-    ):
+    number = _finite(value)
+    if number is None or not 0.0 <= number <= 1.0:
         raise InvalidConfigError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
+    return number
 
 
 def _seconds(params: Mapping[str, Any], name: str, default: float | None) -> float | None:
     value = params.get(name, default)
-    if value is None:
+    if value is None and default is None:
+        # None is "not set" only where that is the default: an explicit
+        # slow_seconds=None used to pass here and fail an assert later.
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (math.isfinite(value) and value > 0)
-    ):
+    number = _finite(value)
+    if number is None or number <= 0:
         raise InvalidConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    return number
+
+
+def _fits(min_calls: int, window: int) -> None:
+    # A counted window never holds more than ``window`` executions: with
+    # min_calls above that, the policy silently never tripped.
+    if min_calls > window:
+        raise InvalidConfigError(
+            f"min_calls ({min_calls}) exceeds window ({window}): the breaker could never trip"
+        )
 
 
 class ErrorRatePolicy:
@@ -71,6 +91,8 @@ class ErrorRatePolicy:
         self.window = _count(params, "window", 50)
         self.window_seconds = _seconds(params, "window_seconds", None)
         self.min_calls = _count(params, "min_calls", 10)
+        if self.window_seconds is None:
+            _fits(self.min_calls, self.window)
         self._calls: deque[tuple[float, bool]] = deque()
         self._failures = 0
 
@@ -146,6 +168,7 @@ class SlowCallPolicy:
         self.threshold = _fraction(params, "threshold", 0.5)
         self.window = _count(params, "window", 50)
         self.min_calls = _count(params, "min_calls", 10)
+        _fits(self.min_calls, self.window)
         self._calls: deque[bool] = deque()
         self._slow = 0
 
