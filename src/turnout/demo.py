@@ -61,6 +61,7 @@ async def run_demo() -> None:
 
         results = await asyncio.gather(*(server.infer(DEMO_MODEL, [row]) for row in rows * 4))
         for result, truth in zip(results, np.tile(y_test, 4), strict=True):
+            assert result.labels is not None  # a classifier's answer always has labels
             await server.record_outcome(
                 DEMO_MODEL, result.request_id, float(result.labels[0] == truth)
             )

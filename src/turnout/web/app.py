@@ -1,0 +1,42 @@
+"""The aiohttp application: the V1 and V2 routes around one ModelServer."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from turnout.core.errors import InvalidConfigError
+from turnout.core.server import ModelServer
+from turnout.web.errors import error_middleware
+from turnout.web.keys import MAX_BODY_KEY, SERVER_KEY
+from turnout.web.v1 import setup_v1
+from turnout.web.v2 import setup_v2
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def create_app(
+    server: ModelServer, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> web.Application:
+    """Return an aiohttp Application serving ``server`` over KServe V1 and V2 (Open Inference).
+
+    The server is stored under :data:`SERVER_KEY`; its lifecycle stays the
+    caller's: close it after the application's runner is cleaned up.
+    """
+    if not isinstance(server, ModelServer):
+        raise InvalidConfigError(f"expected a ModelServer, got {type(server).__name__}")
+    if (
+        isinstance(max_body_bytes, bool)
+        or not isinstance(max_body_bytes, int)
+        or max_body_bytes < 1
+    ):
+        raise InvalidConfigError(
+            f"max_body_bytes must be a positive integer, got {max_body_bytes!r}"
+        )
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
+    app[SERVER_KEY] = server
+    app[MAX_BODY_KEY] = max_body_bytes
+    setup_v2(app)
+    setup_v1(app)
+    return app

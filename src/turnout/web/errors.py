@@ -1,0 +1,237 @@
+"""HTTP errors: every exception becomes a JSON body ``{"error": ..., "code": ...}``.
+
+Each :class:`~turnout.core.errors.TurnoutError` subclass has a status and a
+stable machine code (:data:`ERROR_CODES`). Client mistakes are always 4xx;
+5xx means the server or the model failed, never the request. Messages are
+scrubbed of filesystem paths and credentials, and no traceback is ever sent:
+the detail of a model failure or a bug goes to the ``turnout.web`` log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from turnout.core.errors import (
+    CircuitOpenError,
+    ConversionError,
+    DeadlineExceededError,
+    InferenceError,
+    InvalidConfigError,
+    InvalidInputError,
+    InvalidNameError,
+    InvalidRoutingError,
+    ModelNotFoundError,
+    OverloadedError,
+    PluginError,
+    ServerClosedError,
+    ServiceUnavailableError,
+    SmokeTestError,
+    TurnoutError,
+    VersionExistsError,
+    VersionNotFoundError,
+)
+from turnout.web.jsonio import dumps
+
+__all__ = [
+    "ERROR_CODES",
+    "ErrorCode",
+    "RequestError",
+    "error_middleware",
+    "error_response",
+    "scrub",
+]
+
+logger = logging.getLogger("turnout.web")
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """The HTTP status and machine code of one kind of error."""
+
+    status: int
+    code: str
+
+
+# Most specific first is not needed: the lookup walks each error's MRO.
+ERROR_CODES: Mapping[type[TurnoutError], ErrorCode] = {
+    InvalidInputError: ErrorCode(400, "invalid_input"),
+    InvalidNameError: ErrorCode(400, "invalid_name"),
+    InvalidConfigError: ErrorCode(400, "invalid_config"),
+    InvalidRoutingError: ErrorCode(400, "invalid_routing"),
+    ModelNotFoundError: ErrorCode(404, "model_not_found"),
+    VersionNotFoundError: ErrorCode(404, "version_not_found"),
+    VersionExistsError: ErrorCode(409, "version_exists"),
+    SmokeTestError: ErrorCode(409, "smoke_test_failed"),
+    ConversionError: ErrorCode(422, "conversion_failed"),
+    ServiceUnavailableError: ErrorCode(503, "unavailable"),
+    OverloadedError: ErrorCode(503, "overloaded"),
+    CircuitOpenError: ErrorCode(503, "circuit_open"),
+    ServerClosedError: ErrorCode(503, "server_closed"),
+    DeadlineExceededError: ErrorCode(504, "deadline_exceeded"),
+    InferenceError: ErrorCode(500, "model_failed"),
+    PluginError: ErrorCode(500, "internal_error"),
+    TurnoutError: ErrorCode(500, "internal_error"),
+}
+
+INTERNAL = ErrorCode(500, "internal_error")
+
+# Statuses aiohttp itself raises (routing, body limits), by the code they get here.
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+# What the client is told instead of the message, where the message is the server's business.
+_GENERIC = {
+    "model_failed": "the model failed while running this request; the server log has the detail",
+    "internal_error": "internal server error",
+}
+
+# Seconds a client is asked to wait before retrying a 503 that names no time itself.
+DEFAULT_RETRY_AFTER = 1
+
+_PATH = re.compile(r"(?<![\w.:/])(?:/[\w.@+-]+){2,}/?|\b[A-Za-z]:\\[^\s'\"]+")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;'\"]+")
+_SECRET = re.compile(
+    r"(?i)\b(token|secret|password|passwd|api[_-]?key|authorization)(\s*[=:]\s*)"
+    r"(?!(?:bearer|basic)\b)[^\s,;'\"]+"
+)
+_MAX_MESSAGE = 1000
+
+
+class RequestError(Exception):
+    """An error in an HTTP request itself, found by the web layer: a status, a code, a message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+
+
+def scrub(message: str) -> str:
+    """Return ``message`` without filesystem paths and credentials, and at most 1000 chars."""
+    message = _PATH.sub("<path>", message)
+    message = _BEARER.sub(lambda m: f"{m.group(1)} <redacted>", message)
+    message = _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", message)
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 3] + "..."
+    return message
+
+
+def code_for(error: TurnoutError) -> ErrorCode:
+    """Return the status and code of a TurnoutError: its own class's, or its nearest base's."""
+    for cls in type(error).__mro__:
+        found = ERROR_CODES.get(cls)
+        if found is not None:
+            return found
+    return INTERNAL  # unreachable: TurnoutError itself is in the table
+
+
+def json_error(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """Return the JSON error response every failure gets."""
+    body: dict[str, Any] = {"error": message, "code": code}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status, headers=headers, dumps=dumps)
+
+
+def error_response(error: BaseException) -> web.Response:
+    """Return the JSON response for ``error``; unknown exceptions are a 500 with no detail."""
+    if isinstance(error, RequestError):
+        return json_error(
+            error.status,
+            error.code,
+            scrub(error.message),
+            field=error.field,
+            headers=error.headers,
+        )
+    if isinstance(error, TurnoutError):
+        return _turnout_response(error)
+    if isinstance(error, web.HTTPException):
+        return _http_response(error)
+    return json_error(INTERNAL.status, INTERNAL.code, _GENERIC[INTERNAL.code])
+
+
+def _turnout_response(error: TurnoutError) -> web.Response:
+    spec = code_for(error)
+    message = _GENERIC.get(spec.code) or scrub(str(error)) or spec.code
+    headers: dict[str, str] = {}
+    if spec.status == 503:
+        headers["Retry-After"] = str(_retry_after(error))
+    field = error.field if isinstance(error, InvalidInputError) else None
+    return json_error(spec.status, spec.code, message, field=field, headers=headers)
+
+
+def _retry_after(error: TurnoutError) -> int:
+    """Whole seconds to wait: the breaker's own estimate when it gives one, at least 1."""
+    seconds = getattr(error, "retry_after", None)
+    if isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0:
+        return max(DEFAULT_RETRY_AFTER, math.ceil(seconds))
+    return DEFAULT_RETRY_AFTER
+
+
+def _http_response(error: web.HTTPException) -> web.Response:
+    status = error.status
+    code = _HTTP_CODES.get(status, "invalid_request" if status < 500 else INTERNAL.code)
+    if status == 404:
+        message = "no such endpoint; see docs/http.md for the API"
+    elif status == 405:
+        allowed = error.headers.get("Allow", "")
+        message = f"method not allowed here; allowed: {allowed}" if allowed else error.reason
+    elif status == 413:
+        message = "the request body is too large"
+    elif status >= 500:
+        message = _GENERIC[INTERNAL.code]
+    else:
+        message = error.reason
+    headers = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+    return json_error(status, code, message, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every exception a handler raises into a JSON error response."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects and the like are not errors
+        return error_response(exc)
+    except (RequestError, TurnoutError) as exc:
+        if isinstance(exc, InferenceError):
+            logger.warning("%s %s: %s", request.method, request.path, exc)
+        elif isinstance(exc, TurnoutError) and code_for(exc).status >= 500:
+            logger.error("%s %s failed", request.method, request.path, exc_info=exc)
+        return error_response(exc)
+    except Exception as exc:
+        logger.error("%s %s failed", request.method, request.path, exc_info=exc)
+        return error_response(exc)

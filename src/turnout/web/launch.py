@@ -1,0 +1,70 @@
+"""``turnout serve``: build the ModelServer, deploy what it serves, print how to query it, serve."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from turnout.core.server import ModelServer
+from turnout.web.examples import curl, v1_predict_example, v2_infer_example
+from turnout.web.serve import serve
+from turnout.web.tensors import datatype_of
+
+__all__ = ["run_serve"]
+
+
+async def run_serve(host: str, port: int, *, demo: bool) -> None:
+    """Serve until SIGINT/SIGTERM; then answer in-flight requests and close the server."""
+    async with ModelServer() as server:
+        example_row = await _deploy_demo(server) if demo else None
+
+        def started(url: str) -> None:
+            """Print where the server listens and how to query it."""
+            _print_banner(server, url, example_row)
+
+        await serve(server, host, port, on_started=started)
+        print("turnout: shutting down; answering requests in flight", file=sys.stderr, flush=True)
+    print("turnout: stopped", file=sys.stderr, flush=True)
+
+
+async def _deploy_demo(server: ModelServer) -> dict[str, float]:
+    """Deploy the demo's two versions behind a 70/30 split; return one held-out row."""
+    from turnout.demo import DEMO_MODEL, deploy_demo_models
+
+    print("turnout: training the demo models...", file=sys.stderr, flush=True)
+    X_test, _ = await deploy_demo_models(server)
+    await server.setup_ab_test(DEMO_MODEL, ["v1", "v2"], [0.7, 0.3])
+    row: dict[str, Any] = X_test.iloc[0].to_dict()
+    return {str(name): float(value) for name, value in row.items()}
+
+
+def _print_banner(server: ModelServer, url: str, row: dict[str, float] | None) -> None:
+    lines = [f"turnout is serving on {url} (Ctrl-C to stop)", ""]
+    status = server.get_all_models_status()
+    if not status:
+        lines.append("No models are deployed.")
+    for model, versions in sorted(status.items()):
+        routing = next(iter(versions.values()))["routing"]
+        shown = ", ".join(
+            f"{v} (active)" if info["status"] == "active" else v for v, info in versions.items()
+        )
+        lines.append(f"Model {model}: versions {shown}; routing {routing['strategy']}")
+    if row is not None:
+        from turnout.demo import DEMO_MODEL
+
+        deployment = server.get_deployment(DEMO_MODEL)
+        datatype = datatype_of(deployment.schema.dtype)
+        name = deployment.loaded.signature.input_name
+        lines += [
+            "",
+            "Ask for a prediction, KServe V1:",
+            f"  {v1_predict_example(url, DEMO_MODEL, row)}",
+            "",
+            "Open Inference Protocol (V2):",
+            f"  {v2_infer_example(url, DEMO_MODEL, list(row.values()), datatype, name)}",
+            "",
+            "Model metadata and health:",
+            f"  {curl(f'{url}/v2/models/{DEMO_MODEL}')}",
+            f"  {curl(f'{url}/v2/health/ready')}",
+        ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,184 @@
+"""Open Inference Protocol tensors in JSON: request inputs to numpy arrays, arrays to outputs.
+
+Tensor data is row-major, flat or nested in the tensor's natural shape; the
+``shape`` must account for exactly the values sent. The numeric datatypes a
+turnout model can take are accepted (FP32, FP64, INT32, INT64); booleans are
+read as 0 and 1, as the protocol lets a server coerce them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from turnout.web.body import bad_request, get_list, get_string, require_object, type_name
+from turnout.web.jsonio import array_to_json
+
+__all__ = ["INPUT_DATATYPES", "InputTensor", "datatype_of", "decode", "encode", "parse_input"]
+
+INPUT_DATATYPES: Mapping[str, np.dtype[Any]] = {
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+}
+
+_SUPPORTED = ", ".join(INPUT_DATATYPES)
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    """One request input as sent: name, shape, datatype and data; ``where`` locates it."""
+
+    name: str
+    shape: tuple[int, ...]
+    datatype: str
+    data: list[Any]
+    where: str
+
+
+def parse_input(value: object, where: str) -> InputTensor:
+    """Check one ``$request_input`` object's fields and return it as an InputTensor."""
+    obj = require_object(value, where)
+    name = get_string(obj, "name", f"{where}.name")
+    datatype = get_string(obj, "datatype", f"{where}.datatype")
+    shape = get_list(obj, "shape", f"{where}.shape")
+    if obj.get("data") is None and obj.get("parameters"):
+        raise bad_request(
+            f"{where}.data is missing; binary tensor data is not supported yet, send JSON data",
+            f"{where}.data",
+        )
+    data = get_list(obj, "data", f"{where}.data")
+    assert name is not None
+    assert datatype is not None
+    assert shape is not None
+    assert data is not None
+    if datatype not in INPUT_DATATYPES:
+        raise bad_request(
+            f"{where}.datatype {datatype[:20]!r} is not supported; use one of {_SUPPORTED}",
+            f"{where}.datatype",
+        )
+    return InputTensor(name, _check_shape(shape, f"{where}.shape"), datatype, data, where)
+
+
+def _check_shape(shape: list[Any], where: str) -> tuple[int, ...]:
+    if not 1 <= len(shape) <= 2:
+        raise bad_request(
+            f"{where} must have 1 or 2 dimensions ([rows, features], or [rows] for one"
+            f" feature), not {len(shape)}",
+            where,
+        )
+    for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise bad_request(
+                f"{where} must be a list of non-negative integers, not {shape!r:.60}", where
+            )
+    return tuple(shape)
+
+
+def decode(tensor: InputTensor) -> np.ndarray[Any, Any]:
+    """Return the tensor's data as an array of its shape and datatype, or raise a 400."""
+    where = f"{tensor.where}.data"
+    try:
+        raw = np.asarray(tensor.data)
+    except (ValueError, TypeError):
+        raise bad_request(
+            f"{where} must be a flat list of numbers, or lists nested to the tensor's shape"
+            " with every row the same length",
+            where,
+        ) from None
+    if raw.dtype.kind not in "biuf":
+        _raise_first_bad_element(tensor.data, where)
+    expected = math.prod(tensor.shape)
+    if raw.ndim == 1 and raw.size == expected:
+        raw = raw.reshape(tensor.shape)
+    elif raw.ndim > 1 and raw.shape != tensor.shape:
+        raise bad_request(
+            f"{where} is nested as {list(raw.shape)}, but the shape is {list(tensor.shape)}",
+            where,
+        )
+    elif raw.ndim == 1:
+        raise bad_request(
+            f"{tensor.where}: shape {list(tensor.shape)} holds {expected} values,"
+            f" but data has {raw.size}",
+            where,
+        )
+    return _convert(raw, INPUT_DATATYPES[tensor.datatype], tensor.datatype, where)
+
+
+def _convert(
+    raw: np.ndarray[Any, Any], target: np.dtype[Any], datatype: str, where: str
+) -> np.ndarray[Any, Any]:
+    if raw.dtype.kind == "f" and raw.size and not np.isfinite(raw).all():
+        raise bad_request(f"{where} holds a number too large to represent", where)
+    if target.kind == "i" and raw.size:
+        if raw.dtype.kind == "f" and not np.array_equal(raw, np.trunc(raw)):
+            raise bad_request(f"{where}: a {datatype} tensor holds whole numbers only", where)
+        info = np.iinfo(target)
+        low, high = raw.min(), raw.max()
+        if raw.dtype.kind == "f":
+            out_of_range = low < float(info.min) or high >= -float(info.min)
+        else:
+            out_of_range = int(low) < info.min or int(high) > info.max
+        if out_of_range:
+            raise bad_request(f"{where} holds a value out of range for {datatype}", where)
+    elif target == np.float32 and raw.size and np.abs(raw).max() > np.finfo(np.float32).max:
+        raise bad_request(f"{where} holds a value out of range for FP32", where)
+    return raw.astype(target, copy=False)
+
+
+def _raise_first_bad_element(data: list[Any], where: str) -> None:
+    """Raise a 400 naming the first element of ``data`` that is not a number."""
+    found = _first_bad(data, where)
+    if found is None:  # pragma: no cover - numpy found something; say so plainly
+        raise bad_request(f"{where} must hold numbers only", where)
+    path, value = found
+    if isinstance(value, int):
+        raise bad_request(f"{path}: {value!r:.40} is out of range for a 64-bit integer", where)
+    shown = f" {value!r:.40}" if isinstance(value, str) else ""
+    raise bad_request(f"{path}: expected a number, got {type_name(value)}{shown}", where)
+
+
+def _first_bad(data: list[Any], path: str) -> tuple[str, object] | None:
+    for i, value in enumerate(data):
+        here = f"{path}[{i}]"
+        if isinstance(value, list):
+            found = _first_bad(value, here)
+            if found is not None:
+                return found
+        elif isinstance(value, bool | float):
+            continue
+        elif isinstance(value, int):
+            if not -(2**63) <= value < 2**64:
+                return here, value
+        else:
+            return here, value
+    return None
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    """Return the protocol's datatype name for a numpy dtype (BYTES for strings and objects)."""
+    bits = dtype.itemsize * 8
+    if dtype.kind == "b":
+        return "BOOL"
+    if dtype.kind == "f":
+        return f"FP{bits}"
+    if dtype.kind == "i":
+        return f"INT{bits}"
+    if dtype.kind == "u":
+        return f"UINT{bits}"
+    return "BYTES"
+
+
+def encode(name: str, array: np.ndarray[Any, Any]) -> dict[str, Any]:
+    """Return ``array`` as a ``$response_output`` object, its data flat in row-major order."""
+    return {
+        "name": name,
+        "datatype": datatype_of(array.dtype),
+        "shape": list(array.shape),
+        "data": array_to_json(array),
+    }

@@ -1,0 +1,71 @@
+"""KServe's V1 protocol (the TensorFlow Serving REST style) over HTTP.
+
+Specification: KServe "V1 Protocol" data plane,
+https://kserve.github.io/website/docs/concepts/architecture/data-plane/v1-protocol.
+
+Endpoints::
+
+    GET  /v1/models                    {"models": [names]}
+    GET  /v1/models/{model}            {"name": model, "ready": bool}
+    POST /v1/models/{model}:predict    {"instances": [...]} -> {"predictions": [...]}
+
+Instances are rows: objects keyed by feature name, or lists of values in the
+model's feature order. Predictions are what :meth:`ModelServer.predict`
+returns, one per instance. Like V2, ``parameters.key`` and
+``parameters.timeout`` may go with the instances.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from turnout.core.names import check_name
+from turnout.web.body import bad_request, get_list, read_json, require_object
+from turnout.web.jsonio import array_to_json, dumps
+from turnout.web.keys import SERVER_KEY
+from turnout.web.models import is_ready
+from turnout.web.params import call_options
+
+__all__ = ["setup_v1"]
+
+# A model name never holds ":" (check_name refuses it), so ":predict" cannot be part of one.
+_MODEL = "{model:[^{}/:]+}"
+
+
+def setup_v1(app: web.Application) -> None:
+    """Add the V1 routes to ``app``."""
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get(f"/v1/models/{_MODEL}", model_ready)
+    app.router.add_post(f"/v1/models/{_MODEL}:predict", predict)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=dumps)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: the names of every deployed model."""
+    return _json({"models": sorted(request.app[SERVER_KEY].get_all_models_status())})
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: 200 if the model can serve now, 503 if not, 404 if unknown."""
+    model = check_name("model", request.match_info["model"])
+    ready = is_ready(request.app[SERVER_KEY], model, None)
+    return _json({"name": model, "ready": ready}, 200 if ready else 503)
+
+
+async def predict(request: web.Request) -> web.Response:
+    """POST /v1/models/{model}:predict: one prediction per instance."""
+    server = request.app[SERVER_KEY]
+    model = check_name("model", request.match_info["model"])
+    server.get_routing(model)  # 404 for an unknown model before the body is read
+    body = require_object(await read_json(request), None)
+    instances = get_list(body, "instances", "instances")
+    if not instances:
+        raise bad_request("instances is empty: send at least one instance", "instances")
+    options = call_options(body)
+    predictions = await server.predict(model, instances, key=options.key, timeout=options.timeout)
+    return _json({"predictions": array_to_json(predictions, flat=False)})

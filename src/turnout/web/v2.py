@@ -1,0 +1,195 @@
+"""The Open Inference Protocol (KServe V2) over HTTP/REST, as KServe, Triton and MLServer speak it.
+
+Specification: "Open Inference Protocol, HTTP/REST", kserve/open-inference-protocol,
+``specification/protocol/inference_rest.md`` (also published as
+https://kserve.github.io/website/docs/concepts/architecture/data-plane/v2-protocol).
+
+Endpoints::
+
+    GET  /v2                                         server metadata
+    GET  /v2/health/live                             server live
+    GET  /v2/health/ready                            server ready
+    GET  /v2/models/{model}[/versions/{version}]         model metadata
+    GET  /v2/models/{model}[/versions/{version}]/ready   model ready
+    POST /v2/models/{model}[/versions/{version}]/infer   inference
+
+Without a version the model's routing picks one; ``model_version`` in the
+response names the version that served. turnout-specific request
+parameters: ``key`` (routing key, for sticky routing) and ``timeout``
+(seconds). The response's ``parameters.request_id`` identifies the answer
+for outcome feedback. Only JSON tensor data is accepted for now: the binary
+tensor extension is not implemented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+import turnout
+from turnout.core.names import check_name
+from turnout.core.server import ModelServer
+from turnout.web.body import bad_request, get_list, get_string, read_json, require_object
+from turnout.web.jsonio import dumps
+from turnout.web.keys import SERVER_KEY
+from turnout.web.models import (
+    LABEL,
+    OUTPUT_NAMES,
+    PREDICTIONS,
+    PROBABILITIES,
+    deployment_in_hand,
+    input_specs,
+    is_ready,
+    model_versions,
+    output_specs,
+    result_outputs,
+)
+from turnout.web.params import call_options
+from turnout.web.tensors import InputTensor, encode, parse_input
+from turnout.web.v2_inputs import rows_from_inputs
+
+__all__ = ["setup_v2"]
+
+SERVER_NAME = "turnout"
+
+
+def setup_v2(app: web.Application) -> None:
+    """Add the V2 routes to ``app``."""
+    router = app.router
+    router.add_get("/v2", server_metadata)
+    router.add_get("/v2/health/live", server_live)
+    router.add_get("/v2/health/ready", server_ready)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        router.add_get(prefix, model_metadata)
+        router.add_get(f"{prefix}/ready", model_ready)
+        router.add_post(f"{prefix}/infer", infer)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=dumps)
+
+
+def _names(request: web.Request) -> tuple[str, str | None]:
+    model = check_name("model", request.match_info["model"])
+    version = request.match_info.get("version")
+    return model, None if version is None else check_name("version", version)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    """GET /v2: the server's name, version and protocol extensions."""
+    return _json({"name": SERVER_NAME, "version": turnout.__version__, "extensions": []})
+
+
+async def server_live(request: web.Request) -> web.Response:
+    """GET /v2/health/live: 200 while the process answers at all."""
+    return _json({"live": True})
+
+
+async def server_ready(request: web.Request) -> web.Response:
+    """GET /v2/health/ready: 200 while the server admits requests, 503 once it is closing."""
+    ready = not request.app[SERVER_KEY].closed
+    return _json({"ready": ready}, 200 if ready else 503)
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    """GET .../ready: 200 if the model (or version) can serve now, 503 if not, 404 if unknown."""
+    model, version = _names(request)
+    ready = is_ready(request.app[SERVER_KEY], model, version)
+    return _json({"name": model, "ready": ready}, 200 if ready else 503)
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    """GET /v2/models/{model}[/versions/{version}]: inputs, outputs and versions."""
+    model, version = _names(request)
+    return _json(describe_model(request.app[SERVER_KEY], model, version))
+
+
+def describe_model(server: ModelServer, model: str, version: str | None) -> dict[str, Any]:
+    """Return the ``$metadata_model_response`` of a model (its active version, or ``version``)."""
+    deployment = server.get_deployment(model, version)
+    signature = deployment.loaded.signature
+    features = deployment.schema.feature_names
+    parameters: dict[str, Any] = {
+        "version": deployment.version,
+        "active": server.active_models.get(model) == deployment.version,
+        "task": deployment.decoder.task.value,
+        "features": None if features is None else list(features),
+        "classes": None if signature.classes is None else list(signature.classes),
+    }
+    return {
+        "name": model,
+        "versions": model_versions(server, model),
+        "platform": "onnxruntime_onnx" if deployment.loaded.onnx_bytes is not None else "python",
+        "inputs": [spec.to_json() for spec in input_specs(deployment)],
+        "outputs": [spec.to_json() for spec in output_specs(deployment)],
+        "parameters": parameters,
+    }
+
+
+async def infer(request: web.Request) -> web.Response:
+    """POST .../infer: run the request's inputs through the model."""
+    server = request.app[SERVER_KEY]
+    model, version = _names(request)
+    deployment = deployment_in_hand(server, model, version)
+    body = require_object(await read_json(request), None)
+    request_id = get_string(body, "id", "id", required=False)
+    options = call_options(body)
+    tensors = _inputs(body)
+    requested = _requested_outputs(body)
+    if requested is not None:
+        offered = OUTPUT_NAMES if deployment is None else [s.name for s in output_specs(deployment)]
+        for i, name in enumerate(requested):
+            if name not in offered:
+                where = f"outputs[{i}].name"
+                raise bad_request(
+                    f"{where}: this model has no output {name[:60]!r}; its outputs are"
+                    f" {', '.join(offered)}",
+                    where,
+                )
+    rows = rows_from_inputs(tensors, deployment)
+    result = await server.infer(
+        model, rows, version=version, key=options.key, timeout=options.timeout
+    )
+    outputs = result_outputs(result)
+    names = requested if requested is not None else _default_outputs(outputs)
+    parameters: dict[str, Any] = {"request_id": result.request_id}
+    if result.fallback:
+        parameters["fallback"] = True
+    return _json(
+        {
+            "model_name": model,
+            "model_version": result.version,
+            "id": request_id if request_id is not None else result.request_id,
+            "parameters": parameters,
+            "outputs": [encode(name, outputs[name]) for name in names if name in outputs],
+        }
+    )
+
+
+def _inputs(body: dict[str, Any]) -> list[InputTensor]:
+    inputs = get_list(body, "inputs", "inputs")
+    assert inputs is not None
+    if not inputs:
+        raise bad_request("inputs is empty: send at least one input tensor", "inputs")
+    return [parse_input(value, f"inputs[{i}]") for i, value in enumerate(inputs)]
+
+
+def _requested_outputs(body: dict[str, Any]) -> list[str] | None:
+    outputs = get_list(body, "outputs", "outputs", required=False)
+    if not outputs:
+        return None  # as if absent: every default output
+    names: list[str] = []
+    for i, value in enumerate(outputs):
+        obj = require_object(value, f"outputs[{i}]")
+        name = get_string(obj, "name", f"outputs[{i}].name")
+        assert name is not None
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _default_outputs(outputs: dict[str, Any]) -> list[str]:
+    """A classifier answers with label and probabilities; anything else with predictions."""
+    named = [name for name in (LABEL, PROBABILITIES) if name in outputs]
+    return named or [PREDICTIONS]

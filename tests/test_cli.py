@@ -1,0 +1,233 @@
+"""The command line: ``turnout serve`` as a real subprocess, its flags, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from turnout.cli import main
+from turnout.core.faults import FaultInjectingRuntime
+from turnout.web import is_loopback, serve
+
+STARTUP_SECONDS = 15.0
+
+
+@asynccontextmanager
+async def turnout_serve(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run ``turnout serve --port 0 *args`` as a subprocess; kill it if the test fails."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "turnout",
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def read_banner(process: asyncio.subprocess.Process, last: str) -> list[str]:
+    """Read stdout lines until one contains ``last``; return them all."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_SECONDS
+    while not lines or last not in lines[-1]:
+        line = await asyncio.wait_for(process.stdout.readline(), deadline - loop.time())
+        if not line:
+            assert process.stderr is not None
+            errors = (await process.stderr.read()).decode()
+            raise AssertionError(f"turnout serve exited early:\n{errors}")
+        lines.append(line.decode().rstrip("\n"))
+    return lines
+
+
+async def run_curl(session: aiohttp.ClientSession, command: str) -> tuple[int, Any]:
+    """Do what a printed curl command does (GET, or POST of -d with its -H headers)."""
+    parts = shlex.split(command)
+    assert parts[0] == "curl"
+    headers: dict[str, str] = {}
+    data: str | None = None
+    url = None
+    i = 1
+    while i < len(parts):
+        if parts[i] == "-H":
+            name, value = parts[i + 1].split(":", 1)
+            headers[name] = value.strip()
+            i += 2
+        elif parts[i] == "-d":
+            data = parts[i + 1]
+            i += 2
+        elif parts[i].startswith("-"):
+            i += 1
+        else:
+            url = parts[i]
+            i += 1
+    assert url is not None
+    method = "POST" if data is not None else "GET"
+    async with session.request(method, url, data=data, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_serve_demo_answers_its_printed_curls_and_stops_on_sigint() -> None:
+    async with turnout_serve("--demo") as process:
+        banner = await read_banner(process, "/v2/health/ready")
+        assert banner[0].startswith("turnout is serving on http://127.0.0.1:")
+        commands = [line.strip() for line in banner if line.strip().startswith("curl ")]
+        (v1,) = [c for c in commands if ":predict" in c]
+        (v2,) = [c for c in commands if "/infer" in c]
+
+        async with aiohttp.ClientSession() as session:
+            status, body = await run_curl(session, v1)
+            assert status == 200, body
+            (prediction,) = body["predictions"]
+            assert 0.0 <= prediction <= 1.0
+
+            status, body = await run_curl(session, v2)
+            assert status == 200, body
+            assert body["model_name"] == "breast_cancer"
+            assert body["model_version"] in ("v1", "v2")
+            label, probabilities = body["outputs"]
+            assert label["data"][0] in (0, 1)
+            assert np.isclose(sum(probabilities["data"]), 1.0, atol=1e-5)
+
+            for command in commands:
+                if command not in (v1, v2):
+                    status, body = await run_curl(session, command)
+                    assert status == 200, (command, body)
+
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert process.stderr is not None
+        errors = (await process.stderr.read()).decode()
+        assert "turnout: stopped" in errors
+        assert "Traceback" not in errors
+
+
+async def test_serve_without_models_stops_on_sigterm() -> None:
+    async with turnout_serve("--no-demo") as process:
+        banner = await read_banner(process, "No models are deployed")
+        url = banner[0].split()[4]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/v2/health/ready") as response:
+                assert (response.status, await response.json()) == (200, {"ready": True})
+            async with session.get(f"{url}/v1/models") as response:
+                assert await response.json() == {"models": []}
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+async def test_shutdown_answers_the_requests_in_flight(server, binary_model, binary_data) -> None:
+    deployment = await server.deploy_model("cancer", "v1", binary_model)
+    X = binary_data.X_test.iloc[:1].to_numpy()
+    expected = await server.predict("cancer", X)
+    stop = asyncio.Event()
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(
+        serve(server, "127.0.0.1", 0, on_started=started.set_result, stop=stop)
+    )
+    url = await started
+    request = {"inputs": [{"name": "x", "shape": [1, 30], "datatype": "FP64", "data": X.tolist()}]}
+
+    async def infer(session: aiohttp.ClientSession) -> tuple[int, Any]:
+        async with session.post(f"{url}/v2/models/cancer/infer", json=request) as response:
+            return response.status, await response.json()
+
+    fault = FaultInjectingRuntime(deployment.runtime)
+    deployment.runtime = fault
+    async with aiohttp.ClientSession() as session:
+        fault.hang()
+        in_flight = asyncio.create_task(infer(session))
+        for _ in range(2000):
+            if deployment.batcher.statistics().batches_in_flight:
+                break
+            await asyncio.sleep(0.001)
+        stop.set()
+        await asyncio.sleep(0.2)
+        assert not serving.done()  # waiting for the request in flight
+        fault.release()
+        status, body = await in_flight
+    await asyncio.wait_for(serving, 10)
+    assert status == 200
+    np.testing.assert_allclose(body["outputs"][1]["data"][1], expected[0], rtol=1e-6)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await infer(session)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+        ("example.com", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "myhost"])
+def test_serve_refuses_a_remote_host_without_allow_remote(host: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--host", host])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--allow-remote" in err
+    assert "no authentication" in err
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_serve_refuses_a_bad_port(port: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--port", port])
+    assert exit_info.value.code == 2
+    assert "port" in capsys.readouterr().err
+
+
+def test_serve_says_so_when_the_port_is_taken(capsys) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--no-demo", "--port", str(port)]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_serve_help_lists_the_flags(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--demo", "--no-demo", "--allow-remote"):
+        assert flag in out
+
+
+def test_demo_still_runs(capsys) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "70/30 weighted A/B split" in out
+    assert "Status:" in out

@@ -1,0 +1,36 @@
+"""Helpers shared by the HTTP tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from aiohttp import ClientResponse
+
+
+async def expect_error(response: ClientResponse, status: int, code: str) -> dict[str, Any]:
+    """Assert an error response's status, JSON body and code; return the body."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    body: dict[str, Any] = await response.json()
+    assert body["code"] == code, body
+    assert isinstance(body["error"], str)
+    assert body["error"]
+    assert "Traceback" not in body["error"]
+    return body
+
+
+def assert_close(actual: Any, expected: Any) -> None:
+    """Compare predictions that went through JSON (float32 values printed as doubles)."""
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=1e-6, atol=1e-7)
+
+
+def tensor(name: str, values: Any, datatype: str = "FP32") -> dict[str, Any]:
+    """Return a V2 input tensor holding ``values`` (flattened), shaped like them."""
+    array = np.asarray(values)
+    return {
+        "name": name,
+        "shape": list(array.shape),
+        "datatype": datatype,
+        "data": array.reshape(-1).tolist(),
+    }
