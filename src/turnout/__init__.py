@@ -6,7 +6,13 @@ synchronous one.
 """
 
 from turnout.core.batching import BatchingConfig
-from turnout.core.breaker import BreakerConfig, BreakerSnapshot, BreakerState
+from turnout.core.breaker import (
+    BreakerConfig,
+    BreakerPolicy,
+    BreakerPolicyFactory,
+    BreakerSnapshot,
+    BreakerState,
+)
 from turnout.core.errors import (
     CircuitOpenError,
     ConversionError,
@@ -27,7 +33,13 @@ from turnout.core.errors import (
     VersionNotFoundError,
 )
 from turnout.core.fallback import Fallback
-from turnout.core.health import HealthFacts, HealthReport, HealthStatus, HealthVerdict
+from turnout.core.health import (
+    HealthCheck,
+    HealthFacts,
+    HealthReport,
+    HealthStatus,
+    HealthVerdict,
+)
 from turnout.core.hookspecs import hookimpl, hookspec
 from turnout.core.manager import ModelServingManager
 from turnout.core.metrics import MetricsSnapshot
@@ -51,12 +63,15 @@ __all__ = [
     "ABComparison",
     "BatchingConfig",
     "BreakerConfig",
+    "BreakerPolicy",
+    "BreakerPolicyFactory",
     "BreakerSnapshot",
     "BreakerState",
     "CircuitOpenError",
     "ConversionError",
     "DeadlineExceededError",
     "Fallback",
+    "HealthCheck",
     "HealthFacts",
     "HealthReport",
     "HealthStatus",

@@ -46,6 +46,7 @@ from turnout.core.clock import FakeClock
 from turnout.core.faults import FaultInjectingRuntime
 from turnout.core.health import HealthReport
 from turnout.core.registry import Deployment
+from turnout.core.server import FIXED_VALUE
 
 OPEN_MESSAGE = "Circuit breaker is open for model bc:v1"
 # A breaker that trips on the third failed execution in a row.
@@ -619,6 +620,32 @@ async def test_a_fallback_value_answers_every_row(server, two_versions, binary_d
     np.testing.assert_array_equal(await server.predict("bc", X.iloc[:2]), [[0.3, 0.7]] * 2)
 
 
+async def test_a_request_pinned_to_a_version_gets_no_fallback(server, two_versions, binary_data):
+    v1, _ = two_versions
+    X = binary_data.X_test.iloc[:2]
+    await server.set_fallback("bc", Fallback(version="v2"))
+    with faulty(v1) as fault:
+        await open_breaker(server, fault, X)
+
+    with pytest.raises(CircuitOpenError, match="Circuit breaker is open for model bc:v1"):
+        await server.predict("bc", X, version="v1")
+    assert (await server.infer("bc", X)).fallback  # routed requests still get it
+
+
+async def test_outcomes_of_a_fallback_value_are_credited_to_no_version(
+    server, two_versions, binary_data
+):
+    v1, _ = two_versions
+    X = binary_data.X_test.iloc[:2]
+    await server.set_fallback("bc", Fallback(value=0.5))
+    with faulty(v1) as fault:
+        await open_breaker(server, fault, X)
+    result = await server.infer("bc", X)
+
+    assert await server.record_outcome("bc", result.request_id, 1.0) == FIXED_VALUE
+    assert server.compare_versions("bc", "v1", "v2").a.count == 0
+
+
 async def test_without_a_fallback_an_open_breaker_refuses(server, two_versions, binary_data):
     v1, _ = two_versions
     X = binary_data.X_test.iloc[:2]
@@ -796,6 +823,52 @@ async def test_a_server_wide_timeout_ms_applies_to_every_deployment(binary_model
 
 
 # -- health reports -----------------------------------------------------------------------------
+
+
+async def test_a_health_check_fn_with_an_ambiguous_answer_fails_only_itself(
+    binary_model, binary_data
+):
+    async with ModelServer() as server:
+        await server.deploy_model(
+            "bc", "v1", binary_model, health_check_fn=lambda model, version: np.array([1, 0])
+        )
+        await server.deploy_model("bc", "v2", binary_model)
+        await server.predict("bc", binary_data.X_test.iloc[:2])
+
+        reports = {r.version: r for r in await server.evaluate_health()}
+    assert reports["v1"].status is HealthStatus.UNHEALTHY
+    assert "health_check_fn reported failure" in " ".join(reports["v1"].reasons)
+    assert reports["v2"].status is HealthStatus.UNKNOWN  # assessed all the same
+
+
+async def test_health_judges_the_recent_error_rate_not_the_whole_life(
+    server, binary_model, binary_data
+):
+    X = binary_data.X_test.iloc[:1]
+    v1 = await server.deploy_model(
+        "bc",
+        "v1",
+        binary_model,
+        breaker=BreakerConfig(policy="consecutive_failures", params={"failures": 1000}),
+    )
+    with faulty(v1) as fault:
+        fault.fail_next(20)
+        for _ in range(20):
+            with pytest.raises(InferenceError):
+                await server.predict("bc", X)
+    assert (await server.health_check("bc")).status is HealthStatus.UNHEALTHY
+
+    for _ in range(100):  # the failures fall out of the last 100 batches
+        await server.predict("bc", X)
+    report = await server.health_check("bc")
+    assert report.status is HealthStatus.HEALTHY
+    assert report.error_rate == 0.0
+    assert metrics(server).error_rate == pytest.approx(20 / 120)  # the lifetime rate stays
+
+
+def test_an_unknown_server_wide_breaker_policy_is_refused_at_construction():
+    with pytest.raises(InvalidConfigError, match="unknown breaker policy 'nope'"):
+        ModelServer(breaker=BreakerConfig(policy="nope"))
 
 
 async def test_health_follows_the_breaker_open_half_open_closed_and_no_traffic(

@@ -1,4 +1,4 @@
-"""Injectable time: the batcher, breaker and health monitor read it instead of ``time``."""
+"""Injectable time: the batcher, the breaker and the rollout controller read it, not ``time``."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -23,6 +23,9 @@ class Fallback:
     ``value`` is a number (one per row, e.g. 0.5 for a neutral probability)
     or a list (one such row per input row, e.g. class probabilities).
     """
+
+    VERSION: ClassVar[str] = "version"
+    VALUE: ClassVar[str] = "value"
 
     version: str | None = None
     value: Any = None

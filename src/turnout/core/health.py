@@ -52,7 +52,10 @@ class HealthVerdict:
 
 @dataclass(frozen=True)
 class HealthFacts:
-    """What a health check may look at: the version's numbers, state and model."""
+    """What a health check may look at: the version's numbers, state and model.
+
+    ``error_rate`` is recent: the failed share of the last 100 batches' requests.
+    """
 
     model_id: str
     version: str
@@ -83,7 +86,11 @@ class HealthCheck(Protocol):
 
 @dataclass(frozen=True)
 class HealthReport:
-    """A version's health, with the numbers and reasons behind its status."""
+    """A version's health, with the numbers and reasons behind its status.
+
+    ``error_rate`` is recent (the last 100 batches); the lifetime rate is in
+    the version's metrics.
+    """
 
     model_id: str
     version: str

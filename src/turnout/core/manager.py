@@ -22,7 +22,7 @@ import numpy as np
 from anyio.from_thread import BlockingPortal
 
 from turnout.core.batching import BatchingConfig
-from turnout.core.breaker import BreakerSnapshot
+from turnout.core.breaker import BreakerConfig, BreakerSnapshot
 from turnout.core.errors import InvalidConfigError, ServerClosedError, TurnoutError
 from turnout.core.fallback import Fallback
 from turnout.core.health import HealthReport
@@ -154,6 +154,7 @@ class ModelServingManager:
         *,
         error_threshold: float | None = None,
         health_check_fn: HealthCheckFn | None = None,
+        breaker: BreakerConfig | None = None,
         features: Sequence[str] | None = None,
         output: OutputMode | str | None = None,
         batching: BatchingConfig | None = None,
@@ -175,6 +176,7 @@ class ModelServingManager:
                 allow_nan=allow_nan,
                 replace=replace,
                 error_threshold=error_threshold,
+                breaker=breaker,
                 health_check_fn=health_check_fn,
             )
         except TurnoutError as exc:

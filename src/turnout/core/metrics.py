@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,8 +90,15 @@ class MetricsSnapshot:
 class VersionMetrics:
     """Accumulates one version's counters; read through :meth:`snapshot`."""
 
+    # Health judges the recent error rate: a version that recovered must not
+    # stay unhealthy for its whole life because of an old burst.
+    RECENT_BATCHES = 100
+
     def __init__(self) -> None:
         self.latency = LatencyHistogram()
+        self._recent: deque[tuple[int, int]] = deque()
+        self._recent_requests = 0
+        self._recent_failures = 0
         self.requests = 0
         self.errors = 0
         self.timeouts = 0
@@ -107,6 +115,7 @@ class VersionMetrics:
         self.rows += rows
         self.requests += requests
         self.errors += errors
+        self._remember(requests, errors)
         self.latency.record(latencies)
         self.last_request_time = datetime.now(UTC)
 
@@ -114,7 +123,24 @@ class VersionMetrics:
         """Count a request whose deadline passed before its result was ready."""
         self.requests += 1
         self.timeouts += 1
+        self._remember(1, 1)
         self.last_request_time = datetime.now(UTC)
+
+    def _remember(self, requests: int, failures: int) -> None:
+        self._recent.append((requests, failures))
+        self._recent_requests += requests
+        self._recent_failures += failures
+        if len(self._recent) > self.RECENT_BATCHES:
+            old_requests, old_failures = self._recent.popleft()
+            self._recent_requests -= old_requests
+            self._recent_failures -= old_failures
+
+    @property
+    def recent_error_rate(self) -> float:
+        """Failed share of the requests in the last 100 batches (timeouts count as failed)."""
+        if not self._recent_requests:
+            return 0.0
+        return self._recent_failures / self._recent_requests
 
     def record_shed(self) -> None:
         """Count a request refused for overload before it was admitted."""

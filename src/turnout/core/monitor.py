@@ -84,7 +84,9 @@ class HealthMonitor:
                 )
         if deployment.health_check_fn is not None:
             check_fn = deployment.health_check_fn
-            ok = await _run_bounded(where, lambda: check_fn(deployment.model, deployment.version))
+            ok = await _run_bounded(
+                where, lambda: _truth(check_fn(deployment.model, deployment.version))
+            )
             if ok is _FAILED or not ok:
                 verdicts.append(
                     HealthVerdict(
@@ -220,6 +222,12 @@ async def _run_bounded(label: str, call: Callable[[], Any]) -> Any:
     return _FAILED
 
 
+def _truth(value: object) -> bool:
+    """The truth of a check's answer, in the check's thread, so an ambiguous one
+    (a numpy array) fails that check instead of the whole assessment."""
+    return bool(value)
+
+
 def _facts(deployment: Deployment) -> HealthFacts:
     metrics = deployment.metrics.snapshot()
     breaker = deployment.breaker.snapshot()
@@ -229,7 +237,7 @@ def _facts(deployment: Deployment) -> HealthFacts:
         version=deployment.version,
         model=deployment.model,
         request_count=metrics.request_count,
-        error_rate=metrics.error_rate,
+        error_rate=deployment.metrics.recent_error_rate,
         error_threshold=deployment.error_threshold,
         p99_latency_ms=metrics.p99_latency_ms,
         last_request_time=metrics.last_request_time,

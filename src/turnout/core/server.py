@@ -64,11 +64,12 @@ from turnout.core.traffic import ACTIVE, ModelTraffic, Router
 from turnout.strategies.blue_green import BlueGreenRouting
 from turnout.strategies.canary import DEFAULT_STEPS, CanaryPlan, CanaryRouting
 
-__all__ = ["InferenceResult", "ModelServer", "SmokeTest"]
+__all__ = ["FIXED_VALUE", "InferenceResult", "ModelServer", "SmokeTest"]
 
 logger = logging.getLogger("turnout")
 
-HEALTH_CHECK_TIMEOUT = 5.0
+# What outcome feedback records as the server of a fixed fallback value.
+FIXED_VALUE = "fallback-value"
 
 SmokeTest = Callable[["ModelServer", str, str], Awaitable[bool] | bool]
 
@@ -130,6 +131,11 @@ class ModelServer:
         self._events = EventEmitter(self.plugin_manager)
         self._router = Router(collect_strategies(self.plugin_manager), random.Random(seed).random)
         self._policies = collect_breaker_policies(self.plugin_manager)
+        if self._breaker.policy not in self._policies:
+            known = ", ".join(sorted(self._policies))
+            raise InvalidConfigError(
+                f"unknown breaker policy {self._breaker.policy!r}; known: {known}"
+            )
         self._rollouts = RolloutController(self._clock)
         self._registry = ModelRegistry()
         self._health = HealthMonitor(
@@ -236,6 +242,8 @@ class ModelServer:
         logger.info("deployed %s (%s)%s", name, loaded.source, " [active]" if activate else "")
         self._events.emit("model_deployed", deployment=deployment)
         if old is not None:
+            # A new model under an old name: what the monitor knew of it is stale.
+            self._health.forget(model_id, version)
             await _release(old)
         return deployment
 
@@ -415,8 +423,11 @@ class ModelServer:
             labels=None if out.labels is None else out.labels[rows],
             probabilities=None if out.scores is None or out.labels is None else out.scores[rows],
             latency_ms=(self._clock.now() - started) * 1e3,
-            request_id=traffic.outcomes.new_request(deployment.version),
-            fallback=fallback,
+            # A fixed fallback value is no version's answer: its outcome counts for none.
+            request_id=traffic.outcomes.new_request(
+                deployment.version if fallback is not Fallback.VALUE else FIXED_VALUE
+            ),
+            fallback=fallback is not None,
         )
 
     async def _submit(
@@ -427,9 +438,9 @@ class ModelServer:
         key: str | None,
         timeout: float | None,
         attributes: Mapping[str, Any] | None,
-    ) -> tuple[Deployment, BatchSlice[BatchOutput], bool]:
+    ) -> tuple[Deployment, BatchSlice[BatchOutput], str | None]:
         """Route, validate, admit and queue one request; return who served, the slice,
-        and whether a fallback served."""
+        and which kind of fallback served (None, Fallback.VERSION or Fallback.VALUE)."""
         started = self._clock.now()
         if self._closed:
             raise ServerClosedError("the server is closed")
@@ -446,16 +457,17 @@ class ModelServer:
             route = None
             deployment = self._registry.get(model_id, version)
         rows = deployment.schema.encode(inputs)
-        used_fallback = False
+        used_fallback: str | None = None
         try:
             permit = deployment.breaker.admit()
         except CircuitOpenError:
             fallback = self._fallbacks.get(model_id)
-            if fallback is None or fallback.version == deployment.version:
+            # A request pinned to a version asked for that version's answer only.
+            if fallback is None or version is not None or fallback.version == deployment.version:
                 raise
-            used_fallback = True
             if fallback.version is None:
-                return deployment, fallback.constant(len(rows)), True
+                return deployment, fallback.constant(len(rows)), Fallback.VALUE
+            used_fallback = Fallback.VERSION
             # The fallback version's own breaker decides whether it may serve.
             deployment = self._registry.get(model_id, fallback.version)
             rows = deployment.schema.encode(inputs)
