@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytest
 
+from support import eventually
 from turnout import (
     InferenceResult,
     InvalidConfigError,
@@ -23,7 +22,7 @@ from turnout import (
     RoutingConfig,
     SmokeTestError,
 )
-from turnout.core.faults import FaultInjectingRuntime
+from turnout.core.faults import inject_faults
 from turnout.core.registry import Deployment
 
 TOLERANCE = 1e-4  # ONNX Runtime computes in float32, scikit-learn in float64
@@ -37,26 +36,6 @@ def positive(model: Any, frame: Any) -> np.ndarray[Any, Any]:
 
 def assert_close(actual: np.ndarray[Any, Any], expected: np.ndarray[Any, Any]) -> None:
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
-
-
-@contextmanager
-def faulty(deployment: Deployment) -> Iterator[FaultInjectingRuntime]:
-    """Wrap a deployment's runtime in a FaultInjectingRuntime; heal it afterwards."""
-    fault = FaultInjectingRuntime(deployment.runtime)
-    deployment.runtime = fault
-    try:
-        yield fault
-    finally:
-        fault.heal()  # a hung batch would otherwise hold up the server's close
-
-
-async def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    """Poll ``condition()`` every millisecond until it holds (batches run in threads)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.001)
 
 
 @pytest.fixture
@@ -213,7 +192,7 @@ async def test_samples_that_green_answers_wrongly_refuse_the_switch(
 async def test_a_green_that_cannot_answer_its_samples_fails_its_smoke_test(
     server, colours, binary_data, expected
 ):
-    with faulty(colours["v2"]) as fault:
+    with inject_faults(colours["v2"]) as fault:
         fault.fail_fraction(1.0)
         with pytest.raises(SmokeTestError, match="could not answer the smoke-test samples"):
             await server.blue_green_switch(
@@ -255,7 +234,7 @@ async def test_switch_under_a_thousand_concurrent_requests_loses_and_fails_none(
         return [asyncio.create_task(request(i)) for i in indices]
 
     first = launch(range(500))
-    await wait_until(lambda: sum(task.done() for task in first) >= 50)
+    await eventually(lambda: sum(task.done() for task in first) >= 50)
     switch = asyncio.create_task(
         server.blue_green_switch(
             "bc",
@@ -302,10 +281,10 @@ async def test_rollback_is_instant_even_while_green_is_stuck(
     server, colours, binary_data, expected
 ):
     await server.blue_green_switch("bc", "v2", smoke_test=_sync_true)
-    with faulty(colours["v2"]) as fault:
+    with inject_faults(colours["v2"]) as fault:
         fault.hang()
         stuck = asyncio.create_task(server.infer("bc", binary_data.X_test.iloc[:3]))
-        await wait_until(lambda: colours["v2"].batcher.statistics().batches_in_flight == 1)
+        await eventually(lambda: colours["v2"].batcher.statistics().batches_in_flight == 1)
 
         # No await on green: the rollback is a routing change between two requests.
         await asyncio.wait_for(server.blue_green_rollback("bc"), timeout=1.0)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,7 @@ from turnout import (
     RoutingConfig,
     hookimpl,
 )
-from turnout.core.faults import FaultInjectingRuntime
+from turnout.core.faults import inject_faults
 from turnout.core.registry import Deployment
 
 ACTIVE = RoutingConfig("active")
@@ -48,17 +46,6 @@ class RolloutEvents:
         self, model_id: str, candidate: str, step: int, weight: float, event: str
     ) -> None:
         self.events.append((model_id, candidate, step, weight, event))
-
-
-@contextmanager
-def faulty(deployment: Deployment) -> Iterator[FaultInjectingRuntime]:
-    """Wrap a deployment's runtime in a FaultInjectingRuntime; heal it afterwards."""
-    fault = FaultInjectingRuntime(deployment.runtime)
-    deployment.runtime = fault
-    try:
-        yield fault
-    finally:
-        fault.heal()
 
 
 class Traffic:
@@ -259,7 +246,7 @@ async def test_min_seconds_holds_each_step_until_the_clock_has_moved(
 async def test_a_failing_candidate_is_rolled_back_at_once_and_the_baseline_serves_everything(
     server, versions, traffic, events
 ):
-    with faulty(versions["v2"]) as fault:
+    with inject_faults(versions["v2"]) as fault:
         fault.fail_fraction(0.5)
         # 5% of 40 allowed: the third failure rolls back, long before 40 requests.
         await server.start_canary("bc", "v2", min_requests=40)
@@ -296,7 +283,7 @@ async def test_a_failing_candidate_is_rolled_back_at_once_and_the_baseline_serve
 async def test_a_slow_candidate_is_rolled_back_on_its_latency(server, versions, traffic, events):
     for _ in range(30):  # the baseline's latency history to judge against
         await traffic.one()
-    with faulty(versions["v2"]) as fault:
+    with inject_faults(versions["v2"]) as fault:
         fault.slow_down(0.03)
         await server.start_canary("bc", "v2", min_requests=5)
         await traffic.until_rollout_ends()
@@ -319,7 +306,7 @@ async def test_a_hung_candidate_is_rolled_back_on_its_callers_deadlines(
     server, versions, binary_data
 ):
     records = binary_data.records()
-    with faulty(versions["v2"]) as fault:
+    with inject_faults(versions["v2"]) as fault:
         fault.hang()
         await server.start_canary("bc", "v2", min_requests=20)
         sent, expired = 0, 0
@@ -454,7 +441,7 @@ async def test_replacing_the_candidate_mid_step_starts_the_step_over(
     )
     assert events.events[-1] == ("bc", "v2", 1, 0.9, "step")
 
-    with faulty(replacement) as fault:
+    with inject_faults(replacement) as fault:
         if broken:
             fault.fail_fraction(1.0)
         await traffic.until_rollout_ends()

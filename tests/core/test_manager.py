@@ -31,28 +31,6 @@ GAME = {"home_ppg": 112.5, "away_ppg": 108.3, "home_def_rating": 105.2, "away_de
 
 
 @pytest.fixture(scope="module")
-def games() -> pd.DataFrame:
-    """600 synthetic games: points per game and defensive ratings of both teams."""
-    rng = np.random.default_rng(2025)
-    n = 600
-    return pd.DataFrame(
-        {
-            "home_ppg": rng.normal(112, 5, n),
-            "away_ppg": rng.normal(110, 5, n),
-            "home_def_rating": rng.normal(110, 4, n),
-            "away_def_rating": rng.normal(110, 4, n),
-        }
-    ).round(1)
-
-
-@pytest.fixture(scope="module")
-def home_wins(games: pd.DataFrame) -> np.ndarray[Any, Any]:
-    edge = games.home_ppg - games.away_ppg + games.away_def_rating - games.home_def_rating
-    noise = np.random.default_rng(7).normal(0, 6, len(games))
-    return (edge + 3 + noise > 0).astype(int).to_numpy()
-
-
-@pytest.fixture(scope="module")
 def model(games: pd.DataFrame, home_wins: np.ndarray[Any, Any]) -> RandomForestClassifier:
     """The guide's model: a 100-tree random forest."""
     forest = RandomForestClassifier(n_estimators=100, max_depth=6, random_state=0)

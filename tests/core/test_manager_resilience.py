@@ -45,28 +45,6 @@ PATIENT = BreakerConfig(params={"min_calls": 20})
 
 
 @pytest.fixture(scope="module")
-def games() -> pd.DataFrame:
-    """600 synthetic games: points per game and defensive ratings of both teams."""
-    rng = np.random.default_rng(2025)
-    n = 600
-    return pd.DataFrame(
-        {
-            "home_ppg": rng.normal(112, 5, n),
-            "away_ppg": rng.normal(110, 5, n),
-            "home_def_rating": rng.normal(110, 4, n),
-            "away_def_rating": rng.normal(110, 4, n),
-        }
-    ).round(1)
-
-
-@pytest.fixture(scope="module")
-def home_wins(games: pd.DataFrame) -> np.ndarray[Any, Any]:
-    edge = games.home_ppg - games.away_ppg + games.away_def_rating - games.home_def_rating
-    noise = np.random.default_rng(7).normal(0, 6, len(games))
-    return (edge + 3 + noise > 0).astype(int).to_numpy()
-
-
-@pytest.fixture(scope="module")
 def model(games: pd.DataFrame, home_wins: np.ndarray[Any, Any]) -> RandomForestClassifier:
     """The guide's model, fitted on a DataFrame: it takes the guide's dict rows."""
     forest = RandomForestClassifier(n_estimators=31, max_depth=6, random_state=0)

@@ -15,12 +15,13 @@ import logging
 import re
 import types
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
+from support import eventually
 from turnout import (
     InvalidRoutingError,
     ModelServer,
@@ -139,15 +140,6 @@ class Recorder:
                 "event": event,
             }
         )
-
-
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    """Poll ``condition`` every millisecond (background work runs in threads)."""
-    for _ in range(int(seconds * 1000)):
-        if condition():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("condition never held")
 
 
 # -- registration ------------------------------------------------------------------------
@@ -319,14 +311,16 @@ async def test_event_hooks_receive_the_documented_arguments(
         ]
 
         await server.predict("bc", rows)
-        await until(lambda: bool(calls["shadow_compared"]))
+        await eventually(lambda: bool(calls["shadow_compared"]), seconds=5.0)
         (compared,) = calls["shadow_compared"]
         assert compared["model_id"] == "bc"
         assert (compared["primary"], compared["shadow"]) == ("v1", "v2")
         assert isinstance(compared["difference"], float)
         assert compared["difference"] >= 0.0
         assert isinstance(compared["agreed"], bool)  # a classifier: labels are compared
-        await until(lambda: {c["version"] for c in calls["batch_completed"]} == {"v1", "v2"})
+        await eventually(
+            lambda: {c["version"] for c in calls["batch_completed"]} == {"v1", "v2"}, seconds=5.0
+        )
         report = calls["batch_completed"][0]["report"]
         assert isinstance(report, BatchReport)
         assert (report.rows, report.requests, report.error) == (2, 1, None)

@@ -14,12 +14,12 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
+from support import eventually
 from turnout import (
     BatchingConfig,
     BreakerConfig,
@@ -43,7 +43,7 @@ from turnout import (
 )
 from turnout.core import monitor
 from turnout.core.clock import FakeClock
-from turnout.core.faults import FaultInjectingRuntime
+from turnout.core.faults import FaultInjectingRuntime, inject_faults
 from turnout.core.health import HealthReport
 from turnout.core.registry import Deployment
 from turnout.core.server import FIXED_VALUE
@@ -81,27 +81,6 @@ async def answer_all(calls: Iterable[Awaitable[Any]], *, cancelled: int = 0) -> 
     ]
     assert [type(a) for a in strays] == [asyncio.CancelledError] * cancelled, strays
     return answers
-
-
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> float:
-    """Poll ``condition`` on the loop for at most ``seconds``; return how long it took."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not condition():
-        assert loop.time() - started < seconds, "condition never held"
-        await asyncio.sleep(0.005)
-    return loop.time() - started
-
-
-@contextmanager
-def faulty(deployment: Deployment) -> Iterator[FaultInjectingRuntime]:
-    """Wrap a deployment's runtime in a FaultInjectingRuntime; heal it afterwards."""
-    fault = FaultInjectingRuntime(deployment.runtime)
-    deployment.runtime = fault
-    try:
-        yield fault
-    finally:
-        fault.heal()  # a hung batch would otherwise hold up the server's close
 
 
 def metrics(server: ModelServer, version: str = "v1") -> Any:
@@ -224,7 +203,7 @@ async def test_an_error_burst_opens_the_breaker_and_later_requests_cost_no_model
     X = binary_data.X_test
     deployment = await server.deploy_model("bc", "v1", binary_model)  # default error_rate policy
     sent = 0
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.fail_fraction(1.0)
         # Concurrent bursts: each is a lone batch then one merged batch (bisected
         # and failed whole), so two failed executions per burst; the default
@@ -267,7 +246,7 @@ async def test_after_the_cool_down_a_probe_succeeds_once_healed_and_the_breaker_
 ):
     X = binary_data.X_test.iloc[:4]
     deployment = await server.deploy_model("bc", "v1", binary_model, breaker=TRIP_AT_3)
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         assert await open_breaker(server, fault, X) == 3
         fake_clock.advance(COOL_DOWN - 0.5)
         with pytest.raises(CircuitOpenError) as info:
@@ -312,7 +291,7 @@ async def test_a_failed_probe_reopens_the_breaker_with_a_longer_cool_down(
 ):
     X = binary_data.X_test.iloc[:2]
     deployment = await server.deploy_model("bc", "v1", binary_model, breaker=TRIP_AT_3)
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         await open_breaker(server, fault, X)
         fake_clock.advance(COOL_DOWN)
         fault.fail_next()
@@ -346,12 +325,12 @@ async def test_half_open_admits_only_its_probes_and_refuses_the_rest_at_once(
 ):
     X = binary_data.X_test
     deployment = await server.deploy_model("bc", "v1", binary_model, breaker=TRIP_AT_3)
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         await open_breaker(server, fault, X.iloc[:1])
         fake_clock.advance(COOL_DOWN)
         fault.hang()
         tasks = [asyncio.create_task(server.predict("bc", X.iloc[i : i + 1])) for i in range(20)]
-        await until(lambda: sum(t.done() for t in tasks) == 17)
+        await eventually(lambda: sum(t.done() for t in tasks) == 17, seconds=5.0)
         assert server.circuit_breaker("bc").probes_in_flight == 3
         fault.release()
         answers = await answer_all(tasks)
@@ -406,7 +385,7 @@ async def test_an_invalid_input_flood_leaves_the_breaker_closed_and_no_errors_co
     flood = [kinds[i % len(kinds)] for i in range(3000)]
     X = binary_data.X_test.iloc[:2]
 
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         answers = await answer_all(server.predict("bc", bad) for bad in flood)
         assert all(isinstance(a, InvalidInputError) for a in answers)
         assert fault.batches == []  # no bad request reached the model
@@ -424,12 +403,12 @@ async def test_invalid_input_while_half_open_takes_no_probe_permit(
 ):
     X = binary_data.X_test.iloc[:2]
     deployment = await server.deploy_model("bc", "v1", binary_model, breaker=TRIP_AT_3)
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         await open_breaker(server, fault, X)
         fake_clock.advance(COOL_DOWN)
         fault.hang()
         probe = asyncio.create_task(server.predict("bc", X))
-        await until(lambda: server.circuit_breaker("bc").probes_in_flight == 1)
+        await eventually(lambda: server.circuit_breaker("bc").probes_in_flight == 1, seconds=5.0)
         kinds = _bad_inputs(binary_data)
         answers = await answer_all(server.predict("bc", kinds[i % len(kinds)]) for i in range(500))
         assert all(isinstance(a, InvalidInputError) for a in answers)
@@ -447,15 +426,17 @@ async def test_shed_and_cancelled_requests_do_not_count_against_the_version(
     )
     X = binary_data.X_test
     expected = positive(binary_model, X)
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.hang()
         first = asyncio.create_task(server.predict("bc", X.iloc[:1]))
-        await until(lambda: deployment.batcher.statistics().batches_in_flight == 1)
+        await eventually(
+            lambda: deployment.batcher.statistics().batches_in_flight == 1, seconds=5.0
+        )
         # Eight rows fit in the queue; the other 36 requests are refused at once.
         burst = [
             asyncio.create_task(server.predict("bc", X.iloc[2 * i : 2 * i + 2])) for i in range(40)
         ]
-        await until(lambda: sum(t.done() for t in burst) == 36)
+        await eventually(lambda: sum(t.done() for t in burst) == 36, seconds=5.0)
         for task in burst[:2]:
             task.cancel()
         fault.release()
@@ -486,19 +467,23 @@ async def test_a_cancelled_probe_gives_its_permit_back(
             policy="consecutive_failures", params={"failures": 3}, half_open_permits=1
         ),
     )
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         await open_breaker(server, fault, X)
         fake_clock.advance(COOL_DOWN)
         fault.hang()
         running = asyncio.create_task(server.predict("bc", X))
-        await until(lambda: deployment.batcher.statistics().batches_in_flight == 1)
+        await eventually(
+            lambda: deployment.batcher.statistics().batches_in_flight == 1, seconds=5.0
+        )
         with pytest.raises(CircuitOpenError):
             await server.predict("bc", X)  # the one permit is out
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         assert server.circuit_breaker("bc").probes_in_flight == 0
         fault.release()
-        await until(lambda: deployment.batcher.statistics().batches_in_flight == 0)
+        await eventually(
+            lambda: deployment.batcher.statistics().batches_in_flight == 0, seconds=5.0
+        )
         # The cancelled probe's batch still ran and succeeded: one probe success.
         assert server.circuit_breaker("bc").probe_successes == 1
         assert_close(await server.predict("bc", X), positive(binary_model, X))
@@ -518,7 +503,7 @@ async def test_one_poison_request_does_not_fail_its_batch_mates(
     deployment = await server.deploy_model("bc", "v1", binary_model, breaker=LOGGED)
     expected = positive(binary_model, X)
 
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.poison_rows(lambda batch: (batch == poison).all(axis=1))
         answers = await answer_all(server.predict("bc", X.iloc[i : i + 1]) for i in range(50))
 
@@ -544,7 +529,7 @@ async def test_a_poisoned_multi_row_request_fails_alone(
     deployment = await server.deploy_model("bc", "v1", binary_model, breaker=LOGGED)
     expected = positive(binary_model, X)
 
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.poison_rows(lambda batch: (batch == poison).all(axis=1))
         answers = await answer_all(
             server.predict("bc", X.iloc[3 * i : 3 * i + 3].to_dict("records")) for i in range(30)
@@ -575,7 +560,7 @@ async def test_a_fallback_version_serves_while_the_breaker_is_open(
     v1, _ = two_versions
     X = binary_data.X_test.iloc[:6]
     await server.set_fallback("bc", Fallback(version="v2"))
-    with faulty(v1) as fault:
+    with inject_faults(v1) as fault:
         await open_breaker(server, fault, X)
         ran = len(fault.batches)
 
@@ -603,7 +588,7 @@ async def test_a_fallback_value_answers_every_row(server, two_versions, binary_d
     v1, _ = two_versions
     X = binary_data.X_test.iloc[:5]
     await server.set_fallback("bc", Fallback(value=0.5))
-    with faulty(v1) as fault:
+    with inject_faults(v1) as fault:
         await open_breaker(server, fault, X)
         ran = len(fault.batches)
         predicted = await server.predict("bc", X)
@@ -624,7 +609,7 @@ async def test_a_request_pinned_to_a_version_gets_no_fallback(server, two_versio
     v1, _ = two_versions
     X = binary_data.X_test.iloc[:2]
     await server.set_fallback("bc", Fallback(version="v2"))
-    with faulty(v1) as fault:
+    with inject_faults(v1) as fault:
         await open_breaker(server, fault, X)
 
     with pytest.raises(CircuitOpenError, match="Circuit breaker is open for model bc:v1"):
@@ -638,7 +623,7 @@ async def test_outcomes_of_a_fallback_value_are_credited_to_no_version(
     v1, _ = two_versions
     X = binary_data.X_test.iloc[:2]
     await server.set_fallback("bc", Fallback(value=0.5))
-    with faulty(v1) as fault:
+    with inject_faults(v1) as fault:
         await open_breaker(server, fault, X)
     result = await server.infer("bc", X)
 
@@ -651,7 +636,7 @@ async def test_without_a_fallback_an_open_breaker_refuses(server, two_versions, 
     X = binary_data.X_test.iloc[:2]
     await server.set_fallback("bc", Fallback(version="v2"))
     await server.set_fallback("bc", None)
-    with faulty(v1) as fault:
+    with inject_faults(v1) as fault:
         await open_breaker(server, fault, X)
         with pytest.raises(CircuitOpenError, match=OPEN_MESSAGE):
             await server.predict("bc", X)
@@ -664,7 +649,7 @@ async def test_a_fallback_whose_own_breaker_is_open_refuses_too(
     v1 = await server.deploy_model("bc", "v1", binary_model, breaker=TRIP_AT_3)
     v2 = await server.deploy_model("bc", "v2", binary_model_v2, breaker=TRIP_AT_3)
     await server.set_fallback("bc", Fallback(version="v2"))
-    with faulty(v1) as f1, faulty(v2) as f2:
+    with inject_faults(v1) as f1, inject_faults(v2) as f2:
         await open_breaker(server, f1, X)
         f2.fail_next(3)
         for _ in range(3):
@@ -714,7 +699,7 @@ async def test_a_hung_model_answers_every_waiting_caller_at_its_deadline(
             answer = exc
         return loop.time() - started, answer
 
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.hang()
         timed = await answer_all(call(i) for i in range(100))
 
@@ -753,10 +738,12 @@ async def test_a_batch_stuck_in_the_runtime_makes_the_version_unhealthy(
     X = binary_data.X_test.iloc[:1]
     deployment = await server.deploy_model("bc", "v1", binary_model)
     await server.predict("bc", X)
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.hang()
         stuck = asyncio.create_task(server.predict("bc", X))  # no deadline: it just waits
-        await until(lambda: deployment.batcher.statistics().batches_in_flight == 1)
+        await eventually(
+            lambda: deployment.batcher.statistics().batches_in_flight == 1, seconds=5.0
+        )
         assert (await server.health_check("bc")).status is HealthStatus.HEALTHY
         fake_clock.advance(11.0)
         report = await server.health_check("bc")
@@ -773,16 +760,20 @@ async def test_an_overrun_is_shown_to_the_policy_with_the_time_the_execution_had
 ):
     X = binary_data.X_test.iloc[:1]
     deployment = await server.deploy_model("bc", "v1", binary_model, breaker=LOGGED)
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.hang()
         request = asyncio.create_task(server.predict("bc", X, timeout=0.05))
-        await until(lambda: deployment.batcher.statistics().batches_in_flight == 1)
+        await eventually(
+            lambda: deployment.batcher.statistics().batches_in_flight == 1, seconds=5.0
+        )
         fake_clock.advance(0.75)  # the execution has now run 0.75 s, by the server's clock
         with pytest.raises(DeadlineExceededError):
             await request
         assert executions.executions == [(True, pytest.approx(0.75))]
         fault.release()
-        await until(lambda: deployment.batcher.statistics().batches_in_flight == 0)
+        await eventually(
+            lambda: deployment.batcher.statistics().batches_in_flight == 0, seconds=5.0
+        )
     assert executions.executions == [(True, pytest.approx(0.75))]  # counted once
 
 
@@ -794,7 +785,7 @@ async def test_timeout_ms_gives_requests_without_a_timeout_a_deadline(
         "bc", "v1", binary_model, batching=BatchingConfig(timeout_ms=50)
     )
     loop = asyncio.get_running_loop()
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.hang()
         started = loop.time()
         with pytest.raises(DeadlineExceededError):
@@ -815,7 +806,7 @@ async def test_a_server_wide_timeout_ms_applies_to_every_deployment(binary_model
     async with ModelServer(batching=BatchingConfig(timeout_ms=40), entry_points=False) as server:
         deployment = await server.deploy_model("bc", "v1", binary_model)
         assert_close(await server.predict("bc", X), positive(binary_model, X))
-        with faulty(deployment) as fault:
+        with inject_faults(deployment) as fault:
             fault.hang()
             with pytest.raises(DeadlineExceededError):
                 await asyncio.wait_for(server.predict("bc", X), 2.0)
@@ -851,7 +842,7 @@ async def test_health_judges_the_recent_error_rate_not_the_whole_life(
         binary_model,
         breaker=BreakerConfig(policy="consecutive_failures", params={"failures": 1000}),
     )
-    with faulty(v1) as fault:
+    with inject_faults(v1) as fault:
         fault.fail_next(20)
         for _ in range(20):
             with pytest.raises(InferenceError):
@@ -886,7 +877,7 @@ async def test_health_follows_the_breaker_open_half_open_closed_and_no_traffic(
     assert fresh.last_request_time is None
     for _ in range(30):
         await server.predict("bc", X)
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         await open_breaker(server, fault, X)  # 3 of 33 failed: below half the threshold
 
     tripped = await server.health_check("bc")
@@ -1006,13 +997,13 @@ async def test_the_monitor_rolls_an_unhealthy_active_version_back_to_the_last_st
 
     v2 = await server.deploy_model("bc", "v2", binary_model_v2, breaker=TRIP_AT_3)
     await server.set_active_version("bc", "v2")
-    with faulty(v2) as fault:
+    with inject_faults(v2) as fault:
         assert await open_breaker(server, fault, X, "v2") == 3
     assert server.active_models["bc"] == "v2"
     events.log.clear()
 
     server.start_health_monitor(interval=0.05, auto_rollback=True)
-    took = await until(lambda: server.active_models["bc"] == "v1", seconds=5.0)
+    took = await eventually(lambda: server.active_models["bc"] == "v1", seconds=5.0)
     server.stop_health_monitor()
 
     assert took < 1.0
@@ -1035,7 +1026,7 @@ async def test_a_rollback_with_nowhere_to_go_logs_an_error_and_keeps_serving(
         "bc", "v1", binary_model, error_threshold=0.1, breaker=never_trips
     )
     # Two failures in five requests: 40% is over the 10% threshold.
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.fail_next(2)
         for _ in range(2):
             with pytest.raises(InferenceError):
@@ -1064,7 +1055,7 @@ async def test_rollback_skips_a_stable_version_whose_breaker_is_open(
     await server.evaluate_health()  # v1: healthy while active
     v2 = await server.deploy_model("bc", "v2", binary_model_v2, breaker=TRIP_AT_3)
     await server.set_active_version("bc", "v2")
-    with faulty(v1) as f1, faulty(v2) as f2:
+    with inject_faults(v1) as f1, inject_faults(v2) as f2:
         await open_breaker(server, f1, X, "v1")
         await open_breaker(server, f2, X, "v2")
 
@@ -1095,7 +1086,7 @@ async def test_rollback_never_goes_to_a_version_the_monitor_last_found_unhealthy
         for _ in range(3):
             await server.predict("bc", X)
         await server.evaluate_health()
-    with faulty(v2) as fault:
+    with inject_faults(v2) as fault:
         fault.fail_next(3)
         for _ in range(3):
             with pytest.raises(InferenceError):
@@ -1103,7 +1094,7 @@ async def test_rollback_never_goes_to_a_version_the_monitor_last_found_unhealthy
     await server.evaluate_health(auto_rollback=True)
     assert server.active_models["bc"] == "v1"  # v2 is unhealthy: back to v1
 
-    with faulty(v1) as fault:
+    with inject_faults(v1) as fault:
         fault.fail_next(3)
         for _ in range(3):
             with pytest.raises(InferenceError):
@@ -1136,7 +1127,7 @@ async def test_a_health_monitor_stopped_before_it_first_ran_does_not_run(
 
     assert events.of("health") == []
     server.start_health_monitor(interval=0.01)  # it may be started again
-    await until(lambda: events.of("health") != [])
+    await eventually(lambda: events.of("health") != [], seconds=5.0)
     server.stop_health_monitor()
     server.start_health_monitor(interval=0.01)  # stopped and restarted in one turn
     await asyncio.sleep(0.03)
@@ -1167,7 +1158,7 @@ async def test_reset_circuit_breaker_closes_it_and_forgets_the_failures(
     deployment = await server.deploy_model("bc", "v1", binary_model, breaker=TRIP_AT_3)
     await server.reset_circuit_breaker("bc", "v1")  # already closed: nothing happens
     assert events.of("breaker") == []
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         await open_breaker(server, fault, X)
         fake_clock.advance(COOL_DOWN)
         fault.fail_next()
@@ -1220,7 +1211,7 @@ async def test_a_canary_whose_candidate_breaker_opens_is_rolled_back(
             "bc", "v2", steps=[0.5, 1.0], min_requests=10_000, max_error_rate=1.0
         )
         answers: list[Any] = []
-        with faulty(v2) as fault:
+        with inject_faults(v2) as fault:
             fault.fail_fraction(1.0)
             while server.get_routing("bc").strategy == "canary":
                 assert len(answers) < 500

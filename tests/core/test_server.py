@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC
 from typing import Any
 
@@ -30,7 +28,7 @@ from turnout import (
     VersionExistsError,
     VersionNotFoundError,
 )
-from turnout.core.faults import FaultInjectingRuntime
+from turnout.core.faults import inject_faults
 from turnout.core.registry import Deployment
 
 
@@ -51,17 +49,6 @@ async def until(condition: Any, turns: int = 200) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("condition never held")
-
-
-@contextmanager
-def faulty(deployment: Deployment) -> Iterator[FaultInjectingRuntime]:
-    """Wrap a deployment's runtime in a FaultInjectingRuntime; heal it afterwards."""
-    fault = FaultInjectingRuntime(deployment.runtime)
-    deployment.runtime = fault
-    try:
-        yield fault
-    finally:
-        fault.heal()  # a hung batch would otherwise hold up the server's close
 
 
 @pytest.fixture
@@ -157,7 +144,7 @@ async def test_retiring_a_busy_version_answers_what_it_admitted(
     v1 = await server.deploy_model("bc", "v1", binary_model)
     await server.deploy_model("bc", "v2", binary_model_v2)
 
-    with faulty(v1) as fault:
+    with inject_faults(v1) as fault:
         fault.hang()
         tasks = [asyncio.create_task(server.predict("bc", X.iloc[i : i + 3])) for i in range(3)]
         await until(lambda: v1.batcher.statistics().queued_requests == 2)
@@ -297,7 +284,7 @@ async def test_an_overload_burst_is_refused_fast_and_admitted_requests_are_answe
     X = binary_data.X_test
     expected = positive(binary_model, X)
 
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.hang()
         first = asyncio.create_task(server.predict("bc", X.iloc[:1]))
         await until(lambda: deployment.batcher.statistics().batches_in_flight == 1)
@@ -324,7 +311,7 @@ async def test_an_overload_burst_is_refused_fast_and_admitted_requests_are_answe
 
 async def test_a_request_past_its_timeout_gets_deadline_exceeded(server, bc, binary_data):
     X = binary_data.X_test.iloc[:2]
-    with faulty(bc) as fault:
+    with inject_faults(bc) as fault:
         fault.slow_down(0.3)
         started = asyncio.get_running_loop().time()
         with pytest.raises(DeadlineExceededError):
@@ -349,7 +336,7 @@ async def test_close_while_busy_answers_every_admitted_request(server, binary_mo
     X = binary_data.X_test
     expected = positive(binary_model, X)
 
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.hang()
         tasks = [asyncio.create_task(server.predict("bc", X.iloc[i : i + 2])) for i in range(6)]
         await until(lambda: deployment.batcher.statistics().queued_requests == 5)
@@ -385,7 +372,7 @@ async def test_a_failing_runtime_raises_inference_error_and_counts_it(
     X = binary_data.X_test.iloc[:3]
     deployment = await server.deploy_model("bc", "v1", binary_model, error_threshold=0.1)
 
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.fail_next()
         with pytest.raises(InferenceError, match="injected failure"):
             await server.predict("bc", X)

@@ -8,13 +8,12 @@ tasks after the primary is queued, so the tests poll the shadow statistics
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytest
 
+from support import eventually
 from turnout import (
     BatchingConfig,
     InferenceError,
@@ -25,7 +24,7 @@ from turnout import (
     ShadowStatistics,
     hookimpl,
 )
-from turnout.core.faults import FaultInjectingRuntime
+from turnout.core.faults import inject_faults
 from turnout.core.registry import Deployment
 
 SHADOW = RoutingConfig("shadow", {"mirrors": {"v2": 1.0}})
@@ -42,26 +41,6 @@ class ShadowEvents:
         self, model_id: str, primary: str, shadow: str, difference: float, agreed: bool | None
     ) -> None:
         self.events.append((model_id, primary, shadow, difference, agreed))
-
-
-@contextmanager
-def faulty(deployment: Deployment) -> Iterator[FaultInjectingRuntime]:
-    """Wrap a deployment's runtime in a FaultInjectingRuntime; heal it afterwards."""
-    fault = FaultInjectingRuntime(deployment.runtime)
-    deployment.runtime = fault
-    try:
-        yield fault
-    finally:
-        fault.heal()  # a hung batch would otherwise hold up the server's close
-
-
-async def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    """Poll ``condition()`` every millisecond until it holds (batches run in threads)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.001)
 
 
 def stats(server: ModelServer) -> ShadowStatistics:
@@ -125,7 +104,7 @@ async def test_callers_get_the_primary_and_the_shadow_is_compared_with_it(
         served = await server.predict("bc", X.iloc[start : start + 10])
         np.testing.assert_allclose(served, expected["v1"][start : start + 10], rtol=1e-4, atol=1e-5)
 
-    await wait_until(lambda: stats(server).compared == 90)
+    await eventually(lambda: stats(server).compared == 90)
     record = stats(server)
     difference = np.abs(expected["v1"][:90] - expected["v2"][:90])
     labels = {v: m.predict(X.iloc[:90]) for v, m in models.items()}
@@ -173,7 +152,7 @@ async def test_a_named_primary_and_a_partial_mirror(
         done = mirror.metrics.requests == stats(server).compared
         return done and queue.queued_requests == queue.batches_in_flight == 0
 
-    await wait_until(settled)
+    await eventually(settled)
     copies = mirror.metrics.requests
     assert 60 < copies < 140
     assert (stats(server).primary, stats(server).shadow) == ("v2", "v1")
@@ -211,14 +190,14 @@ async def test_a_failing_shadow_counts_errors_and_leaves_the_primary_alone(
 ):
     shadow = await deploy_shadow(server, binary_model_v2)
     records = binary_data.records()
-    with faulty(shadow) as fault:
+    with inject_faults(shadow) as fault:
         fault.fail_fraction(1.0)
         for i in range(30):
             assert_primary(await server.infer("bc", [records[i]]), slice(i, i + 1), expected)
         results = await asyncio.gather(*(server.infer("bc", [records[i]]) for i in range(30)))
         for i, result in enumerate(results):
             assert_primary(result, slice(i, i + 1), expected)
-        await wait_until(lambda: stats(server).errors + stats(server).dropped == 60)
+        await eventually(lambda: stats(server).errors + stats(server).dropped == 60)
 
     record = stats(server)
     # The shadow's own breaker opens after its first failures; later copies
@@ -240,7 +219,7 @@ async def test_a_hung_shadow_does_not_delay_the_primary(
 ):
     shadow = await deploy_shadow(server, binary_model_v2)
     records = binary_data.records()
-    with faulty(shadow) as fault:
+    with inject_faults(shadow) as fault:
         fault.hang()
         # Every primary request is answered while the shadow answers nothing at all.
         async with asyncio.timeout(10):
@@ -255,7 +234,7 @@ async def test_a_hung_shadow_does_not_delay_the_primary(
         assert shadow.batcher.statistics().batches_in_flight == 1
 
         fault.release()
-        await wait_until(lambda: stats(server).compared == 60)
+        await eventually(lambda: stats(server).compared == 60)
     assert (stats(server).errors, stats(server).dropped) == (0, 0)
 
 
@@ -264,14 +243,14 @@ async def test_a_slow_shadow_does_not_slow_the_primary(
 ):
     shadow = await deploy_shadow(server, binary_model_v2)
     records = binary_data.records()
-    with faulty(shadow) as fault:
+    with inject_faults(shadow) as fault:
         fault.slow_down(0.25)
         results = [await server.infer("bc", [records[i]]) for i in range(10)]
         for i, result in enumerate(results):
             assert_primary(result, slice(i, i + 1), expected)
         # Each primary request took less than one shadow batch does (generously).
         assert max(r.latency_ms for r in results) < 250
-        await wait_until(lambda: stats(server).compared == 10)
+        await eventually(lambda: stats(server).compared == 10)
 
     # The shadow's latency is its own, recorded apart from the primary's.
     assert stats(server).mean_latency_ms >= 250
@@ -285,14 +264,14 @@ async def test_a_full_mirror_queue_drops_copies_and_every_primary_request_succee
     tiny = BatchingConfig(max_queue_rows=2, max_request_rows=2)
     shadow = await deploy_shadow(server, binary_model_v2, batching=tiny)
     records = binary_data.records()
-    with faulty(shadow) as fault:
+    with inject_faults(shadow) as fault:
         fault.hang()
         results = await asyncio.gather(*(server.infer("bc", [records[i]]) for i in range(40)))
         for i, result in enumerate(results):
             assert_primary(result, slice(i, i + 1), expected)
-        await wait_until(lambda: stats(server).dropped > 0)
+        await eventually(lambda: stats(server).dropped > 0)
         fault.release()
-        await wait_until(lambda: stats(server).compared + stats(server).dropped == 40)
+        await eventually(lambda: stats(server).compared + stats(server).dropped == 40)
 
     record = stats(server)
     assert record.dropped > 0
@@ -306,11 +285,11 @@ async def test_a_failing_primary_is_not_compared(
     server, primary, binary_model_v2, binary_data, events
 ):
     await deploy_shadow(server, binary_model_v2)
-    with faulty(primary) as fault:
+    with inject_faults(primary) as fault:
         fault.fail_next(1)
         with pytest.raises(InferenceError, match="injected failure"):
             await server.infer("bc", binary_data.records(1))
-    await wait_until(
+    await eventually(
         lambda: server.get_all_models_status()["bc"]["v2"]["metrics"].request_count == 1
     )
     for _ in range(20):  # let the mirror's task see the primary's failure

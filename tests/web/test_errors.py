@@ -10,8 +10,6 @@ import asyncio
 import io
 import json
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -20,24 +18,12 @@ from web_helpers import expect_error, tensor
 
 from turnout import BatchingConfig, BreakerConfig, TurnoutError
 from turnout.core import errors as core_errors
-from turnout.core.faults import FaultInjectingRuntime
-from turnout.core.registry import Deployment
+from turnout.core.faults import inject_faults
 from turnout.web import ERROR_CODES
 from turnout.web.errors import scrub
 
 INFER = "/v2/models/cancer/infer"
 JSON = {"Content-Type": "application/json"}
-
-
-@contextmanager
-def faulty(deployment: Deployment) -> Iterator[FaultInjectingRuntime]:
-    """Wrap a deployment's runtime in a FaultInjectingRuntime; heal it afterwards."""
-    fault = FaultInjectingRuntime(deployment.runtime)
-    deployment.runtime = fault
-    try:
-        yield fault
-    finally:
-        fault.heal()
 
 
 async def until(condition: Any, turns: int = 2000) -> None:
@@ -351,7 +337,7 @@ async def test_overload_is_503_with_retry_after(http, server, binary_model) -> N
     deployment = await server.deploy_model("cancer", "v1", binary_model, batching=config)
     one = body_with(shape=[1, 30], data=rows(1))
     two = body_with()
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.hang()
         first = asyncio.create_task(post(http, INFER, one))
         await until(lambda: deployment.batcher.statistics().batches_in_flight == 1)
@@ -370,7 +356,7 @@ async def test_an_open_breaker_is_503_with_its_retry_after(http, server, binary_
     breaker = BreakerConfig(params={"min_calls": 1, "threshold": 0.5}, cool_down=42.0)
     deployment = await server.deploy_model("cancer", "v1", binary_model, breaker=breaker)
     one = body_with(shape=[1, 30], data=rows(1))
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.fail_next(1)
         error = await expect_error(await http.post(INFER, json=one), 500, "model_failed")
         assert "injected" not in error["error"]  # the detail stays in the server's log
@@ -384,7 +370,7 @@ async def test_an_open_breaker_is_503_with_its_retry_after(http, server, binary_
 async def test_a_missed_deadline_is_504(http, server, binary_model) -> None:
     deployment = await server.deploy_model("cancer", "v1", binary_model)
     request = {**body_with(shape=[1, 30], data=rows(1)), "parameters": {"timeout": 0.05}}
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.hang()
         try:
             await expect_error(await http.post(INFER, json=request), 504, "deadline_exceeded")
@@ -394,7 +380,7 @@ async def test_a_missed_deadline_is_504(http, server, binary_model) -> None:
 
 async def test_a_model_failure_is_500_without_detail(http, server, binary_model, caplog) -> None:
     deployment = await server.deploy_model("cancer", "v1", binary_model)
-    with faulty(deployment) as fault:
+    with inject_faults(deployment) as fault:
         fault.fail_next(1)
         response = await http.post("/v1/models/cancer:predict", json={"instances": rows(1)})
         error = await expect_error(response, 500, "model_failed")

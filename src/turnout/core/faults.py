@@ -2,7 +2,12 @@
 
 Wraps a real runtime and, on command, fails batches, fails a fraction of
 them, slows them down, hangs them until released, or fails every batch that
-contains a "poison" row.
+contains a "poison" row::
+
+    deployment = await server.deploy_model("m", "v1", model)
+    with inject_faults(deployment) as faults:
+        faults.fail_next(3)
+        ...
 """
 
 from __future__ import annotations
@@ -10,15 +15,17 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from turnout.core.errors import InferenceError
+from turnout.core.registry import Deployment
 from turnout.core.runtime import ModelRuntime, RawOutput
 
-__all__ = ["FaultInjectingRuntime"]
+__all__ = ["FaultInjectingRuntime", "inject_faults"]
 
 
 class FaultInjectingRuntime:
@@ -98,3 +105,18 @@ class FaultInjectingRuntime:
         """Close the inner runtime."""
         self.closed = True
         self.inner.close()
+
+
+@contextmanager
+def inject_faults(deployment: Deployment) -> Iterator[FaultInjectingRuntime]:
+    """Run ``deployment``'s batches through a FaultInjectingRuntime; heal it on exit.
+
+    Healing on exit releases a hung batch, which would otherwise hold up the
+    server's close.
+    """
+    faults = FaultInjectingRuntime(deployment.runtime)
+    deployment.runtime = faults
+    try:
+        yield faults
+    finally:
+        faults.heal()

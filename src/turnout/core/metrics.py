@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["LatencyHistogram", "MetricsSnapshot", "VersionMetrics"]
+__all__ = ["BATCH_SIZE_BOUNDS", "LatencyHistogram", "MetricsSnapshot", "VersionMetrics"]
+
+# Batch sizes are counted in powers of two: 1, 2, 4, ... 4096 rows and more.
+BATCH_SIZE_BOUNDS: tuple[int, ...] = tuple(2**i for i in range(13))
 
 # 1 microsecond to ~10 minutes in steps of 6%: 350 buckets, bounded relative error.
 _GROWTH = 1.06
@@ -96,6 +99,7 @@ class VersionMetrics:
 
     def __init__(self) -> None:
         self.latency = LatencyHistogram()
+        self.batch_sizes = [0] * (len(BATCH_SIZE_BOUNDS) + 1)
         self._recent: deque[tuple[int, int]] = deque()
         self._recent_requests = 0
         self._recent_failures = 0
@@ -113,6 +117,7 @@ class VersionMetrics:
         """Count one executed batch: its rows, its requests' latencies, how many failed."""
         self.batches += 1
         self.rows += rows
+        self.batch_sizes[bisect.bisect_left(BATCH_SIZE_BOUNDS, rows)] += 1
         self.requests += requests
         self.errors += errors
         self._remember(requests, errors)
