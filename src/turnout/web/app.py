@@ -9,6 +9,7 @@ from turnout.core.server import ModelServer
 from turnout.web.errors import error_middleware
 from turnout.web.keys import MAX_BODY_KEY, SERVER_KEY
 from turnout.web.metrics import setup_metrics
+from turnout.web.openapi import setup_openapi
 from turnout.web.v1 import setup_v1
 from turnout.web.v2 import setup_v2
 
@@ -20,7 +21,7 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 def create_app(
     server: ModelServer, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 ) -> web.Application:
-    """Return an aiohttp Application serving ``server`` over KServe V1 and V2, with /metrics.
+    """Return an aiohttp Application serving ``server``: KServe V1 and V2, metrics, OpenAPI.
 
     The server is stored under :data:`SERVER_KEY`; its lifecycle stays the
     caller's: close it after the application's runner is cleaned up.
@@ -41,4 +42,5 @@ def create_app(
     setup_v2(app)
     setup_v1(app)
     setup_metrics(app)
+    setup_openapi(app)
     return app
