@@ -80,7 +80,7 @@ def make_breaker(
 
 def trip(breaker: CircuitBreaker) -> None:
     for _ in range(3):
-        breaker.record(True, 0.01)
+        breaker.record(True, 0.0)
     assert breaker.state is OPEN
 
 
@@ -111,14 +111,14 @@ def test_a_closed_breaker_admits_every_request_without_a_permit(fake_clock):
 def test_it_trips_when_its_policy_says_so(fake_clock):
     changes = Changes()
     breaker = make_breaker(fake_clock, changes=changes)
-    breaker.record(True, 0.01)
-    breaker.record(True, 0.01)
-    breaker.record(False, 0.01)  # breaks the streak
-    breaker.record(True, 0.01)
-    breaker.record(True, 0.01)
+    breaker.record(True, 0.0)
+    breaker.record(True, 0.0)
+    breaker.record(False, 0.0)  # breaks the streak
+    breaker.record(True, 0.0)
+    breaker.record(True, 0.0)
     assert breaker.state is CLOSED
 
-    breaker.record(True, 0.01)
+    breaker.record(True, 0.0)
 
     snapshot = breaker.snapshot()
     assert snapshot.state is OPEN
@@ -133,11 +133,11 @@ def test_it_trips_on_the_error_rate_policy_too(fake_clock):
     policy = ErrorRatePolicy({"window": 10, "min_calls": 4}, 0.5)
     breaker = CircuitBreaker("m:v", policy, BreakerConfig(), fake_clock)
     for failed in (True, False, True):  # three calls: below min_calls
-        breaker.record(failed, 0.01)
+        breaker.record(failed, 0.0)
     assert breaker.state is CLOSED
-    breaker.record(False, 0.01)  # 2 of 4 failed: 50% does not exceed 50%
+    breaker.record(False, 0.0)  # 2 of 4 failed: 50% does not exceed 50%
     assert breaker.state is CLOSED
-    breaker.record(True, 0.01)  # 3 of 5: 60%
+    breaker.record(True, 0.0)  # 3 of 5: 60%
     assert breaker.state is OPEN
     assert breaker.snapshot().reason == "error rate 60% over the last 5 executions exceeds 50%"
 
@@ -168,8 +168,8 @@ def test_outcomes_of_stragglers_while_open_change_nothing(fake_clock):
     before = breaker.snapshot()
 
     for _ in range(5):
-        breaker.record(False, 0.01)
-        breaker.record(True, 0.01)
+        breaker.record(False, 0.0)
+        breaker.record(True, 0.0)
 
     assert breaker.snapshot() == before
     assert changes.states == [(CLOSED, OPEN)]
@@ -238,7 +238,7 @@ def test_a_permit_is_given_back_once_however_often_it_is_released(fake_clock):
 def test_a_permit_from_an_earlier_half_open_spell_frees_no_slot_in_a_new_one(fake_clock):
     breaker = make_breaker(fake_clock)
     old = half_open(breaker, fake_clock)
-    breaker.record(True, 0.01)  # the probe failed: open for 20 s
+    breaker.record(True, 0.0)  # the probe failed: open for 20 s
     fake_clock.advance(20.0)
     new = breaker.admit()
     assert isinstance(new, Permit)
@@ -255,11 +255,11 @@ def test_enough_probe_successes_close_it(fake_clock):
     changes = Changes()
     breaker = make_breaker(fake_clock, changes=changes)
     permit = half_open(breaker, fake_clock)
-    breaker.record(False, 0.01)
+    breaker.record(False, 0.0)
     assert breaker.state is HALF_OPEN
     assert breaker.snapshot().probe_successes == 1
 
-    breaker.record(False, 0.01)
+    breaker.record(False, 0.0)
 
     snapshot = breaker.snapshot()
     assert snapshot.state is CLOSED
@@ -269,8 +269,8 @@ def test_enough_probe_successes_close_it(fake_clock):
     breaker.release(permit)  # the probe's request ends after the breaker closed
     assert breaker.admit() is None
     # The policy forgot the failures that tripped it: it takes three new ones.
-    breaker.record(True, 0.01)
-    breaker.record(True, 0.01)
+    breaker.record(True, 0.0)
+    breaker.record(True, 0.0)
     assert breaker.state is CLOSED
 
 
@@ -278,7 +278,7 @@ def test_a_failed_probe_reopens_it_for_longer_up_to_max_cool_down(fake_clock):
     breaker = make_breaker(fake_clock)
     half_open(breaker, fake_clock)
     for expected in (20.0, 40.0, 60.0, 60.0):
-        breaker.record(True, 0.01)  # the probe failed
+        breaker.record(True, 0.0)  # the probe failed
         snapshot = breaker.snapshot()
         assert snapshot.state is OPEN
         assert snapshot.reason == "a probe failed"
@@ -296,11 +296,11 @@ def test_a_failed_probe_reopens_it_for_longer_up_to_max_cool_down(fake_clock):
 def test_closing_restores_the_initial_cool_down(fake_clock):
     breaker = make_breaker(fake_clock)
     half_open(breaker, fake_clock)
-    breaker.record(True, 0.01)  # open for 20 s
+    breaker.record(True, 0.0)  # open for 20 s
     fake_clock.advance(20.0)
     breaker.admit()
-    breaker.record(False, 0.01)
-    breaker.record(False, 0.01)
+    breaker.record(False, 0.0)
+    breaker.record(False, 0.0)
     assert breaker.state is CLOSED
     assert breaker.snapshot().cool_down == 10.0
     trip(breaker)
@@ -339,7 +339,7 @@ def test_the_half_open_timeout_counts_from_the_last_probe_answer(fake_clock):
     first = half_open(breaker, fake_clock)
     breaker.admit()
     fake_clock.advance(25.0)
-    breaker.record(False, 0.01)  # one probe answers; the other still hangs
+    breaker.record(False, 0.0)  # one probe answers; the other still hangs
     breaker.release(first)
     fake_clock.advance(25.0)
     assert isinstance(breaker.admit(), Permit)
@@ -354,7 +354,7 @@ def test_a_quiet_half_open_breaker_does_not_time_out(fake_clock):
     # unanswered probe, and the next request is simply the next probe.
     breaker = make_breaker(fake_clock)
     permit = half_open(breaker, fake_clock)
-    breaker.record(False, 0.01)
+    breaker.record(False, 0.0)
     breaker.release(permit)
     fake_clock.advance(100.0)
 
@@ -364,7 +364,7 @@ def test_a_quiet_half_open_breaker_does_not_time_out(fake_clock):
     assert breaker.state is HALF_OPEN
     fake_clock.advance(29.0)  # the timeout counts from when this probe went out
     assert isinstance(breaker.admit(), Permit)
-    breaker.record(False, 0.01)
+    breaker.record(False, 0.0)
     assert breaker.state is CLOSED
 
 
@@ -377,12 +377,12 @@ def test_reset_closes_it_and_restores_the_initial_cool_down(fake_clock, where):
     breaker = make_breaker(fake_clock, changes=changes)
     permit = half_open(breaker, fake_clock)
     if where == "open":
-        breaker.record(True, 0.01)
+        breaker.record(True, 0.0)
         fake_clock.advance(20.0)
         breaker.admit()
-        breaker.record(True, 0.01)  # cool-down now 40 s
+        breaker.record(True, 0.0)  # cool-down now 40 s
     elif where == "open_after_backoff":
-        breaker.record(True, 0.01)
+        breaker.record(True, 0.0)
     state = breaker.state
 
     breaker.reset()
@@ -402,11 +402,11 @@ def test_reset_closes_it_and_restores_the_initial_cool_down(fake_clock, where):
 def test_reset_of_a_closed_breaker_forgets_its_failures(fake_clock):
     changes = Changes()
     breaker = make_breaker(fake_clock, changes=changes)
-    breaker.record(True, 0.01)
-    breaker.record(True, 0.01)
+    breaker.record(True, 0.0)
+    breaker.record(True, 0.0)
     breaker.reset()
-    breaker.record(True, 0.01)
-    breaker.record(True, 0.01)
+    breaker.record(True, 0.0)
+    breaker.record(True, 0.0)
     assert breaker.state is CLOSED
     assert changes.seen == []  # nothing changed state
 
@@ -447,11 +447,11 @@ def test_the_listener_hears_every_change_with_its_reason(fake_clock):
     changes = Changes()
     breaker = make_breaker(fake_clock, changes=changes)
     half_open(breaker, fake_clock)
-    breaker.record(True, 0.01)
+    breaker.record(True, 0.0)
     fake_clock.advance(20.0)
     breaker.admit()
-    breaker.record(False, 0.01)
-    breaker.record(False, 0.01)
+    breaker.record(False, 0.0)
+    breaker.record(False, 0.0)
 
     assert changes.seen == [
         (CLOSED, OPEN, "3 executions failed in a row"),
@@ -516,7 +516,7 @@ def test_backoff_of_one_keeps_the_cool_down(fake_clock):
     )
     breaker = make_breaker(fake_clock, config)
     half_open(breaker, fake_clock)
-    breaker.record(True, 0.01)
+    breaker.record(True, 0.0)
     assert breaker.snapshot().cool_down == 10.0
 
 
@@ -701,9 +701,11 @@ class BreakerMachine(RuleBasedStateMachine):
         self.release(0)
         self.release(0)
 
-    @rule(failed=st.booleans(), duration=st.floats(0.0, 5.0))
-    def record(self, failed: bool, duration: float) -> None:
-        self.breaker.record(failed, duration)
+    @rule(failed=st.booleans())
+    def record(self, failed: bool) -> None:
+        # Executions here start when they are recorded; one that began before
+        # probing did is ignored (test_an_execution_older_than_probing_is_no_probe).
+        self.breaker.record(failed, 0.0)
         self.model.record(failed, self.clock.now())
 
     @precondition(lambda self: self.model.state is CLOSED)
@@ -711,7 +713,7 @@ class BreakerMachine(RuleBasedStateMachine):
     def fail_in_a_row(self) -> None:
         # Straight to open, or the machine would spend most steps closed.
         for _ in range(self.model.failures):
-            self.record(True, 0.01)
+            self.record(True)
 
     @rule(seconds=STEPS)
     def wait(self, seconds: float) -> None:
@@ -753,3 +755,20 @@ TestBreakerMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_an_execution_older_than_probing_is_no_probe(fake_clock):
+    policy = ConsecutiveFailuresPolicy({"failures": 1}, 0.5)
+    config = BreakerConfig(cool_down=10.0, successes_to_close=1)
+    breaker = CircuitBreaker("m:v", policy, config, fake_clock)
+    breaker.record(True, 0.0)
+    fake_clock.advance(10.0)
+    assert isinstance(breaker.admit(), Permit)  # half-open from now
+
+    fake_clock.advance(1.0)
+    breaker.record(False, 5.0)  # began 4 s before probing: a straggler
+    breaker.record(True, 5.0)
+    assert breaker.state is HALF_OPEN
+
+    breaker.record(False, 0.5)  # the probe itself
+    assert breaker.state is CLOSED

@@ -211,6 +211,8 @@ class AdaptiveBatcher(Generic[R]):
         # Executions in which some request's deadline passed: each counts once.
         self._overran: set[object] = set()
         self._bisections: set[asyncio.Task[None]] = set()
+        # The requests of each running execution, so close() can tell when all are answered.
+        self._running: dict[object, list[_Pending]] = {}
         self._queue: deque[_Pending] = deque()
         self._queued_requests = 0
         self._queued_rows = 0
@@ -300,6 +302,7 @@ class AdaptiveBatcher(Generic[R]):
             )
             if self._on_timeout is not None:
                 self._on_timeout()
+            self._notify_if_idle()
             token = pending.token
             if token is not None and token in self._in_flight and token not in self._overran:
                 # The model overran a deadline (or hangs): once per execution.
@@ -319,6 +322,7 @@ class AdaptiveBatcher(Generic[R]):
         started = self._clock.now()
         token = object()
         self._in_flight[token] = (started, len(rows))
+        self._running[token] = batch
         for pending in batch:
             pending.token = token
         self._workers.submit(
@@ -380,6 +384,7 @@ class AdaptiveBatcher(Generic[R]):
             task.add_done_callback(self._bisections.discard)
             return
         del self._in_flight[token]
+        del self._running[token]
         latencies: list[float] = []
         self._deliver(batch, result, error, finished, latencies)
         self._report(
@@ -497,6 +502,7 @@ class AdaptiveBatcher(Generic[R]):
             # Whatever happened, nobody admitted is left waiting.
             failed += self._deliver(batch, None, error, self._clock.now(), latencies)
             del self._in_flight[token]
+            del self._running[token]
             self._report(rows, latencies, self._clock.now() - started, error, failed, token)
             self._schedule_next()
 
@@ -577,14 +583,26 @@ class AdaptiveBatcher(Generic[R]):
     # -- lifecycle and statistics ------------------------------------------------
 
     def _notify_if_idle(self) -> None:
-        if self._idle is not None and not self._in_flight and not self._live_queue():
+        if self._idle is not None and self._all_answered():
             self._idle.set()
 
     def _live_queue(self) -> bool:
         return any(not p.future.done() for p in self._queue)
 
-    async def close(self) -> None:
-        """Stop admitting requests, answer every admitted one, then release the worker."""
+    def _all_answered(self) -> bool:
+        """True when no admitted request waits, queued or in a running batch."""
+        if self._live_queue():
+            return False
+        return all(p.future.done() for batch in self._running.values() for p in batch)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop admitting requests, answer every admitted one, then release the workers.
+
+        Waits until every admitted request is answered, not until every
+        execution ends: a hung model's callers are answered by their
+        deadlines, and its stuck thread is left behind. With ``timeout``
+        (seconds), requests still unanswered then get ServerClosedError.
+        """
         self._closing = True
         if self._delay_handle is not None:
             self._delay_handle.cancel()
@@ -594,13 +612,25 @@ class AdaptiveBatcher(Generic[R]):
             self._launch()
             if len(self._in_flight) == before:
                 break
-        if self._in_flight or self._live_queue():
+        if not self._all_answered():
             # One event for every concurrent close(): a second one must not
             # replace the event the first is waiting on.
             if self._idle is None:
                 self._idle = asyncio.Event()
-            await self._idle.wait()
-        self._workers.shutdown()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._idle.wait()), timeout)
+            except TimeoutError:
+                self._abandon()
+        self._workers.shutdown(wait=not self._in_flight)
+
+    def _abandon(self) -> None:
+        """Answer every request still waiting with ServerClosedError."""
+        waiting = [*self._queue, *(p for batch in self._running.values() for p in batch)]
+        for pending in waiting:
+            if not pending.future.done():
+                pending.future.set_exception(
+                    ServerClosedError(f"{self.name} closed before the model answered")
+                )
 
     @property
     def closing(self) -> bool:

@@ -250,6 +250,10 @@ class CircuitBreaker:
             if reason is not None:
                 self._trip(reason, now)
         elif self._state is BreakerState.HALF_OPEN:
+            if now - duration < self._half_open_since:
+                # An execution that began before probing did: not a probe's
+                # answer, so it must neither close nor re-open the breaker.
+                return
             self._last_probe_answer = now
             if failed:
                 self._cool_down = min(

@@ -63,6 +63,7 @@ class HealthMonitor:
         self._events = events
         self._rollback = rollback
         self._last: dict[tuple[str, str], HealthReport] = {}
+        self._hung: set[str] = set()
         self._stable: dict[str, list[str]] = {}
         self._scope: anyio.CancelScope | None = None
         self.settings: MonitorSettings | None = None
@@ -75,7 +76,7 @@ class HealthMonitor:
         verdicts = assess(facts)
         where = f"of {deployment.model_id}:{deployment.version}"
         for name, check in self._checks.items():
-            verdict = await _run_bounded(f"{name!r} {where}", functools.partial(check, facts))
+            verdict = await self._run_bounded(f"{name!r} {where}", functools.partial(check, facts))
             if isinstance(verdict, HealthVerdict):
                 verdicts.append(verdict)
             elif verdict is _FAILED:
@@ -84,7 +85,7 @@ class HealthMonitor:
                 )
         if deployment.health_check_fn is not None:
             check_fn = deployment.health_check_fn
-            ok = await _run_bounded(
+            ok = await self._run_bounded(
                 where, lambda: _truth(check_fn(deployment.model, deployment.version))
             )
             if ok is _FAILED or not ok:
@@ -104,6 +105,34 @@ class HealthMonitor:
             error_rate=facts.error_rate,
             reasons=tuple(v.reason for v in verdicts),
         )
+
+    async def _run_bounded(self, label: str, call: Callable[[], Any]) -> Any:
+        """Run a foreign check in a thread; return its result, or _FAILED if it raised or hung.
+
+        A check whose last call timed out and has not returned is not called
+        again until it does: every call would strand one more thread.
+        """
+        if label in self._hung:
+            logger.warning("health check %s is still hung from an earlier call", label)
+            return _FAILED
+
+        def tracked() -> Any:
+            try:
+                return call()
+            finally:
+                self._hung.discard(label)
+
+        self._hung.add(label)
+        try:
+            with anyio.fail_after(HEALTH_CHECK_TIMEOUT):
+                return await anyio.to_thread.run_sync(tracked, abandon_on_cancel=True)
+        except TimeoutError:
+            logger.warning("health check %s timed out after %s s", label, HEALTH_CHECK_TIMEOUT)
+            return _FAILED
+        except Exception:
+            logger.exception("health check %s raised", label)
+        self._hung.discard(label)
+        return _FAILED
 
     # -- every version -------------------------------------------------------------------
 
@@ -208,18 +237,6 @@ class HealthMonitor:
 
 
 _FAILED: Any = object()
-
-
-async def _run_bounded(label: str, call: Callable[[], Any]) -> Any:
-    """Run a foreign check in a thread; return its result, or _FAILED if it raised or hung."""
-    try:
-        with anyio.fail_after(HEALTH_CHECK_TIMEOUT):
-            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-    except TimeoutError:
-        logger.warning("health check %s timed out after %s s", label, HEALTH_CHECK_TIMEOUT)
-    except Exception:
-        logger.exception("health check %s raised", label)
-    return _FAILED
 
 
 def _truth(value: object) -> bool:

@@ -60,9 +60,14 @@ class BatchWorkers(Generic[T]):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(done, result, error)
 
-    def shutdown(self) -> None:
-        """Let the threads finish their jobs and exit; wait for them."""
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Let the threads finish their jobs and exit; with ``wait``, wait for them.
+
+        Without waiting, a thread stuck in a hung model is left behind (it is a
+        daemon thread, so it never holds up the interpreter's exit).
+        """
         for _ in self._threads:
             self._jobs.put(None)
-        for thread in self._threads:
-            thread.join()
+        if wait:
+            for thread in self._threads:
+                thread.join()
