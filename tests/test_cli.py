@@ -122,6 +122,25 @@ async def test_serve_demo_answers_its_printed_curls_and_stops_on_sigint() -> Non
         assert "Traceback" not in errors
 
 
+async def test_serve_restores_its_repository_and_skips_the_demo_then(tmp_path) -> None:
+    repository = str(tmp_path / "repo")
+    async with turnout_serve("--demo", "--repository", repository) as process:
+        await read_banner(process, "/v2/health/ready")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    assert (tmp_path / "repo" / "breast_cancer" / "v1" / "model.onnx").is_file()
+    async with turnout_serve("--demo", "--repository", repository) as process:
+        banner = await read_banner(process, "Model breast_cancer")
+        assert "versions v1 (active), v2; routing weighted" in banner[-1]
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert process.stderr is not None
+        errors = (await process.stderr.read()).decode()
+    assert "restored the models" in errors
+    assert "training the demo models" not in errors
+    assert "Traceback" not in errors
+
+
 async def test_serve_without_models_stops_on_sigterm() -> None:
     async with turnout_serve("--no-demo") as process:
         banner = await read_banner(process, "No models are deployed")
@@ -222,7 +241,7 @@ def test_serve_help_lists_the_flags(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--host", "--port", "--demo", "--no-demo", "--allow-remote"):
+    for flag in ("--host", "--port", "--demo", "--no-demo", "--allow-remote", "--repository"):
         assert flag in out
 
 

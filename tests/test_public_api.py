@@ -32,6 +32,7 @@ EXPECTED = {
     "RoutingStrategyFactory",
     "ShadowStatistics",
     "SmokeTestError",
+    "StoreError",
     "hookimpl",
     "hookspec",
     "CircuitOpenError",

@@ -48,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="train and serve the built-in demo models (on when no models are configured)",
+        help="train and serve the built-in demo models (on when there are no models to serve)",
+    )
+    serve.add_argument(
+        "--repository",
+        metavar="DIR",
+        default=None,
+        help="store deployments and routing in DIR and restore them at start"
+        " (--demo then deploys only into an empty repository)",
     )
     serve.add_argument(
         "--allow-remote",
@@ -78,12 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             " authentication",
             file=sys.stderr,
         )
-    # No model repository yet: without models to serve, the demo's are served.
+    # Without models to serve, the demo's are served; a repository's models win.
     demo = True if args.demo is None else args.demo
     from turnout.web.launch import run_serve
 
     try:
-        asyncio.run(run_serve(args.host, args.port, demo=demo))
+        asyncio.run(run_serve(args.host, args.port, demo=demo, repository=args.repository))
     except OSError as exc:  # the address is taken, or not this machine's
         print(f"turnout: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -723,6 +723,9 @@ async def test_a_hung_model_answers_every_waiting_caller_at_its_deadline(
 
         fault.release()
         await asyncio.wait_for(server.close(), 5.0)
+        # close() returned once everyone was answered; the released batches
+        # finish in their threads after it.
+        await eventually(lambda: deployment.batcher.statistics().batches_in_flight == 0)
 
     # The hung batches ended after everyone was answered: nothing counted twice.
     assert fault.batches == [1, 1, 1]

@@ -70,7 +70,7 @@ def test_every_turnout_error_has_its_own_status_and_code() -> None:
         503
     }
     five_hundreds = sorted(n for n, s in statuses.items() if s == 500)
-    assert five_hundreds == ["InferenceError", "PluginError", "TurnoutError"]
+    assert five_hundreds == ["InferenceError", "PluginError", "StoreError", "TurnoutError"]
     codes = [ERROR_CODES[cls].code for cls in classes if cls is not TurnoutError]
     assert len(set(codes)) == len(codes)  # only the root shares internal_error (with PluginError)
 

@@ -13,6 +13,7 @@
     ├── VersionExistsError
     ├── PluginError
     ├── SmokeTestError
+    ├── StoreError
     ├── ServiceUnavailableError
     │   ├── OverloadedError
     │   ├── CircuitOpenError
@@ -42,6 +43,7 @@ __all__ = [
     "ServerClosedError",
     "ServiceUnavailableError",
     "SmokeTestError",
+    "StoreError",
     "TurnoutError",
     "VersionExistsError",
     "VersionNotFoundError",
@@ -105,6 +107,10 @@ class PluginError(TurnoutError):
 
 class SmokeTestError(TurnoutError):
     """Raised when a blue-green switch is refused because the new version failed its smoke tests."""
+
+
+class StoreError(TurnoutError):
+    """Raised when the model repository cannot be written, or a path in it is refused."""
 
 
 class ServiceUnavailableError(TurnoutError):

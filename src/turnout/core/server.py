@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 import math
+import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -60,6 +61,15 @@ from turnout.core.registry import Deployment, HealthCheckFn, ModelRegistry
 from turnout.core.rollout import RolloutAction, RolloutController, RolloutEvent
 from turnout.core.routing import RoutingConfig, RoutingContext
 from turnout.core.shadow import ShadowStatistics, compare_outputs
+from turnout.core.store import (
+    ModelRecord,
+    ModelStore,
+    StoreWriter,
+    VersionRecord,
+    check_storable,
+    fallback_to_dict,
+    restore_fallback,
+)
 from turnout.core.traffic import ACTIVE, ModelTraffic, Router
 from turnout.strategies.blue_green import BlueGreenRouting
 from turnout.strategies.canary import DEFAULT_STEPS, CanaryPlan, CanaryRouting
@@ -101,7 +111,9 @@ class ModelServer:
     answers every admitted request and releases every model. ``plugins`` are
     registered beside the built-ins and the installed ``turnout`` entry
     points (``entry_points=False`` skips those); ``seed`` makes routing
-    draws repeatable.
+    draws repeatable. With ``repository`` (a directory) deployments, active
+    versions, routing and fallbacks are stored there as they change, and
+    restored on entering the block (see :meth:`restore`).
     """
 
     def __init__(
@@ -116,7 +128,12 @@ class ModelServer:
         entry_points: bool = True,
         seed: int | None = None,
         clock: Clock | None = None,
+        repository: str | os.PathLike[str] | None = None,
     ) -> None:
+        if repository is not None and mock_mode:
+            raise InvalidConfigError(
+                "a repository stores ONNX models; mock_mode serves Python ones"
+            )
         self._batching = check_batching(batching or BatchingConfig())
         self._breaker = check_breaker(breaker or BreakerConfig())
         self._error_threshold = check_threshold(error_threshold)
@@ -147,8 +164,14 @@ class ModelServer:
         self._fallbacks: dict[str, Fallback] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._store = (
+            StoreWriter(ModelStore(repository), self._model_record)
+            if repository is not None
+            else None
+        )
 
     async def __aenter__(self) -> ModelServer:
+        await self.restore()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -197,6 +220,8 @@ class ModelServer:
             allow_nan=bool(allow_nan),
             health_check_fn=health_check_fn,
         )
+        if self._store is not None:
+            check_storable(options.metadata, options.breaker)
         name = f"{model_id}:{version}"
         loaded, runtime = await anyio.to_thread.run_sync(
             lambda: load_runtime(
@@ -228,6 +253,8 @@ class ModelServer:
         except TurnoutError:
             await _release(deployment)
             raise
+        if self._store is not None:
+            self._store.save_version(deployment)
         activate = set_active if set_active is not None else model_id not in self._registry.active
         if activate:
             self._set_active(model_id, version)
@@ -245,6 +272,7 @@ class ModelServer:
             # A new model under an old name: what the monitor knew of it is stale.
             self._health.forget(model_id, version)
             await _release(old)
+        await self._flush_store()
         return deployment
 
     def _check_absent(self, model_id: str, version: str, replace: bool) -> None:
@@ -262,11 +290,13 @@ class ModelServer:
         self._end_rollout(model_id, "ended by set_active_version")
         self._set_active(model_id, version)
         self._apply_routing(model_id, ACTIVE)
+        await self._flush_store()
 
     def _set_active(self, model_id: str, version: str) -> None:
         old = self._registry.active.get(model_id)
         self._registry.activate(model_id, version)
         self._refresh_routing(model_id)
+        self._persist(model_id)
         if old != version:
             logger.info("active version of %s is now %s", model_id, version)
             self._events.emit("active_version_changed", model_id=model_id, old=old, new=version)
@@ -303,11 +333,14 @@ class ModelServer:
             self._refresh_routing(model_id, keep_unaffected=False)
         else:
             self._router.drop(model_id)
+        if self._store is not None:
+            self._store.delete_version(model_id, version)
         logger.info("retired %s:%s", model_id, version)
         if was_active:
             self._events.emit("active_version_changed", model_id=model_id, old=version, new=None)
         await _release(deployment)
         self._events.emit("model_retired", model_id=model_id, version=version)
+        await self._flush_store()
 
     @property
     def active_models(self) -> Mapping[str, str]:
@@ -331,6 +364,7 @@ class ModelServer:
             # Also when a canary of other versions replaces it: that one starts afresh.
             self._end_rollout(model_id, "replaced by new routing")
         self._apply_routing(model_id, config)
+        await self._flush_store()
 
     def get_routing(self, model_id: str) -> RoutingConfig:
         """Return the model's current routing config."""
@@ -353,6 +387,7 @@ class ModelServer:
 
     def _apply_routing(self, model_id: str, config: RoutingConfig, reason: str = "") -> None:
         old = self._router.set(model_id, config, self._context(model_id))
+        self._persist(model_id)
         if config.strategy == "canary":
             self._begin_canary_step(model_id, started=not _same_rollout(old, config), reason=reason)
         if old != config:
@@ -364,6 +399,7 @@ class ModelServer:
             model_id, self._context(model_id), keep_unaffected=keep_unaffected
         )
         if dropped is not None:
+            self._persist(model_id)
             logger.warning(
                 "routing %s of %s no longer fits its versions; back to active routing",
                 dropped.to_dict(),
@@ -751,6 +787,7 @@ class ModelServer:
         self._set_active(model_id, green)
         params = {"blue": blue, "green": green, "live": "green"}
         self._apply_routing(model_id, RoutingConfig("blue_green", params))
+        await self._flush_store()
 
     async def blue_green_rollback(self, model_id: str) -> None:
         """Send all traffic back to the blue version of the last blue-green switch."""
@@ -760,6 +797,7 @@ class ModelServer:
         self._set_active(model_id, strategy.blue)
         params = {"blue": strategy.blue, "green": strategy.green, "live": "blue"}
         self._apply_routing(model_id, RoutingConfig("blue_green", params))
+        await self._flush_store()
 
     async def _smoke_test(
         self,
@@ -876,14 +914,16 @@ class ModelServer:
         removes the fallback.
         """
         self._registry.versions(check_name("model_id", model_id))
-        if fallback is None:
+        if fallback is not None:
+            if not isinstance(fallback, Fallback):
+                raise InvalidConfigError(f"expected a Fallback, got {type(fallback).__name__}")
+            if fallback.version is not None:
+                self._registry.get(model_id, fallback.version)
+            self._fallbacks[model_id] = fallback
+        else:
             self._fallbacks.pop(model_id, None)
-            return
-        if not isinstance(fallback, Fallback):
-            raise InvalidConfigError(f"expected a Fallback, got {type(fallback).__name__}")
-        if fallback.version is not None:
-            self._registry.get(model_id, fallback.version)
-        self._fallbacks[model_id] = fallback
+        self._persist(model_id)
+        await self._flush_store()
 
     def _overrun(self, deployment: Deployment) -> None:
         # Counted when the deadline passes, not when (if ever) the batch ends:
@@ -931,6 +971,93 @@ class ModelServer:
         await asyncio.gather(*(_release(d) for d in self._registry))
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self._store is not None:
+            await self._store.close()
+
+    # -- the model repository ----------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Redeploy every stored version, then its model's active version, routing, fallback.
+
+        Called on entering ``async with``; calling it again does nothing.
+        Broken entries in the repository are logged and skipped.
+        """
+        if self._store is None or self._store.enabled:
+            return
+        self._check_open()
+        records = await self._store.load()
+        try:
+            for record in records:
+                await self._restore_model(record)
+        finally:
+            self._store.enabled = True
+        for record in records:
+            # What no longer fits was replaced; a model none of whose versions
+            # could be restored is left on disk as it is, not deleted.
+            if self._registry.contains_model(record.model_id):
+                self._persist(record.model_id)
+        await self._flush_store()
+
+    async def _restore_model(self, record: ModelRecord) -> None:
+        for version in record.versions:
+            await self._restore_version(version)
+        model_id = record.model_id
+        if not self._registry.contains_model(model_id):
+            return
+        if record.active is not None and self._registry.contains(model_id, record.active):
+            self._set_active(model_id, record.active)
+        elif record.active is not None:
+            logger.warning("stored active version %s:%s is gone", model_id, record.active)
+        try:
+            config = RoutingConfig.from_dict(record.routing)
+            self._router.build(config, self._context(model_id))
+        except TurnoutError as exc:
+            logger.warning("stored routing of %s no longer fits (%s); using active", model_id, exc)
+            config = ACTIVE
+        self._apply_routing(model_id, config, "restored")
+        fallback = restore_fallback(record, self._registry.versions(model_id))
+        if fallback is not None:
+            self._fallbacks[model_id] = fallback
+
+    async def _restore_version(self, record: VersionRecord) -> None:
+        if self._registry.contains(record.model_id, record.version):
+            logger.warning(
+                "%s:%s is deployed already; not restored", record.model_id, record.version
+            )
+            return
+        try:
+            deployment = await self.deploy_model(
+                record.model_id,
+                record.version,
+                record.onnx_bytes,
+                set_active=False,
+                **record.options(),
+            )
+        except (TurnoutError, TypeError) as exc:
+            logger.warning("cannot restore %s:%s: %s", record.model_id, record.version, exc)
+            return
+        record.restore_identity(deployment)
+
+    def _persist(self, model_id: str) -> None:
+        """Store the model's active version, routing and fallback, soon, in order."""
+        if self._store is not None:
+            self._store.model_changed(model_id)
+
+    def _model_record(self, model_id: str) -> ModelRecord | None:
+        """Return the model's live state as a record (None once it has no versions)."""
+        if not self._registry.contains_model(model_id):
+            return None
+        return ModelRecord(
+            model_id=model_id,
+            active=self._registry.active.get(model_id),
+            routing=self._router.config(model_id).to_dict(),
+            fallback=fallback_to_dict(self._fallbacks.get(model_id)),
+        )
+
+    async def _flush_store(self) -> None:
+        """Wait for the queued repository writes; raise StoreError if one failed."""
+        if self._store is not None:
+            await self._store.flush()
 
     @property
     def closed(self) -> bool:

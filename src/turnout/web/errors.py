@@ -34,6 +34,7 @@ from turnout.core.errors import (
     ServerClosedError,
     ServiceUnavailableError,
     SmokeTestError,
+    StoreError,
     TurnoutError,
     VersionExistsError,
     VersionNotFoundError,
@@ -78,6 +79,7 @@ ERROR_CODES: Mapping[type[TurnoutError], ErrorCode] = {
     DeadlineExceededError: ErrorCode(504, "deadline_exceeded"),
     InferenceError: ErrorCode(500, "model_failed"),
     PluginError: ErrorCode(500, "internal_error"),
+    StoreError: ErrorCode(500, "store_failed"),
     TurnoutError: ErrorCode(500, "internal_error"),
 }
 

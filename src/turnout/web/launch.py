@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -13,9 +14,18 @@ from turnout.web.tensors import datatype_of
 __all__ = ["run_serve"]
 
 
-async def run_serve(host: str, port: int, *, demo: bool) -> None:
-    """Serve until SIGINT/SIGTERM; then answer in-flight requests and close the server."""
-    async with ModelServer() as server:
+async def run_serve(
+    host: str, port: int, *, demo: bool, repository: str | os.PathLike[str] | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM; then answer in-flight requests and close the server.
+
+    With ``repository`` the server restores its models from there first, and
+    the demo is deployed only if that leaves it with none.
+    """
+    async with ModelServer(repository=repository) as server:
+        if repository is not None and server.get_all_models_status():
+            print(f"turnout: restored the models in {repository}", file=sys.stderr, flush=True)
+            demo = False
         example_row = await _deploy_demo(server) if demo else None
 
         def started(url: str) -> None:
