@@ -21,6 +21,7 @@ from turnout import (
     HealthStatus,
     InferenceError,
     InvalidInputError,
+    InvalidNameError,
     ModelNotFoundError,
     ModelServer,
     OverloadedError,
@@ -429,3 +430,20 @@ async def test_a_failing_health_check_fn_makes_the_version_unhealthy(
     assert report.reasons == ("the deployment's health_check_fn reported failure",)
     if check is _raises:
         assert "health check of bc:v1 raised" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        ({"model_id": ["bc"]}, InvalidNameError),
+        ({"version": ["v1"]}, InvalidNameError),
+        ({"timeout": 10**400}, InvalidInputError),
+    ],
+)
+async def test_wrongly_typed_arguments_are_client_errors(
+    server, binary_model, binary_data, call, error
+):
+    await server.deploy_model("bc", "v1", binary_model)
+    arguments = {"model_id": "bc", "inputs": binary_data.records(1), **call}
+    with pytest.raises(error):
+        await server.predict(**arguments)

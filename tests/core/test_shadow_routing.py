@@ -20,6 +20,7 @@ from turnout import (
     InferenceResult,
     InvalidRoutingError,
     ModelServer,
+    OverloadedError,
     RoutingConfig,
     ShadowStatistics,
     hookimpl,
@@ -297,3 +298,37 @@ async def test_a_failing_primary_is_not_compared(
     record = stats(server)
     assert (record.compared, record.errors, record.dropped) == (0, 0, 0)
     assert events.events == []
+
+
+async def test_a_caller_reusing_its_array_does_not_change_what_the_shadow_sees(
+    server, primary, binary_model, binary_data
+):
+    shadow = await deploy_shadow(server, binary_model)  # the same model: no difference
+    rows = np.array(binary_data.X_test.iloc[:4], dtype=np.float32)  # a writable buffer
+    with inject_faults(shadow) as fault:
+        fault.hang()
+        await server.predict("bc", rows)
+        rows[:] = 1e6  # the caller reuses its buffer while the copy still waits
+    await eventually(lambda: stats(server).compared == 4)
+
+    assert stats(server).max_abs_difference == 0.0
+
+
+async def test_a_refused_primary_is_not_mirrored(server, binary_model, binary_data):
+    primary = await server.deploy_model(
+        "bc", "v1", binary_model, batching=BatchingConfig(max_queue_rows=1, max_request_rows=1)
+    )
+    shadow = await deploy_shadow(server, binary_model)
+    row = binary_data.X_test.iloc[:1]
+    with inject_faults(primary) as fault:
+        fault.hang()
+        running = asyncio.create_task(server.predict("bc", row))
+        await asyncio.sleep(0)
+        queued = asyncio.create_task(server.predict("bc", row))
+        await asyncio.sleep(0)
+        with pytest.raises(OverloadedError):
+            await server.predict("bc", row)
+    await asyncio.gather(running, queued)
+    await eventually(lambda: stats(server).compared == 2)
+
+    assert shadow.metrics.snapshot().request_count == 2  # not 3

@@ -99,9 +99,14 @@ def _off_the_loop(test: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return run
 
 
+# How long a closing manager waits for admitted requests before answering the
+# rest with ServerClosedError; also bounds interpreter exit with an unclosed one.
+CLOSE_TIMEOUT = 30.0
+
+
 def _shutdown(loop: _LoopThread, server: ModelServer) -> None:
     try:
-        loop.call(server.close)
+        loop.call(functools.partial(server.close, CLOSE_TIMEOUT))
     finally:
         loop.stop()
 

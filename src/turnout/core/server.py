@@ -36,6 +36,7 @@ from turnout.core.errors import (
     CircuitOpenError,
     InvalidConfigError,
     InvalidInputError,
+    InvalidNameError,
     InvalidRoutingError,
     OverloadedError,
     ServerClosedError,
@@ -447,11 +448,14 @@ class ModelServer:
         """Like :meth:`predict`, but return the version that served, labels, probabilities
         and a ``request_id`` for :meth:`record_outcome`."""
         started = self._clock.now()
+        # Taken before the request runs: the model may be retired meanwhile,
+        # and an answered request must still get its result.
+        traffic = self._router.traffic(model_id) if isinstance(model_id, str) else None
         deployment, piece, fallback = await self._submit(
             model_id, inputs, version, key, timeout, attributes
         )
+        assert traffic is not None
         out, rows = piece.result, slice(piece.start, piece.stop)
-        traffic = self._router.traffic(model_id)
         return InferenceResult(
             model_id=model_id,
             version=deployment.version,
@@ -480,6 +484,10 @@ class ModelServer:
         started = self._clock.now()
         if self._closed:
             raise ServerClosedError("the server is closed")
+        if not isinstance(model_id, str) or not (version is None or isinstance(version, str)):
+            # Cheaper than check_name per request; a str that is no valid name
+            # simply finds no model below.
+            raise InvalidNameError("model_id and version must be strings")
         if key is not None and not isinstance(key, str):
             raise InvalidInputError(f"key must be a string, got {type(key).__name__}")
         if attributes is not None and not isinstance(attributes, Mapping):
@@ -538,6 +546,10 @@ class ModelServer:
         inputs: object,
         primary_result: asyncio.Future[BatchSlice[BatchOutput]],
     ) -> None:
+        if primary_result.done() and (
+            primary_result.cancelled() or primary_result.exception() is not None
+        ):
+            return  # the primary was refused: its copy would only add load
         traffic = self._router.traffic(model_id)
         recorder = traffic.shadow(primary.version, version)
         started = self._clock.now()
@@ -545,6 +557,9 @@ class ModelServer:
         try:
             shadow = self._registry.get(model_id, version)
             encoded = shadow.schema.encode(inputs)
+            if isinstance(inputs, np.ndarray) and np.shares_memory(encoded, inputs):
+                # The caller may reuse its array once the primary answers.
+                encoded = encoded.copy()
             permit = shadow.breaker.admit()
             piece = await shadow.batcher.submit(encoded, started=started)
         except ServiceUnavailableError:
@@ -962,13 +977,17 @@ class ModelServer:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def close(self) -> None:
-        """Stop admitting requests, answer every admitted one, release every model."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop admitting requests, answer every admitted one, release every model.
+
+        With ``timeout`` (seconds), requests still unanswered by then get
+        ServerClosedError; without, close waits for every answer.
+        """
         if self._closed:
             return
         self._closed = True
         self._health.stop()
-        await asyncio.gather(*(_release(d) for d in self._registry))
+        await asyncio.gather(*(_release(d, timeout) for d in self._registry))
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._store is not None:
@@ -1078,26 +1097,21 @@ def _same_rollout(old: RoutingConfig, new: RoutingConfig) -> bool:
     )
 
 
-async def _release(deployment: Deployment) -> None:
-    await deployment.batcher.close()
+async def _release(deployment: Deployment, timeout: float | None = None) -> None:
+    await deployment.batcher.close(timeout)
     deployment.runtime.close()
 
 
 def _positive_number(value: object) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and value > 0
-    )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _check_timeout(timeout: object) -> float:
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
+    if not _positive_number(timeout):
         raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
+    return float(timeout)  # type: ignore[arg-type]
