@@ -20,7 +20,7 @@ async def test_server_metadata_liveness_and_readiness(http, server) -> None:
     metadata = await response.json()
     assert metadata["name"] == "turnout"
     assert metadata["version"]
-    assert metadata["extensions"] == []
+    assert metadata["extensions"] == ["binary_tensor_data"]
 
     assert await (await http.get("/v2/health/live")).json() == {"live": True}
     ready = await http.get("/v2/health/ready")

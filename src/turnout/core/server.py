@@ -333,7 +333,9 @@ class ModelServer:
         if self._registry.contains_model(model_id):
             self._refresh_routing(model_id, keep_unaffected=False)
         else:
+            # The model is gone: so are its routing and its fallback.
             self._router.drop(model_id)
+            self._fallbacks.pop(model_id, None)
         if self._store is not None:
             self._store.delete_version(model_id, version)
         logger.info("retired %s:%s", model_id, version)

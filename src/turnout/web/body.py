@@ -23,6 +23,7 @@ __all__ = [
     "get_object",
     "get_seconds",
     "get_string",
+    "read_bytes",
     "read_json",
     "require_object",
     "type_name",
@@ -48,19 +49,24 @@ async def read_json(request: web.Request) -> Any:
             "unsupported_media_type",
             f"send the body as {JSON_CONTENT_TYPE}, {what}",
         )
+    body = await read_bytes(request)
+    try:
+        return loads(body)
+    except JSONError as exc:
+        raise RequestError(400, "malformed_json", str(exc)) from None
+
+
+async def read_bytes(request: web.Request) -> bytes:
+    """Return the request's body, whatever its type; 413 if it is too large."""
     limit = request.app[MAX_BODY_KEY]
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(length, limit)
     # aiohttp stops reading past client_max_size (a chunked body has no length to check).
     try:
-        body = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(None, limit) from None
-    try:
-        return loads(body)
-    except JSONError as exc:
-        raise RequestError(400, "malformed_json", str(exc)) from None
 
 
 def _too_large(length: int | None, limit: int) -> RequestError:

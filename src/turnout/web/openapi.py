@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 import turnout
+from turnout.web.binary import BINARY_CONTENT_TYPE, HEADER_LENGTH
 from turnout.web.jsonio import dumps
 from turnout.web.tensors import INPUT_DATATYPES
 
@@ -32,7 +33,7 @@ _STATUS_MEANINGS: Mapping[int, str] = {
     400: "The request is malformed, does not follow the protocol, or does not fit the model.",
     404: "The model, or the version, is not deployed.",
     413: "The request body is over the server's limit (8 MiB by default).",
-    415: "The request body is not application/json.",
+    415: "The request body is not application/json (nor binary, on V2 inference).",
     500: "The model failed on this request's batch, or a bug; the detail is in the server log.",
     503: "Refused for load, an open circuit breaker, or shutdown; retry after Retry-After.",
     504: "The request's timeout passed before its answer was ready.",
@@ -124,11 +125,19 @@ def _request_input() -> Schema:
             "shape": {**SHAPE, "minItems": 1, "maxItems": 2},
             "datatype": string(enum=list(INPUT_DATATYPES)),
             "data": array(nested, "Row-major values, flat or nested in the shape."),
-            "parameters": {"type": "object"},
+            "parameters": obj(
+                {"binary_data_size": _byte_count("The input's data is this many binary bytes.")},
+                required=(),
+                closed=False,
+            ),
         },
-        required=("name", "shape", "datatype", "data"),
+        required=("name", "shape", "datatype"),
         closed=False,
     )
+
+
+def _byte_count(description: str) -> Schema:
+    return {"type": "integer", "minimum": 0, "description": description}
 
 
 def _call_parameters() -> Schema:
@@ -141,6 +150,10 @@ def _call_parameters() -> Schema:
                 "type": "number",
                 "exclusiveMinimum": 0,
                 "description": "Deadline in seconds.",
+            },
+            "binary_data_output": {
+                **BOOLEAN,
+                "description": "Return every output as binary data (V2 inference only).",
             },
         },
         required=(),
@@ -193,7 +206,20 @@ def _schemas() -> dict[str, Schema]:
             {
                 "id": string("Echoed in the response."),
                 "inputs": {**array(ref("RequestInput")), "minItems": 1},
-                "outputs": array(obj({"name": string()}, closed=False)),
+                "outputs": array(
+                    obj(
+                        {
+                            "name": string(),
+                            "parameters": obj(
+                                {"binary_data": {**BOOLEAN, "description": "Return it in binary."}},
+                                required=(),
+                                closed=False,
+                            ),
+                        },
+                        required=("name",),
+                        closed=False,
+                    )
+                ),
                 "parameters": ref("CallParameters"),
             },
             required=("inputs",),
@@ -204,8 +230,12 @@ def _schemas() -> dict[str, Schema]:
                 "name": string(enum=["label", "probabilities", "predictions"]),
                 "datatype": string(),
                 "shape": SHAPE,
-                "data": array(SCALAR, "Flat, row-major."),
-            }
+                "data": array(SCALAR, "Flat, row-major; absent for a binary output."),
+                "parameters": obj(
+                    {"binary_data_size": _byte_count("The output's bytes after the JSON.")}
+                ),
+            },
+            required=("name", "datatype", "shape"),
         ),
         "InferResponse": obj(
             {
@@ -336,16 +366,56 @@ def _v2_model_paths(prefix: str, parameters: list[dict[str, Any]]) -> dict[str, 
             )
         },
         f"{prefix}/ready": {"get": readiness(f"Model ready{which}", _V2, parameters)},
-        f"{prefix}/infer": {
-            "post": operation(
-                f"Inference{which}",
-                _V2,
-                {"200": ok("InferResponse"), **errors(model_errors(pinned=pinned, serving=True))},
-                parameters=parameters,
-                body="InferRequest",
-            )
-        },
+        f"{prefix}/infer": {"post": _binary_tensors(_infer_operation(which, pinned, parameters))},
     }
+
+
+def _infer_operation(which: str, pinned: bool, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return operation(
+        f"Inference{which}",
+        _V2,
+        {"200": ok("InferResponse"), **errors(model_errors(pinned=pinned, serving=True))},
+        parameters=[*parameters, _INFER_HEADER],
+        body="InferRequest",
+    )
+
+
+_INFER_HEADER: dict[str, Any] = {
+    "name": HEADER_LENGTH,
+    "in": "header",
+    "required": False,
+    "description": (
+        "Binary tensor data extension: the length in bytes of the JSON inference request at"
+        " the start of the body; the rest is the binary data of the inputs with"
+        " parameters.binary_data_size, in input order. With it, any Content-Type is taken."
+    ),
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
+def _binary_tensors(op: dict[str, Any]) -> dict[str, Any]:
+    """Add the binary tensor data extension's body and answer to an inference operation."""
+    raw = {
+        "schema": {
+            "type": "string",
+            "contentMediaType": BINARY_CONTENT_TYPE,
+            "description": f"The JSON header ({HEADER_LENGTH} bytes), then raw tensor data.",
+        }
+    }
+    op["requestBody"]["content"][BINARY_CONTENT_TYPE] = raw
+    ok_response = op["responses"]["200"]
+    ok_response["description"] = (
+        "OK: JSON, or, when binary outputs are asked for, the JSON header followed by the"
+        " outputs' bytes."
+    )
+    ok_response["content"][BINARY_CONTENT_TYPE] = raw
+    ok_response["headers"] = {
+        HEADER_LENGTH: {
+            "description": "On a binary answer: the length in bytes of its JSON header.",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    }
+    return op
 
 
 def _paths() -> dict[str, Any]:

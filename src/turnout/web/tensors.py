@@ -3,7 +3,8 @@
 Tensor data is row-major, flat or nested in the tensor's natural shape; the
 ``shape`` must account for exactly the values sent. The numeric datatypes a
 turnout model can take are accepted (FP32, FP64, INT32, INT64); booleans are
-read as 0 and 1, as the protocol lets a server coerce them.
+read as 0 and 1, as the protocol lets a server coerce them. An input sent as
+binary data (see :mod:`turnout.web.binary`) is read from its bytes instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from turnout.web.binary import tensor_from_bytes
 from turnout.web.body import bad_request, get_list, get_string, require_object, type_name
 from turnout.web.jsonio import array_to_json
 
@@ -32,27 +34,34 @@ _SUPPORTED = ", ".join(INPUT_DATATYPES)
 
 @dataclass(frozen=True)
 class InputTensor:
-    """One request input as sent: name, shape, datatype and data; ``where`` locates it."""
+    """One request input as sent: name, shape, datatype and data; ``where`` locates it.
+
+    A binary input has its values in ``array`` (of its shape and datatype) and no ``data``.
+    """
 
     name: str
     shape: tuple[int, ...]
     datatype: str
     data: list[Any]
     where: str
+    array: np.ndarray[Any, Any] | None = None
 
 
-def parse_input(value: object, where: str) -> InputTensor:
-    """Check one ``$request_input`` object's fields and return it as an InputTensor."""
+def parse_input(value: object, where: str, raw: bytes | None = None) -> InputTensor:
+    """Check one ``$request_input`` object's fields and return it as an InputTensor.
+
+    ``raw`` is the input's binary data, for one sent with ``binary_data_size``.
+    """
     obj = require_object(value, where)
     name = get_string(obj, "name", f"{where}.name")
     datatype = get_string(obj, "datatype", f"{where}.datatype")
     shape = get_list(obj, "shape", f"{where}.shape")
-    if obj.get("data") is None and obj.get("parameters"):
+    if raw is not None and obj.get("data") is not None:
         raise bad_request(
-            f"{where}.data is missing; binary tensor data is not supported yet, send JSON data",
+            f"{where} has both data and parameters.binary_data_size: send one or the other",
             f"{where}.data",
         )
-    data = get_list(obj, "data", f"{where}.data")
+    data = [] if raw is not None else get_list(obj, "data", f"{where}.data")
     assert name is not None
     assert datatype is not None
     assert shape is not None
@@ -62,7 +71,11 @@ def parse_input(value: object, where: str) -> InputTensor:
             f"{where}.datatype {datatype[:20]!r} is not supported; use one of {_SUPPORTED}",
             f"{where}.datatype",
         )
-    return InputTensor(name, _check_shape(shape, f"{where}.shape"), datatype, data, where)
+    dims = _check_shape(shape, f"{where}.shape")
+    if raw is None:
+        return InputTensor(name, dims, datatype, data, where)
+    array = tensor_from_bytes(raw, INPUT_DATATYPES[datatype], datatype, dims, where)
+    return InputTensor(name, dims, datatype, data, where, array)
 
 
 def _check_shape(shape: list[Any], where: str) -> tuple[int, ...]:
@@ -83,6 +96,11 @@ def _check_shape(shape: list[Any], where: str) -> tuple[int, ...]:
 def decode(tensor: InputTensor) -> np.ndarray[Any, Any]:
     """Return the tensor's data as an array of its shape and datatype, or raise a 400."""
     where = f"{tensor.where}.data"
+    if tensor.array is not None:
+        if tensor.array.dtype.kind == "f" and not np.isfinite(tensor.array).all():
+            where = f"{tensor.where}.parameters.binary_data_size"
+            raise bad_request(f"{tensor.where}: the binary data holds NaN or infinity", where)
+        return tensor.array
     try:
         raw = np.asarray(tensor.data)
     except (ValueError, TypeError):

@@ -17,8 +17,13 @@ Without a version the model's routing picks one; ``model_version`` in the
 response names the version that served. turnout-specific request
 parameters: ``key`` (routing key, for sticky routing) and ``timeout``
 (seconds). The response's ``parameters.request_id`` identifies the answer
-for outcome feedback. Only JSON tensor data is accepted for now: the binary
-tensor extension is not implemented.
+for outcome feedback.
+
+The binary tensor data extension (Triton's
+``docs/protocol/extension_binary_data.md`` in triton-inference-server/server)
+is supported on ``infer``: inputs may come as raw bytes after the JSON header
+(``Inference-Header-Content-Length``), and outputs go back that way when the
+request asks for them. :mod:`turnout.web.binary` does the byte-level work.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from aiohttp import web
 import turnout
 from turnout.core.names import check_name
 from turnout.core.server import ModelServer
-from turnout.web.body import bad_request, get_list, get_string, read_json, require_object
+from turnout.web.binary import binary_chunks, binary_outputs, binary_response, read_infer_body
+from turnout.web.body import bad_request, get_list, get_string, require_object
 from turnout.web.jsonio import dumps
 from turnout.web.keys import SERVER_KEY
 from turnout.web.models import (
@@ -52,6 +58,7 @@ from turnout.web.v2_inputs import rows_from_inputs
 __all__ = ["setup_v2"]
 
 SERVER_NAME = "turnout"
+EXTENSIONS = ["binary_tensor_data"]
 
 
 def setup_v2(app: web.Application) -> None:
@@ -78,7 +85,7 @@ def _names(request: web.Request) -> tuple[str, str | None]:
 
 async def server_metadata(request: web.Request) -> web.Response:
     """GET /v2: the server's name, version and protocol extensions."""
-    return _json({"name": SERVER_NAME, "version": turnout.__version__, "extensions": []})
+    return _json({"name": SERVER_NAME, "version": turnout.__version__, "extensions": EXTENSIONS})
 
 
 async def server_live(request: web.Request) -> web.Response:
@@ -132,11 +139,13 @@ async def infer(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     model, version = _names(request)
     deployment = deployment_in_hand(server, model, version)
-    body = require_object(await read_json(request), None)
+    raw_body, blob = await read_infer_body(request)
+    body = require_object(raw_body, None)
     request_id = get_string(body, "id", "id", required=False)
     options = call_options(body)
-    tensors = _inputs(body)
+    tensors = _inputs(body, blob)
     requested = _requested_outputs(body)
+    binary = binary_outputs(body)
     if requested is not None:
         offered = OUTPUT_NAMES if deployment is None else [s.name for s in output_specs(deployment)]
         for i, name in enumerate(requested):
@@ -156,23 +165,28 @@ async def infer(request: web.Request) -> web.Response:
     parameters: dict[str, Any] = {"request_id": result.request_id}
     if result.fallback:
         parameters["fallback"] = True
-    return _json(
-        {
-            "model_name": model,
-            "model_version": result.version,
-            "id": request_id if request_id is not None else result.request_id,
-            "parameters": parameters,
-            "outputs": [encode(name, outputs[name]) for name in names if name in outputs],
-        }
-    )
+    names = [name for name in names if name in outputs]
+    answer = {
+        "model_name": model,
+        "model_version": result.version,
+        "id": request_id if request_id is not None else result.request_id,
+        "parameters": parameters,
+        "outputs": [encode(name, outputs[name]) for name in names],
+    }
+    in_binary = binary.among(names)
+    return binary_response(answer, outputs, in_binary) if in_binary else _json(answer)
 
 
-def _inputs(body: dict[str, Any]) -> list[InputTensor]:
+def _inputs(body: dict[str, Any], blob: bytes | None) -> list[InputTensor]:
     inputs = get_list(body, "inputs", "inputs")
     assert inputs is not None
     if not inputs:
         raise bad_request("inputs is empty: send at least one input tensor", "inputs")
-    return [parse_input(value, f"inputs[{i}]") for i, value in enumerate(inputs)]
+    chunks = binary_chunks(inputs, blob)
+    return [
+        parse_input(value, f"inputs[{i}]", chunk)
+        for i, (value, chunk) in enumerate(zip(inputs, chunks, strict=True))
+    ]
 
 
 def _requested_outputs(body: dict[str, Any]) -> list[str] | None:
