@@ -8,12 +8,11 @@ respect to requests: a request is routed wholly before or wholly after it.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,7 +40,6 @@ from turnout.core.errors import (
     OverloadedError,
     ServerClosedError,
     ServiceUnavailableError,
-    SmokeTestError,
     TurnoutError,
     VersionExistsError,
 )
@@ -59,7 +57,8 @@ from turnout.core.plugins import (
     make_plugin_manager,
 )
 from turnout.core.registry import Deployment, HealthCheckFn, ModelRegistry
-from turnout.core.rollout import RolloutAction, RolloutController, RolloutEvent
+from turnout.core.rollout import RolloutController
+from turnout.core.rollouts import RolloutOperations, SmokeTest
 from turnout.core.routing import RoutingConfig, RoutingContext
 from turnout.core.shadow import ShadowStatistics, compare_outputs
 from turnout.core.store import (
@@ -72,8 +71,6 @@ from turnout.core.store import (
     restore_fallback,
 )
 from turnout.core.traffic import ACTIVE, ModelTraffic, Router
-from turnout.strategies.blue_green import BlueGreenRouting
-from turnout.strategies.canary import DEFAULT_STEPS, CanaryPlan, CanaryRouting
 
 __all__ = ["FIXED_VALUE", "InferenceResult", "ModelServer", "SmokeTest"]
 
@@ -81,8 +78,6 @@ logger = logging.getLogger("turnout")
 
 # What outcome feedback records as the server of a fixed fallback value.
 FIXED_VALUE = "fallback-value"
-
-SmokeTest = Callable[["ModelServer", str, str], Awaitable[bool] | bool]
 
 
 @dataclass(frozen=True)
@@ -105,7 +100,7 @@ class InferenceResult:
     fallback: bool = False
 
 
-class ModelServer:
+class ModelServer(RolloutOperations):
     """Deploys versions of models and serves predictions through adaptive batchers.
 
     Use it as ``async with ModelServer() as server:``; leaving the block
@@ -650,210 +645,6 @@ class ModelServer:
         self._registry.versions(model_id)
         traffic: ModelTraffic = self._router.traffic(model_id)
         return [recorder.statistics() for recorder in traffic.shadows.values()]
-
-    # -- canary rollouts -----------------------------------------------------------------
-
-    async def start_canary(
-        self,
-        model_id: str,
-        candidate: str,
-        *,
-        baseline: str | None = None,
-        steps: Sequence[float] = DEFAULT_STEPS,
-        min_requests: int = 100,
-        min_seconds: float = 0.0,
-        max_error_rate: float = 0.05,
-        max_latency_ratio: float = 1.5,
-    ) -> None:
-        """Roll ``candidate`` out step by step, promoting it or rolling back by itself.
-
-        At each step the candidate gets that share of traffic until it has
-        served ``min_requests`` for at least ``min_seconds``; it is then judged
-        on its error rate and p99 latency against the baseline (the active
-        version unless named). Failing a judgement rolls back at once.
-        """
-        if baseline is None:
-            baseline = self._registry.get(model_id).version
-        params = {
-            "baseline": baseline,
-            "candidate": candidate,
-            "steps": list(steps),
-            "step": 0,
-            "min_requests": min_requests,
-            "min_seconds": min_seconds,
-            "max_error_rate": max_error_rate,
-            "max_latency_ratio": max_latency_ratio,
-        }
-        await self.set_routing(model_id, RoutingConfig("canary", params))
-
-    async def abort_canary(self, model_id: str) -> None:
-        """Stop a canary rollout and send all traffic back to its baseline."""
-        self._registry.versions(check_name("model_id", model_id))
-        plan = self._canary_plan(model_id)
-        if plan is None:
-            raise InvalidRoutingError(f"model '{model_id}' has no canary rollout in progress")
-        self._finish_canary(model_id, plan, RolloutAction.ROLL_BACK, "aborted by request")
-
-    def rollout_history(self, model_id: str) -> tuple[RolloutEvent, ...]:
-        """Return the model's rollout events (steps, promotions, rollbacks), oldest first."""
-        self._registry.versions(check_name("model_id", model_id))
-        return self._rollouts.history(model_id)
-
-    def _canary_plan(self, model_id: str) -> CanaryPlan | None:
-        if self._router.config(model_id).strategy != "canary":
-            return None
-        strategy = self._router.traffic(model_id).strategy
-        return strategy.plan if isinstance(strategy, CanaryRouting) else None
-
-    def _begin_canary_step(self, model_id: str, *, started: bool, reason: str) -> None:
-        plan = self._canary_plan(model_id)
-        assert plan is not None
-        self._rollouts.begin_step(
-            model_id,
-            plan,
-            self._registry.get(model_id, plan.baseline).metrics,
-            self._registry.get(model_id, plan.candidate).metrics,
-            event="started" if started else "step",
-            reason=reason,
-        )
-        self._emit_rollout(model_id, plan, "started" if started else "step")
-
-    def _judge_canary(self, model_id: str) -> None:
-        plan = self._canary_plan(model_id)
-        if plan is None:
-            return
-        candidate = self._registry.get(model_id, plan.candidate)
-        judgement = self._rollouts.judge(
-            model_id,
-            plan,
-            self._registry.get(model_id, plan.baseline).metrics,
-            candidate.metrics,
-            candidate_broken=candidate.breaker.state is BreakerState.OPEN,
-        )
-        if judgement is None:
-            return
-        if judgement.action is RolloutAction.ADVANCE:
-            params = {**plan.to_params(), "step": plan.step + 1}
-            logger.info("canary of %s: %s", model_id, judgement.reason)
-            self._apply_routing(model_id, RoutingConfig("canary", params), judgement.reason)
-        else:
-            self._finish_canary(model_id, plan, judgement.action, judgement.reason)
-
-    def _finish_canary(
-        self, model_id: str, plan: CanaryPlan, action: RolloutAction, reason: str
-    ) -> None:
-        winner = plan.candidate if action is RolloutAction.PROMOTE else plan.baseline
-        log = logger.info if action is RolloutAction.PROMOTE else logger.warning
-        log("canary of %s %s: %s", model_id, action.value, reason)
-        self._rollouts.record(model_id, plan, action.value, reason)
-        self._rollouts.end(model_id)
-        self._set_active(model_id, winner)
-        self._apply_routing(model_id, ACTIVE)
-        self._emit_rollout(model_id, plan, action.value)
-
-    def _end_rollout(self, model_id: str, reason: str) -> None:
-        plan = self._canary_plan(model_id)
-        if plan is not None:
-            self._rollouts.record(model_id, plan, "ended", reason)
-            self._rollouts.end(model_id)
-            self._emit_rollout(model_id, plan, "ended")
-
-    def _emit_rollout(self, model_id: str, plan: CanaryPlan, event: str) -> None:
-        # The share the candidate gets from now on: all of it once promoted, even
-        # when the plan's last step is below 1.0; none once rolled back.
-        if event == RolloutAction.PROMOTE:
-            weight = 1.0
-        elif event in (RolloutAction.ROLL_BACK, "ended"):
-            weight = 0.0
-        else:
-            weight = plan.weight
-        self._events.emit(
-            "rollout_step",
-            model_id=model_id,
-            candidate=plan.candidate,
-            step=plan.step,
-            weight=weight,
-            event=event,
-        )
-
-    # -- blue-green ----------------------------------------------------------------------
-
-    async def blue_green_switch(
-        self,
-        model_id: str,
-        green: str,
-        *,
-        smoke_test: SmokeTest | None = None,
-        samples: object = None,
-        expected: object = None,
-        tolerance: float = 1e-6,
-    ) -> None:
-        """Test ``green``, then switch all traffic to it at once, keeping blue for rollback.
-
-        Smoke tests: ``smoke_test(server, model_id, green)`` returning true,
-        and/or ``samples`` whose predictions on green must equal ``expected``
-        within ``tolerance``. On failure SmokeTestError is raised and blue
-        keeps serving.
-        """
-        self._registry.get(model_id, green)
-        blue = self._registry.get(model_id).version
-        if blue == green:
-            raise InvalidRoutingError(f"'{green}' is already the live version of '{model_id}'")
-        await self._smoke_test(model_id, green, smoke_test, samples, expected, tolerance)
-        self._end_rollout(model_id, "replaced by a blue-green switch")
-        self._set_active(model_id, green)
-        params = {"blue": blue, "green": green, "live": "green"}
-        self._apply_routing(model_id, RoutingConfig("blue_green", params))
-        await self._flush_store()
-
-    async def blue_green_rollback(self, model_id: str) -> None:
-        """Send all traffic back to the blue version of the last blue-green switch."""
-        strategy = self._router.traffic(check_name("model_id", model_id)).strategy
-        if not isinstance(strategy, BlueGreenRouting) or strategy.live != "green":
-            raise InvalidRoutingError(f"model '{model_id}' has no blue-green switch to roll back")
-        self._set_active(model_id, strategy.blue)
-        params = {"blue": strategy.blue, "green": strategy.green, "live": "blue"}
-        self._apply_routing(model_id, RoutingConfig("blue_green", params))
-        await self._flush_store()
-
-    async def _smoke_test(
-        self,
-        model_id: str,
-        green: str,
-        smoke_test: SmokeTest | None,
-        samples: object,
-        expected: object,
-        tolerance: float,
-    ) -> None:
-        if smoke_test is None and samples is None:
-            raise InvalidConfigError("a blue-green switch needs a smoke_test or samples to run")
-        if smoke_test is not None:
-            try:
-                verdict = smoke_test(self, model_id, green)
-                # Not "if not a bool": a sync test may well return numpy's bool_ or a count.
-                if inspect.isawaitable(verdict):
-                    verdict = await verdict
-                passed = bool(verdict)  # an array's truth is ambiguous: that raises, here
-            except Exception as exc:
-                raise SmokeTestError(f"the smoke test of {model_id}:{green} raised: {exc}") from exc
-            if not passed:
-                raise SmokeTestError(f"the smoke test of {model_id}:{green} failed")
-        if samples is not None:
-            if expected is None:
-                raise InvalidConfigError("samples need expected outputs to compare with")
-            try:
-                got = await self.predict(model_id, samples, version=green)
-            except TurnoutError as exc:
-                # Green failing to answer at all fails its smoke test like a wrong answer.
-                raise SmokeTestError(
-                    f"{model_id}:{green} could not answer the smoke-test samples: {exc}"
-                ) from exc
-            want = np.asarray(expected)
-            if got.shape != want.shape or not np.allclose(got, want, atol=tolerance, rtol=0):
-                raise SmokeTestError(
-                    f"{model_id}:{green} gave outputs that differ from the expected ones"
-                    f" by more than {tolerance}"
-                )
 
     # -- status and health --------------------------------------------------------------
 
