@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -54,17 +54,10 @@ class RolloutOperations:
             self, model_id: str, config: RoutingConfig, reason: str = ""
         ) -> None: ...
         async def _flush_store(self) -> None: ...
-        async def set_routing(self, model_id: str, config: RoutingConfig) -> None: ...
-        async def predict(
-            self,
-            model_id: str,
-            inputs: object,
-            *,
-            version: str | None = None,
-            key: str | None = None,
-            timeout: float | None = None,
-            attributes: Mapping[str, Any] | None = None,
-        ) -> np.ndarray[Any, Any]: ...
+
+    def _server(self) -> ModelServer:
+        """This object as the ModelServer it is mixed into, for its public methods."""
+        return cast("ModelServer", self)
 
     # -- canary rollouts -----------------------------------------------------------------
 
@@ -99,7 +92,7 @@ class RolloutOperations:
             "max_error_rate": max_error_rate,
             "max_latency_ratio": max_latency_ratio,
         }
-        await self.set_routing(model_id, RoutingConfig("canary", params))
+        await self._server().set_routing(model_id, RoutingConfig("canary", params))
 
     async def abort_canary(self, model_id: str) -> None:
         """Stop a canary rollout and send all traffic back to its baseline."""
@@ -244,7 +237,7 @@ class RolloutOperations:
             raise InvalidConfigError("a blue-green switch needs a smoke_test or samples to run")
         if smoke_test is not None:
             try:
-                verdict: Any = smoke_test(cast("ModelServer", self), model_id, green)
+                verdict: Any = smoke_test(self._server(), model_id, green)
                 # Not "if not a bool": a sync test may well return numpy's bool_ or a count.
                 if inspect.isawaitable(verdict):
                     verdict = await verdict
@@ -257,7 +250,7 @@ class RolloutOperations:
             if expected is None:
                 raise InvalidConfigError("samples need expected outputs to compare with")
             try:
-                got = await self.predict(model_id, samples, version=green)
+                got = await self._server().predict(model_id, samples, version=green)
             except TurnoutError as exc:
                 # Green failing to answer at all fails its smoke test like a wrong answer.
                 raise SmokeTestError(
