@@ -485,3 +485,36 @@ async def test_mock_mode_still_refuses_unfitted_estimators(mock_server: ModelSer
     with pytest.raises(ConversionError, match="not fitted"):
         await mock_server.deploy_model("broken", "v1", LogisticRegression())
     await assert_nothing_deployed(mock_server, "broken")
+
+
+def matmul_model(n_features: int) -> onnx.ModelProto:
+    """A linear regressor written as ONNX by hand: its weights are an initializer tensor."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((n_features, 1), dtype=np.float32), "weights")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "weights"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        initializer=[weights],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+async def test_onnx_bytes_that_point_at_external_files_are_refused(
+    server: ModelServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.onnx"
+    onnx.save_model(matmul_model(3), str(path), save_as_external_data=True, size_threshold=0)
+    detached = onnx.load_model(str(path), load_external_data=False)
+
+    # From bytes, the data file would be looked up relative to the working directory.
+    with pytest.raises(ConversionError, match="external data"):
+        await server.deploy_model("m", "bytes", detached.SerializeToString())
+    with pytest.raises(ConversionError, match="external data"):
+        await server.deploy_model("m", "proto", detached)
+
+    # From its own path, the data file beside it is the model's, and loads.
+    await server.deploy_model("m", "path", path)
+    assert await server.predict("m", [[1.0, 2.0, 3.0]]) == pytest.approx([6.0])

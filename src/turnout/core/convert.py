@@ -233,11 +233,35 @@ def _read_onnx(source: object) -> Any:
             "model_instance must be a fitted scikit-learn estimator or Pipeline, an"
             f" onnx.ModelProto, ONNX bytes or a .onnx path, not {type(source).__name__}"
         )
+    if not isinstance(source, str | os.PathLike) and _uses_external_data(proto):
+        # Without a file of its own, such a model would make ONNX Runtime read paths
+        # relative to the working directory: files the caller never named.
+        raise ConversionError(
+            "the ONNX model keeps tensors in external data files; from bytes or a ModelProto"
+            " only self-contained models are accepted (pass the .onnx path instead)"
+        )
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
         raise ConversionError(f"the ONNX model is invalid: {exc}") from exc
     return proto
+
+
+def _uses_external_data(proto: Any) -> bool:
+    """True if any tensor of the model, subgraphs included, lives in an external file."""
+    import onnx
+
+    def graph_uses(graph: Any) -> bool:
+        tensors = list(graph.initializer) + [s.values for s in graph.sparse_initializer]
+        for node in graph.node:
+            for attribute in node.attribute:
+                tensors += [attribute.t, *attribute.tensors]
+                subgraphs = [attribute.g, *attribute.graphs]
+                if any(graph_uses(sub) for sub in subgraphs if sub.ByteSize()):
+                    return True
+        return any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors)
+
+    return graph_uses(proto.graph)
 
 
 def _without_zipmap(proto: Any) -> Any:
