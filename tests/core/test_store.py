@@ -200,7 +200,7 @@ async def test_a_stored_routing_that_no_longer_fits_becomes_active(
         await first.deploy_model(MODEL, "v1", binary_model)
         await first.deploy_model(MODEL, "v2", binary_model_v2)
         await first.setup_ab_test(MODEL, ["v1", "v2"], [0.5, 0.5])
-    (tmp_path / MODEL / "v2" / "deployment.json").unlink()
+    (tmp_path / MODEL / "v2" / "model.onnx").write_bytes(b"changed")  # fails its checksum
     caplog.set_level(logging.WARNING, logger="turnout")
     async with server(tmp_path) as second:
         assert second.get_routing(MODEL) == RoutingConfig()

@@ -68,6 +68,7 @@ from turnout.core.store import (
     VersionRecord,
     check_storable,
     fallback_to_dict,
+    natural_key,
     restore_fallback,
 )
 from turnout.core.traffic import ACTIVE, ModelTraffic, Router
@@ -217,7 +218,7 @@ class ModelServer(RolloutOperations):
             health_check_fn=health_check_fn,
         )
         if self._store is not None:
-            check_storable(options.metadata, options.breaker)
+            check_storable(options.metadata, options.breaker, version)
         name = f"{model_id}:{version}"
         loaded, runtime = await anyio.to_thread.run_sync(
             lambda: load_runtime(
@@ -792,15 +793,21 @@ class ModelServer(RolloutOperations):
         """Redeploy every stored version, then its model's active version, routing, fallback.
 
         Called on entering ``async with``; calling it again does nothing.
-        Broken entries in the repository are logged and skipped.
+        Broken entries in the repository are logged and skipped. A version
+        found as a bare ``model.onnx`` is deployed with the server's defaults
+        and gets its ``deployment.json``; a model without ``model.json``
+        activates its highest version in natural order (``v10`` after ``v9``).
+        A canary in progress resumes at its stored step, judged on a fresh
+        step window: counters, breakers and rollout history start anew.
         """
         if self._store is None or self._store.enabled:
             return
         self._check_open()
         records = await self._store.load()
+        found: list[tuple[Deployment, str]] = []
         try:
             for record in records:
-                await self._restore_model(record)
+                found.extend(await self._restore_model(record))
         finally:
             self._store.enabled = True
         for record in records:
@@ -808,18 +815,25 @@ class ModelServer(RolloutOperations):
             # could be restored is left on disk as it is, not deleted.
             if self._registry.contains_model(record.model_id):
                 self._persist(record.model_id)
+        for deployment, sha256 in found:
+            self._store.record_found(deployment, sha256)
         await self._flush_store()
 
-    async def _restore_model(self, record: ModelRecord) -> None:
+    async def _restore_model(self, record: ModelRecord) -> list[tuple[Deployment, str]]:
+        """Restore one model; return its versions found without deployment.json."""
+        found = []
         for version in record.versions:
-            await self._restore_version(version)
+            deployment = await self._restore_version(version)
+            if deployment is not None and version.found:
+                found.append((deployment, version.sha256))
         model_id = record.model_id
         if not self._registry.contains_model(model_id):
-            return
-        if record.active is not None and self._registry.contains(model_id, record.active):
-            self._set_active(model_id, record.active)
-        elif record.active is not None:
-            logger.warning("stored active version %s:%s is gone", model_id, record.active)
+            return found
+        active = record.active if record.stored else self._initial_active(model_id)
+        if active is not None and self._registry.contains(model_id, active):
+            self._set_active(model_id, active)
+        elif active is not None:
+            logger.warning("stored active version %s:%s is gone", model_id, active)
         try:
             config = RoutingConfig.from_dict(record.routing)
             self._router.build(config, self._context(model_id))
@@ -830,13 +844,20 @@ class ModelServer(RolloutOperations):
         fallback = restore_fallback(record, self._registry.versions(model_id))
         if fallback is not None:
             self._fallbacks[model_id] = fallback
+        return found
 
-    async def _restore_version(self, record: VersionRecord) -> None:
+    def _initial_active(self, model_id: str) -> str:
+        """The active version of a model the repository holds no state for: the highest."""
+        version = max(self._registry.versions(model_id), key=natural_key)
+        logger.info("%s has no stored state; its highest version %s is active", model_id, version)
+        return version
+
+    async def _restore_version(self, record: VersionRecord) -> Deployment | None:
         if self._registry.contains(record.model_id, record.version):
             logger.warning(
                 "%s:%s is deployed already; not restored", record.model_id, record.version
             )
-            return
+            return None
         try:
             deployment = await self.deploy_model(
                 record.model_id,
@@ -845,10 +866,12 @@ class ModelServer(RolloutOperations):
                 set_active=False,
                 **record.options(),
             )
-        except (TurnoutError, TypeError) as exc:
+        except (TurnoutError, TypeError, ValueError) as exc:
+            # A file in the repository never stops the server from starting.
             logger.warning("cannot restore %s:%s: %s", record.model_id, record.version, exc)
-            return
+            return None
         record.restore_identity(deployment)
+        return deployment
 
     def _persist(self, model_id: str) -> None:
         """Store the model's active version, routing and fallback, soon, in order."""

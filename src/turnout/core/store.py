@@ -4,12 +4,23 @@ Layout::
 
     <dir>/<model_id>/model.json                      active version, routing, fallback
     <dir>/<model_id>/<version>/model.onnx            the servable model (never a pickle)
-    <dir>/<model_id>/<version>/deployment.json       the deployment's options
+    <dir>/<model_id>/<version>/deployment.json       its options and model.onnx's sha256
 
-Every file is written atomically (temp file, fsync, ``os.replace``, fsync of
-the directory), so a crash leaves the old content or the new. Removals rename
-the directory to a hidden name first, which :meth:`ModelStore.load` ignores.
-The methods here block on the disk: the server calls them in a thread.
+Single files (model.json) are written atomically: temp file, fsync,
+``os.replace``, fsync of the directory. A version is two files, so it is
+written whole into a hidden staging directory and swapped in by renames;
+the old directory is kept under a hidden name until the swap is durable,
+and :meth:`ModelStore.load` finishes or undoes a swap a crash interrupted.
+Removals rename to a hidden name first. Hidden names are never valid ids,
+so nothing half-written is ever read as a model or a version.
+
+A version directory holding only ``model.onnx`` was put there by hand: it is
+read with default options (see :meth:`VersionRecord.found`) and, once
+deployed, gets its ``deployment.json``. Symlinks are never followed, so
+nothing outside the directory is read or written through one.
+
+The methods here block on the disk: the server calls them in a thread. One
+process writes a repository at a time.
 """
 
 from __future__ import annotations
@@ -20,10 +31,13 @@ import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
+import stat
 import tempfile
-import uuid
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from functools import partial
@@ -38,6 +52,7 @@ from turnout.core.breaker import BreakerConfig
 from turnout.core.errors import InvalidConfigError, InvalidNameError, StoreError, TurnoutError
 from turnout.core.fallback import Fallback
 from turnout.core.names import check_name
+from turnout.core.onnx_inputs import servable_onnx
 from turnout.core.registry import Deployment
 from turnout.core.routing import RoutingConfig
 
@@ -50,6 +65,7 @@ __all__ = [
     "check_storable",
     "fallback_from_dict",
     "fallback_to_dict",
+    "natural_key",
     "restore_fallback",
     "version_record",
 ]
@@ -60,29 +76,75 @@ MODEL_FILE = "model.json"
 ONNX_FILE = "model.onnx"
 DEPLOYMENT_FILE = "deployment.json"
 
+# Suffixes of the hidden entries this module leaves while it writes.
+STAGED = "staged"  # a version being written, not yet swapped in
+REPLACED = "replaced"  # the old copy of a version being swapped out
+DELETED = "deleted"  # a model or version on its way out
+TEMP = "tmp"  # atomic_write's temp file
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# A FIFO planted as model.onnx would block a plain open() forever.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
 
 @dataclass(frozen=True)
 class VersionRecord:
-    """One stored version: its ONNX bytes and the options it was deployed with."""
+    """One stored version: its ONNX bytes and the options it was deployed with.
+
+    ``onnx_bytes`` is what to deploy; ``sha256`` is the checksum of the
+    stored file (they differ only for a model found with one input per
+    feature, which is served through one merged input). A version ``found``
+    without deployment.json has None for the options that the server's
+    defaults fill in.
+    """
 
     model_id: str
     version: str
     onnx_bytes: bytes
+    sha256: str
     metadata: Mapping[str, Any]
     features: tuple[str, ...] | None
     output: str
-    batching: Mapping[str, Any]
+    batching: Mapping[str, Any] | None
     allow_nan: bool
-    error_threshold: float
-    breaker: Mapping[str, Any]
-    deployed_at: str
-    source: str
+    error_threshold: float | None
+    breaker: Mapping[str, Any] | None
+    deployed_at: str | None
+    source: str | None
+    found: bool = False
+
+    @classmethod
+    def found_on_disk(cls, model_id: str, version: str, onnx_file: bytes) -> VersionRecord:
+        """Return the record of a model.onnx put in the repository by hand, with defaults.
+
+        Its features are the input names when the model has one input per
+        feature, else none; the output mode is inferred as for any ONNX deploy.
+        """
+        onnx_bytes, features = servable_onnx(onnx_file)
+        return cls(
+            model_id=model_id,
+            version=version,
+            onnx_bytes=onnx_bytes,
+            sha256=hashlib.sha256(onnx_file).hexdigest(),
+            metadata={},
+            features=features,
+            output="auto",
+            batching=None,
+            allow_nan=False,
+            error_threshold=None,
+            breaker=None,
+            deployed_at=None,
+            source=None,
+            found=True,
+        )
 
     def restore_identity(self, deployment: Deployment) -> None:
         """Give a redeployed version its original source and deployment time."""
-        deployment.loaded = replace(deployment.loaded, source=self.source)
-        with contextlib.suppress(ValueError):
-            deployment.deployed_at = datetime.fromisoformat(self.deployed_at)
+        if self.source is not None:
+            deployment.loaded = replace(deployment.loaded, source=self.source)
+        if self.deployed_at is not None:
+            with contextlib.suppress(ValueError):
+                deployment.deployed_at = datetime.fromisoformat(self.deployed_at)
 
     def options(self) -> dict[str, Any]:
         """Return the ``deploy_model`` keyword arguments that redeploy this version."""
@@ -90,22 +152,27 @@ class VersionRecord:
             "metadata": dict(self.metadata),
             "features": list(self.features) if self.features is not None else None,
             "output": self.output,
-            "batching": BatchingConfig(**self.batching),
+            "batching": None if self.batching is None else BatchingConfig(**self.batching),
             "allow_nan": self.allow_nan,
             "error_threshold": self.error_threshold,
-            "breaker": BreakerConfig(**self.breaker),
+            "breaker": None if self.breaker is None else BreakerConfig(**self.breaker),
         }
 
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """One stored model: active version, routing and fallback (as plain data), versions."""
+    """One stored model: active version, routing and fallback (as plain data), versions.
+
+    ``stored`` is False when the model has no model.json (it was put in the
+    repository by hand, or a crash came before its first state was written).
+    """
 
     model_id: str
     active: str | None
     routing: Mapping[str, Any]
     fallback: Mapping[str, Any] | None
     versions: tuple[VersionRecord, ...] = ()
+    stored: bool = True
 
 
 # -- mapping between live objects and records --------------------------------------------
@@ -121,6 +188,7 @@ def version_record(deployment: Deployment) -> VersionRecord:
         model_id=deployment.model_id,
         version=deployment.version,
         onnx_bytes=onnx_bytes,
+        sha256=hashlib.sha256(onnx_bytes).hexdigest(),
         metadata=dict(deployment.metadata),
         features=tuple(names) if names is not None else None,
         output=deployment.decoder.mode.value,
@@ -171,8 +239,16 @@ def restore_fallback(record: ModelRecord, versions: Mapping[str, object]) -> Fal
     return fallback
 
 
-def check_storable(metadata: Mapping[str, Any], breaker: BreakerConfig) -> None:
-    """Raise InvalidConfigError unless metadata and breaker params are plain JSON data."""
+def check_storable(
+    metadata: Mapping[str, Any], breaker: BreakerConfig, version: str | None = None
+) -> None:
+    """Raise unless metadata and breaker params are plain JSON data and ``version`` fits on disk.
+
+    InvalidConfigError for the data, InvalidNameError for a version name
+    that the repository's layout reserves.
+    """
+    if version is not None:
+        check_path_name("version", version)
     for what, value in (("metadata", metadata), ("breaker params", breaker.params)):
         try:
             json.dumps(dict(value), allow_nan=False)
@@ -182,12 +258,30 @@ def check_storable(metadata: Mapping[str, Any], breaker: BreakerConfig) -> None:
             ) from None
 
 
-# -- atomic files -----------------------------------------------------------------------
+def check_path_name(kind: str, name: object) -> str:
+    """Return ``name`` if it is a valid id that can name a repository directory."""
+    name = check_name(kind, name)
+    # A version directory sits beside the model's model.json; compared without
+    # case, as a case-insensitive file system would.
+    if kind == "version" and name.lower() == MODEL_FILE:
+        raise InvalidNameError(f"version {name!r} is reserved by the model repository")
+    return name
+
+
+def natural_key(name: str) -> tuple[tuple[tuple[int, int, str], ...], str]:
+    """Sort key that orders ``v2`` before ``v10`` and ``1.9`` before ``1.10``."""
+    parts = (part for part in re.split(r"(\d+)", name) if part)
+    key = tuple((1, int(p), "") if p.isdigit() else (0, 0, p) for p in parts)
+    # The name itself breaks ties between spellings of one number ("v01", "v1").
+    return key, name
+
+
+# -- files ----------------------------------------------------------------------------------
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old content or the new."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{TEMP}")
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
@@ -215,8 +309,100 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_new(path: Path, data: bytes) -> None:
+    with open(path, "xb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def read_file(path: Path) -> bytes:
+    """Return a regular file's bytes; refuse a symlink (it could lead anywhere) or a device."""
+    if path.is_symlink():
+        raise StoreError(f"{path.name} is a symlink, which the repository never follows")
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise StoreError(f"{path.name} is not a regular file")
+        return file.read()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(read_file(path))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} does not hold a JSON object")
+    return data
+
+
 def _dump(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False).encode()
+
+
+def _deployment_json(record: VersionRecord, sha256: str) -> bytes:
+    return _dump(
+        {
+            "metadata": dict(record.metadata),
+            "features": list(record.features) if record.features is not None else None,
+            "output": record.output,
+            "batching": dict(record.batching or {}),
+            "allow_nan": record.allow_nan,
+            "error_threshold": record.error_threshold,
+            "breaker": dict(record.breaker or {}),
+            "deployed_at": record.deployed_at,
+            "source": record.source,
+            "sha256": sha256,
+        }
+    )
+
+
+def _hidden(name: str, kind: str) -> str:
+    # Time first, so a directory's leftovers of one name sort oldest first.
+    return f".{name}.{time.time_ns():016x}{secrets.token_hex(4)}.{kind}"
+
+
+def _parse_hidden(entry: str) -> tuple[str, str] | None:
+    """Return (name, kind) of a hidden entry this module made, else None."""
+    if not entry.startswith("."):
+        return None
+    parts = entry[1:].rsplit(".", 2)
+    if len(parts) != 3 or parts[2] not in (STAGED, REPLACED, DELETED, TEMP):
+        return None
+    return parts[0], parts[2]
+
+
+def _discard(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _complete(directory: Path) -> bool:
+    """True if a version directory holds an ONNX file matching its deployment.json."""
+    try:
+        data = _read_json(directory / DEPLOYMENT_FILE)
+        onnx_file = read_file(directory / ONNX_FILE)
+    except (OSError, ValueError, StoreError):
+        return False
+    return data.get("sha256") == hashlib.sha256(onnx_file).hexdigest()
+
+
+def _entries(directory: Path) -> Iterator[os.DirEntry[str]]:
+    with os.scandir(directory) as scan:
+        entries = list(scan)
+    return iter(sorted(entries, key=lambda entry: entry.name))
+
+
+def _valid_name(kind: str, name: str) -> bool:
+    try:
+        check_path_name(kind, name)
+    except InvalidNameError:
+        return False
+    return True
+
+
+# -- the repository ------------------------------------------------------------------------
 
 
 class ModelStore:
@@ -231,9 +417,9 @@ class ModelStore:
 
     def path(self, model_id: str, version: str | None = None) -> Path:
         """Return the directory of a model or version; refuse one outside the repository."""
-        parts = [check_name("model_id", model_id)]
+        parts = [check_path_name("model_id", model_id)]
         if version is not None:
-            parts.append(check_name("version", version))
+            parts.append(check_path_name("version", version))
         path = self.root.joinpath(*parts)
         # A symlink on the way could lead anywhere: the resolved path must be the plain one.
         if path.resolve() != path or not path.is_relative_to(self.root):
@@ -243,22 +429,54 @@ class ModelStore:
     # -- writes --
 
     def save_version(self, record: VersionRecord) -> None:
-        """Store one version: its ONNX bytes, then its options (which name their checksum)."""
-        directory = self._make(record.model_id, record.version)
-        atomic_write(directory / ONNX_FILE, record.onnx_bytes)
-        data = {
-            "metadata": dict(record.metadata),
-            "features": list(record.features) if record.features is not None else None,
-            "output": record.output,
-            "batching": dict(record.batching),
-            "allow_nan": record.allow_nan,
-            "error_threshold": record.error_threshold,
-            "breaker": dict(record.breaker),
-            "deployed_at": record.deployed_at,
-            "source": record.source,
-            "sha256": hashlib.sha256(record.onnx_bytes).hexdigest(),
-        }
-        atomic_write(directory / DEPLOYMENT_FILE, _dump(data))
+        """Store one version, replacing any stored copy: a crash leaves the old one or the new."""
+        model_dir = self._make(record.model_id)
+        target = self.path(record.model_id, record.version)
+        self._discard_leftovers(model_dir, record.version)
+        staged = model_dir / _hidden(record.version, STAGED)
+        staged.mkdir()
+        try:
+            _write_new(staged / ONNX_FILE, record.onnx_bytes)
+            _write_new(staged / DEPLOYMENT_FILE, _deployment_json(record, record.sha256))
+            fsync_directory(staged)
+            # The staged copy must be durable before the old one leaves its place.
+            fsync_directory(model_dir)
+            self._swap(staged, target)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+
+    def _swap(self, staged: Path, target: Path) -> None:
+        parent = target.parent
+        if not os.path.lexists(target):
+            os.rename(staged, target)
+            fsync_directory(parent)
+            return
+        replaced = parent / _hidden(target.name, REPLACED)
+        os.rename(target, replaced)
+        try:
+            os.rename(staged, target)
+        except BaseException:
+            os.rename(replaced, target)
+            raise
+        fsync_directory(parent)
+        shutil.rmtree(replaced, ignore_errors=True)
+
+    def save_found(self, record: VersionRecord, sha256: str) -> None:
+        """Write the deployment.json of a version found as a bare model.onnx, now deployed.
+
+        Skipped, with a warning, if model.onnx changed since it was read.
+        """
+        directory = self.path(record.model_id, record.version)
+        try:
+            current = hashlib.sha256(read_file(directory / ONNX_FILE)).hexdigest()
+        except (OSError, StoreError) as exc:
+            logger.warning("cannot record %s: %s", directory, exc)
+            return
+        if current != sha256 or os.path.lexists(directory / DEPLOYMENT_FILE):
+            logger.warning("%s changed while it was being deployed; not recorded", directory)
+            return
+        atomic_write(directory / DEPLOYMENT_FILE, _deployment_json(record, sha256))
 
     def save_model(self, record: ModelRecord) -> None:
         """Store a model's active version, routing and fallback."""
@@ -272,117 +490,181 @@ class ModelStore:
 
     def delete_version(self, model_id: str, version: str) -> None:
         """Remove a stored version (a no-op if it is not stored)."""
-        self._remove(self.path(model_id, version))
+        path = self.path(model_id, version)
+        if path.parent.is_dir():
+            # A leftover of an earlier write must not bring the version back at the next load.
+            self._discard_leftovers(path.parent, version)
+        self._remove(path)
 
     def delete_model(self, model_id: str) -> None:
         """Remove a model and every stored version of it."""
         self._remove(self.path(model_id))
 
-    def _make(self, model_id: str, version: str | None = None) -> Path:
+    def _make(self, model_id: str) -> Path:
         model_dir = self.path(model_id)
         if not model_dir.is_dir():
             model_dir.mkdir()
             fsync_directory(self.root)
-        if version is None:
-            return model_dir
-        version_dir = self.path(model_id, version)
-        if not version_dir.is_dir():
-            version_dir.mkdir()
-            fsync_directory(model_dir)
-        return version_dir
+        return model_dir
+
+    @staticmethod
+    def _discard_leftovers(model_dir: Path, version: str) -> None:
+        for entry in _entries(model_dir):
+            parsed = _parse_hidden(entry.name)
+            if parsed is not None and parsed[0] == version and parsed[1] in (STAGED, REPLACED):
+                _discard(model_dir / entry.name)
 
     @staticmethod
     def _remove(path: Path) -> None:
-        if not path.exists():
+        if not os.path.lexists(path):
             return
         # A hidden name is never a valid id, so load() ignores it from the rename on.
-        doomed = path.with_name(f".{path.name}.{uuid.uuid4().hex}.deleted")
+        doomed = path.with_name(_hidden(path.name, DELETED))
         os.replace(path, doomed)
         fsync_directory(path.parent)
-        shutil.rmtree(doomed, ignore_errors=True)
+        _discard(doomed)
+
+    # -- recovery --
+
+    def recover(self, directory: Path) -> None:
+        """Finish or undo what a crash interrupted in ``directory`` (the root or a model's).
+
+        A version missing from its place while its old copy is parked
+        (``.replaced``) was being swapped: the complete staged copy goes in,
+        or else the old one goes back. Every other leftover is removed.
+        """
+        groups: dict[str, dict[str, list[Path]]] = {}
+        for entry in _entries(directory):
+            parsed = _parse_hidden(entry.name)
+            if parsed is None or entry.is_symlink():
+                continue
+            name, kind = parsed
+            groups.setdefault(name, {}).setdefault(kind, []).append(directory / entry.name)
+        for name, kinds in groups.items():
+            self._recover_name(directory / name, kinds)
+
+    @staticmethod
+    def _recover_name(target: Path, kinds: Mapping[str, list[Path]]) -> None:
+        staged, replaced = kinds.get(STAGED, []), kinds.get(REPLACED, [])
+        keep: Path | None = None
+        if replaced and not os.path.lexists(target):
+            complete = [path for path in staged if _complete(path)]
+            keep = complete[-1] if complete else replaced[-1]
+            logger.warning(
+                "finishing an interrupted write of %s: %s copy kept",
+                target,
+                "the new" if complete else "the old",
+            )
+            os.rename(keep, target)
+            fsync_directory(target.parent)
+        for paths in kinds.values():
+            for path in paths:
+                if path != keep:
+                    _discard(path)
 
     # -- reads --
 
     def load(self) -> list[ModelRecord]:
-        """Return every stored model; entries that are broken are logged and skipped."""
+        """Return every stored model, after :meth:`recover`; broken entries are logged, skipped."""
+        self.recover(self.root)
         records = []
-        for model_dir in sorted(self.root.iterdir()):
-            if not _valid_name(model_dir.name) or not model_dir.is_dir():
-                continue
+        for model_dir in self._children(self.root, "model_id"):
             record = self._load_model(model_dir)
             if record is not None:
                 records.append(record)
         return records
 
+    def _children(self, directory: Path, kind: str) -> Iterable[Path]:
+        """The valid-named subdirectories of ``directory``; symlinks are logged and skipped."""
+        for entry in _entries(directory):
+            if not _valid_name(kind, entry.name):
+                continue
+            if entry.is_symlink():
+                logger.warning("skipping %s: a symlink is never followed", directory / entry.name)
+            elif entry.is_dir(follow_symlinks=False):
+                yield directory / entry.name
+
     def _load_model(self, model_dir: Path) -> ModelRecord | None:
         model_id = model_dir.name
         try:
             self.path(model_id)
-        except StoreError as exc:
+            self.recover(model_dir)
+        except (OSError, StoreError) as exc:
             logger.warning("skipping stored model %s: %s", model_id, exc)
             return None
         versions = []
-        for version_dir in sorted(model_dir.iterdir()):
-            if _valid_name(version_dir.name) and version_dir.is_dir():
-                version = self._load_version(model_id, version_dir)
-                if version is not None:
-                    versions.append(version)
-        state: dict[str, Any] = {"active": None, "routing": {"strategy": "active"}}
-        state["fallback"] = None
-        path = model_dir / MODEL_FILE
-        if path.exists():
-            try:
-                state.update(_read_json(path))
-                RoutingConfig.from_dict(state["routing"])
-            except (OSError, ValueError, TypeError) as exc:
-                logger.warning("ignoring the broken %s: %s", path, exc)
-                state = {"active": None, "routing": {"strategy": "active"}, "fallback": None}
+        for version_dir in self._children(model_dir, "version"):
+            version = self._load_version(model_id, version_dir)
+            if version is not None:
+                versions.append(version)
         if not versions:
             return None
+        path = model_dir / MODEL_FILE
+        stored = os.path.lexists(path)
+        state = self._load_state(path) if stored else _default_state()
         return ModelRecord(
-            model_id, state["active"], state["routing"], state["fallback"], tuple(versions)
+            model_id,
+            state["active"],
+            state["routing"],
+            state["fallback"],
+            tuple(versions),
+            stored=stored,
         )
+
+    @staticmethod
+    def _load_state(path: Path) -> dict[str, Any]:
+        state = _default_state()
+        try:
+            state.update(_read_json(path))
+            RoutingConfig.from_dict(state["routing"])
+        except (OSError, ValueError, TypeError, StoreError) as exc:
+            logger.warning("ignoring the broken %s: %s", path, exc)
+            return _default_state()
+        return state
 
     def _load_version(self, model_id: str, directory: Path) -> VersionRecord | None:
         try:
             self.path(model_id, directory.name)
+            self.recover(directory)
+            onnx_file = read_file(directory / ONNX_FILE)
+            if not os.path.lexists(directory / DEPLOYMENT_FILE):
+                return VersionRecord.found_on_disk(model_id, directory.name, onnx_file)
             data = _read_json(directory / DEPLOYMENT_FILE)
-            onnx_bytes = (directory / ONNX_FILE).read_bytes()
-            if hashlib.sha256(onnx_bytes).hexdigest() != data.get("sha256"):
+            sha256 = hashlib.sha256(onnx_file).hexdigest()
+            if sha256 != data.get("sha256"):
                 raise StoreError(f"{ONNX_FILE} does not match the checksum in {DEPLOYMENT_FILE}")
-            features = data["features"]
-            return VersionRecord(
-                model_id=model_id,
-                version=directory.name,
-                onnx_bytes=onnx_bytes,
-                metadata=dict(data["metadata"]),
-                features=tuple(features) if features is not None else None,
-                output=str(data["output"]),
-                batching=dict(data["batching"]),
-                allow_nan=bool(data["allow_nan"]),
-                error_threshold=float(data["error_threshold"]),
-                breaker=dict(data["breaker"]),
-                deployed_at=str(data["deployed_at"]),
-                source=str(data["source"]),
-            )
+            return _stored_version(model_id, directory.name, onnx_file, sha256, data)
         except (OSError, ValueError, TypeError, KeyError, StoreError) as exc:
             logger.warning("skipping the stored version %s: %s", directory, exc)
             return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_bytes())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name} does not hold a JSON object")
-    return data
+def _default_state() -> dict[str, Any]:
+    return {"active": None, "routing": {"strategy": "active"}, "fallback": None}
 
 
-def _valid_name(name: str) -> bool:
-    try:
-        check_name("name", name)
-    except InvalidNameError:
-        return False
-    return True
+def _stored_version(
+    model_id: str, version: str, onnx_file: bytes, sha256: str, data: Mapping[str, Any]
+) -> VersionRecord:
+    features = data["features"]
+    # A version found with one input per feature is stored as found: merge again.
+    onnx_bytes, _ = servable_onnx(onnx_file) if features is not None else (onnx_file, None)
+    deployed_at = data["deployed_at"]
+    return VersionRecord(
+        model_id=model_id,
+        version=version,
+        onnx_bytes=onnx_bytes,
+        sha256=sha256,
+        metadata=dict(data["metadata"]),
+        features=tuple(features) if features is not None else None,
+        output=str(data["output"]),
+        batching=dict(data["batching"]),
+        allow_nan=bool(data["allow_nan"]),
+        error_threshold=float(data["error_threshold"]),
+        breaker=dict(data["breaker"]),
+        deployed_at=None if deployed_at is None else str(deployed_at),
+        source=None if data["source"] is None else str(data["source"]),
+    )
 
 
 # -- writing from the event loop ----------------------------------------------------------
@@ -416,6 +698,12 @@ class StoreWriter:
             write = partial(self.store.save_version, version_record(deployment))
             self._queue(lambda: write)
             self.model_changed(deployment.model_id)
+
+    def record_found(self, deployment: Deployment, sha256: str) -> None:
+        """Queue writing the deployment.json of a version found as a bare model.onnx."""
+        if self.enabled:
+            write = partial(self.store.save_found, version_record(deployment), sha256)
+            self._queue(lambda: write)
 
     def delete_version(self, model_id: str, version: str) -> None:
         """Queue removing a retired version and storing its model's state."""
