@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from web_helpers import ADMIN_TOKEN
 
 from turnout import ModelServer
+from turnout.core.convert import load_model
 from turnout.web import create_app
+from turnout.web.admin import create_admin_app
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -42,3 +46,35 @@ async def cancer(server: ModelServer, binary_model: Any, binary_model_v2: Any) -
     await server.deploy_model("cancer", "v1", binary_model)
     await server.deploy_model("cancer", "v2", binary_model_v2, set_active=False)
     return server
+
+
+@pytest.fixture
+async def make_admin(server: ModelServer) -> AsyncIterator[ClientFactory]:
+    """Start the admin API for ``server`` on 127.0.0.1; kwargs go to ``create_admin_app``."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(**options: Any) -> TestClient[Any, Any]:
+        options.setdefault("token", ADMIN_TOKEN)
+        app = create_admin_app(server, **options)
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def admin(make_admin: ClientFactory) -> TestClient[Any, Any]:
+    """A client of the admin API whose requests carry the right token."""
+    client = await make_admin()
+    client.session.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+    return client
+
+
+@pytest.fixture(scope="session")
+def cancer_onnx(binary_model: Any) -> str:
+    """``binary_model`` as ONNX, base64-encoded, as an upload carries it."""
+    return base64.b64encode(load_model(binary_model).onnx_bytes or b"").decode("ascii")

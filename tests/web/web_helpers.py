@@ -7,6 +7,9 @@ from typing import Any
 import numpy as np
 from aiohttp import ClientResponse
 
+# The admin token of the tests' admin API (tests/web/conftest.py).
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
 
 async def expect_error(response: ClientResponse, status: int, code: str) -> dict[str, Any]:
     """Assert an error response's status, JSON body and code; return the body."""

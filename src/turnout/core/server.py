@@ -715,6 +715,11 @@ class ModelServer(RolloutOperations):
         """Return a version's breaker state (the active version when None)."""
         return self._registry.get(model_id, version).breaker.snapshot()
 
+    def get_fallback(self, model_id: str) -> Fallback | None:
+        """Return the model's fallback, or None if it has none."""
+        self._registry.versions(check_name("model_id", model_id))
+        return self._fallbacks.get(model_id)
+
     async def set_fallback(self, model_id: str, fallback: Fallback | None) -> None:
         """Answer the model's requests with ``fallback`` while the routed version's breaker is open.
 

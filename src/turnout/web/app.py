@@ -13,7 +13,7 @@ from turnout.web.openapi import setup_openapi
 from turnout.web.v1 import setup_v1
 from turnout.web.v2 import setup_v2
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "check_max_body_bytes", "create_app"]
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -28,14 +28,7 @@ def create_app(
     """
     if not isinstance(server, ModelServer):
         raise InvalidConfigError(f"expected a ModelServer, got {type(server).__name__}")
-    if (
-        isinstance(max_body_bytes, bool)
-        or not isinstance(max_body_bytes, int)
-        or max_body_bytes < 1
-    ):
-        raise InvalidConfigError(
-            f"max_body_bytes must be a positive integer, got {max_body_bytes!r}"
-        )
+    check_max_body_bytes(max_body_bytes)
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
     app[SERVER_KEY] = server
     app[MAX_BODY_KEY] = max_body_bytes
@@ -44,3 +37,16 @@ def create_app(
     setup_metrics(app)
     setup_openapi(app)
     return app
+
+
+def check_max_body_bytes(max_body_bytes: object) -> int:
+    """Return the body limit if it is a positive integer, else raise InvalidConfigError."""
+    if (
+        isinstance(max_body_bytes, bool)
+        or not isinstance(max_body_bytes, int)
+        or max_body_bytes < 1
+    ):
+        raise InvalidConfigError(
+            f"max_body_bytes must be a positive integer, got {max_body_bytes!r}"
+        )
+    return max_body_bytes

@@ -18,7 +18,7 @@ from turnout.web.binary import BINARY_CONTENT_TYPE, HEADER_LENGTH
 from turnout.web.jsonio import dumps
 from turnout.web.tensors import INPUT_DATATYPES
 
-__all__ = ["OPENAPI_PATH", "openapi_document", "setup_openapi"]
+__all__ = ["OPENAPI_PATH", "add_document_route", "openapi_document", "setup_openapi"]
 
 OPENAPI_PATH = "/openapi.json"
 
@@ -31,9 +31,13 @@ _OPS = "Operations"
 # What each error status means, for its response's description (docs/http.md, "Errors").
 _STATUS_MEANINGS: Mapping[int, str] = {
     400: "The request is malformed, does not follow the protocol, or does not fit the model.",
+    401: "No admin token was sent (Authorization: Bearer TOKEN).",
+    403: "The admin token is wrong, or, with no token configured, the client is not local.",
     404: "The model, or the version, is not deployed.",
+    409: "The version exists already, or a smoke test refused the switch.",
     413: "The request body is over the server's limit (8 MiB by default).",
     415: "The request body is not application/json (nor binary, on V2 inference).",
+    422: "The uploaded model cannot be served: not ONNX, invalid, or failing on a row.",
     500: "The model failed on this request's batch, or a bug; the detail is in the server log.",
     503: "Refused for load, an open circuit breaker, or shutdown; retry after Retry-After.",
     504: "The request's timeout passed before its answer was ready.",
@@ -273,7 +277,7 @@ def _schemas() -> dict[str, Schema]:
 # --- parameters, bodies and responses ---------------------------------------------------------
 
 
-def _path_param(name: str, description: str) -> dict[str, Any]:
+def path_param(name: str, description: str) -> dict[str, Any]:
     return {
         "name": name,
         "in": "path",
@@ -283,22 +287,22 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
     }
 
 
-MODEL = _path_param("model", "The model's name.")
-VERSION = _path_param("version", "A version of the model; without it the routing picks one.")
+MODEL = path_param("model", "The model's name.")
+VERSION = path_param("version", "A version of the model; without it the routing picks one.")
 
 
-def _json_content(schema: Schema) -> dict[str, Any]:
+def json_content(schema: Schema) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
 def ok(schema_name: str, description: str = "OK") -> dict[str, Any]:
     """A 200 response with a JSON body of the named schema."""
-    return {"description": description, "content": _json_content(ref(schema_name))}
+    return {"description": description, "content": json_content(ref(schema_name))}
 
 
 def json_body(schema_name: str) -> dict[str, Any]:
     """A required JSON request body of the named schema."""
-    return {"required": True, "content": _json_content(ref(schema_name))}
+    return {"required": True, "content": json_content(ref(schema_name))}
 
 
 def errors(codes: ErrorCodes) -> dict[str, Any]:
@@ -308,7 +312,7 @@ def errors(codes: ErrorCodes) -> dict[str, Any]:
         schema = {"allOf": [ref("Error"), obj({"code": string(enum=list(names))}, closed=False)]}
         response: dict[str, Any] = {
             "description": _STATUS_MEANINGS[status],
-            "content": _json_content(schema),
+            "content": json_content(schema),
         }
         if status == 503:
             response["headers"] = {
@@ -471,7 +475,7 @@ def _paths() -> dict[str, Any]:
                 {
                     "200": {
                         "description": "The OpenAPI 3.1 document of this API.",
-                        "content": _json_content({"type": "object"}),
+                        "content": json_content({"type": "object"}),
                     },
                     **plain,
                 },
@@ -502,7 +506,12 @@ def openapi_document() -> dict[str, Any]:
 
 def setup_openapi(app: web.Application) -> None:
     """Add ``GET /openapi.json`` to ``app``."""
-    body = dumps(openapi_document())
+    add_document_route(app, openapi_document())
+
+
+def add_document_route(app: web.Application, document: Mapping[str, Any]) -> None:
+    """Serve ``document`` at ``GET /openapi.json``, serialised once."""
+    body = dumps(document)
 
     async def openapi(request: web.Request) -> web.Response:
         return web.Response(text=body, content_type="application/json")

@@ -1,32 +1,71 @@
-"""Running the HTTP server until SIGINT or SIGTERM, then shutting down without dropping requests."""
+"""Running the HTTP server until SIGINT or SIGTERM, then shutting down without dropping requests.
+
+Two listeners: the inference API, and, when configured, the admin API on a
+port of its own (127.0.0.1 by default) so that one can face clients while
+the other stays behind a token.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
+from turnout.core.errors import InvalidConfigError
 from turnout.core.server import ModelServer
-from turnout.web.app import DEFAULT_MAX_BODY_BYTES, create_app
+from turnout.web.admin import DEFAULT_ADMIN_MAX_BODY_BYTES, create_admin_app
+from turnout.web.app import DEFAULT_MAX_BODY_BYTES, check_max_body_bytes, create_app
+from turnout.web.auth import check_token
+from turnout.web.hosts import is_loopback
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["DEFAULT_ADMIN_PORT", "AdminSettings", "is_loopback", "serve"]
 
 # How long in-flight requests get to finish once shutdown begins.
 SHUTDOWN_TIMEOUT = 30.0
 
+DEFAULT_ADMIN_PORT = 8081
 
-def is_loopback(host: str) -> bool:
-    """True if ``host`` names only this machine: localhost, 127.0.0.0/8 or ::1."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """Where the admin API listens and what guards it: a bearer token, or loopback only.
+
+    Without a token the admin API answers only loopback connections, and only
+    if ``allow_unauthenticated`` says so; a non-loopback ``host`` needs a token.
+    """
+
+    token: str | None = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_ADMIN_PORT
+    allow_unauthenticated: bool = False
+    max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        if self.token is not None:
+            check_token(self.token)
+        elif not self.allow_unauthenticated:
+            raise InvalidConfigError(
+                "the admin API needs a token (or allow_unauthenticated=True, for loopback only)"
+            )
+        elif not is_loopback(self.host):
+            raise InvalidConfigError(
+                f"refusing an admin API without a token on {self.host!r}, reachable from other"
+                " machines: configure a token"
+            )
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise InvalidConfigError(f"port must be an integer, got {self.port!r}")
+        if not 0 <= self.port <= 65535:
+            raise InvalidConfigError(f"port must be from 0 to 65535, got {self.port}")
+        check_max_body_bytes(self.max_body_bytes)
+
+    def __repr__(self) -> str:
+        # The token stays out of logs and tracebacks.
+        shown = "<set>" if self.token is not None else None
+        return f"AdminSettings(token={shown}, host={self.host!r}, port={self.port})"
 
 
 def _url(address: object, scheme: str = "http") -> str:
@@ -44,32 +83,54 @@ async def serve(
     port: int = 8080,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    admin: AdminSettings | None = None,
     on_started: Callable[[str], None] | None = None,
+    on_admin_started: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve ``server`` over HTTP until SIGINT/SIGTERM (or ``stop`` is set).
 
     ``on_started`` gets the base URL once the socket listens (port 0 picks a
-    free one). On shutdown the listening socket closes first, then requests
-    already in flight are answered; closing ``server`` is left to the caller.
+    free one), ``on_admin_started`` the admin API's. On shutdown the listening
+    sockets close first, then requests already in flight are answered; closing
+    ``server`` is left to the caller.
     """
-    app = create_app(server, max_body_bytes=max_body_bytes)
-    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None)
-    await runner.setup()
+    runners = [
+        web.AppRunner(
+            create_app(server, max_body_bytes=max_body_bytes),
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            access_log=None,
+        )
+    ]
+    if admin is not None:
+        admin_app = create_admin_app(
+            server,
+            token=admin.token,
+            allow_unauthenticated=admin.allow_unauthenticated,
+            max_body_bytes=admin.max_body_bytes,
+        )
+        runners.append(web.AppRunner(admin_app, shutdown_timeout=SHUTDOWN_TIMEOUT))
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        for runner in runners:
+            await runner.setup()
+        await web.TCPSite(runners[0], host, port).start()
+        if admin is not None:
+            await web.TCPSite(runners[1], admin.host, admin.port).start()
         for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, stop.set)
         if on_started is not None:
-            on_started(_url(runner.addresses[0]))
+            on_started(_url(runners[0].addresses[0]))
+        if admin is not None and on_admin_started is not None:
+            on_admin_started(_url(runners[1].addresses[0]))
         await stop.wait()
     finally:
         for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
-        await runner.cleanup()
+        # The admin API first: no deploys or routing changes while requests drain.
+        for runner in reversed(runners):
+            await runner.cleanup()

@@ -1,0 +1,83 @@
+"""The admin API's gate: a bearer token compared in constant time, or loopback peers only.
+
+Without a token the admin API is off, unless its user opts in to an
+unauthenticated API, which then answers only connections from this machine.
+"""
+
+from __future__ import annotations
+
+import hmac
+import string
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from turnout.core.errors import InvalidConfigError
+from turnout.web.errors import RequestError
+from turnout.web.hosts import is_loopback
+
+__all__ = ["MIN_TOKEN_LENGTH", "check_token", "loopback_only", "require_token"]
+
+# 16 characters from a password generator (e.g. `python -c "import secrets;
+# print(secrets.token_urlsafe())"`) is beyond guessing over HTTP.
+MIN_TOKEN_LENGTH = 16
+_TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + string.punctuation)
+
+# Paths anyone may read: the API's description holds no secret.
+PUBLIC_PATHS = frozenset({"/openapi.json"})
+
+
+def check_token(token: object) -> str:
+    """Return ``token`` if it can serve as the admin token, else raise InvalidConfigError."""
+    if not isinstance(token, str):
+        raise InvalidConfigError(f"the admin token must be a string, not {type(token).__name__}")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise InvalidConfigError(
+            f"the admin token must be at least {MIN_TOKEN_LENGTH} characters long;"
+            ' make one with: python -c "import secrets; print(secrets.token_urlsafe())"'
+        )
+    if not set(token) <= _TOKEN_CHARACTERS:
+        # Anything else could not travel in an Authorization header as the same bytes.
+        raise InvalidConfigError(
+            "the admin token may hold only printable ASCII letters, digits and punctuation"
+        )
+    return token
+
+
+def _unauthorized(message: str) -> RequestError:
+    return RequestError(
+        401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="turnout-admin"'}
+    )
+
+
+def require_token(token: str) -> Middleware:
+    """Return a middleware that admits only requests bearing ``token`` (401 without, 403 wrong)."""
+    expected = check_token(token).encode("ascii")
+
+    @web.middleware
+    async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        header = request.headers.get("Authorization")
+        if header is None:
+            raise _unauthorized("send the admin token as 'Authorization: Bearer TOKEN'")
+        scheme, _, credentials = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise _unauthorized("the Authorization header must be 'Bearer TOKEN'")
+        given = credentials.strip().encode("utf-8", errors="surrogateescape")
+        # compare_digest takes time independent of where the first difference is.
+        if not hmac.compare_digest(given, expected):
+            raise RequestError(403, "forbidden", "the admin token is wrong")
+        return await handler(request)
+
+    return bearer_token
+
+
+@web.middleware
+async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Admit only connections from this machine: the unauthenticated admin API's guard."""
+    if request.remote is None or not is_loopback(request.remote):
+        raise RequestError(
+            403, "forbidden", "the admin API has no token configured and answers only loopback"
+        )
+    return await handler(request)

@@ -1,0 +1,169 @@
+"""The Open Inference Protocol's model repository extension, on the admin API.
+
+The endpoints Triton and MLServer tooling use (Triton's
+``docs/protocol/extension_model_repository.md``)::
+
+    POST /v2/repository/index                      [{"name", "version", "state", "reason"}]
+    POST /v2/repository/models/{model}/load        deploy the versions sent as files
+    POST /v2/repository/models/{model}/unload      retire every version of the model
+
+``load`` takes Triton's file override: ``{"parameters": {"file:<version>/model.onnx":
+base64 ONNX, "config": "<JSON of deploy options>"}}``; each file becomes (or
+replaces) that version. Only ONNX files are accepted, under that one name: a
+request never names a path to read. Without files, ``load`` of a deployed model
+succeeds and changes nothing, as the model is loaded already; turnout has no
+unloaded-but-known state, so ``unload`` retires the versions and they leave
+the repository.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from turnout.core.errors import ModelNotFoundError
+from turnout.core.names import check_name
+from turnout.core.routing import RoutingConfig
+from turnout.core.server import ModelServer
+from turnout.web.body import (
+    JSON_CONTENT_TYPE,
+    bad_request,
+    get_object,
+    read_bytes,
+    require_object,
+    type_name,
+)
+from turnout.web.errors import RequestError
+from turnout.web.jsonio import JSONError, dumps, loads
+from turnout.web.keys import SERVER_KEY
+from turnout.web.models import is_ready
+from turnout.web.uploads import decode_onnx, read_options
+
+__all__ = ["setup_repository"]
+
+_FILE = re.compile(r"file:(?P<version>[^/]+)/model\.onnx")
+
+
+def setup_repository(app: web.Application) -> None:
+    """Add the model repository extension's routes to ``app``."""
+    app.router.add_post("/v2/repository/index", index)
+    app.router.add_post("/v2/repository/models/{model}/load", load)
+    app.router.add_post("/v2/repository/models/{model}/unload", unload)
+
+
+def _json(body: Any) -> web.Response:
+    return web.json_response(body, dumps=dumps)
+
+
+async def _optional_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object body, or {} when there is none (the extension makes it optional)."""
+    raw = await read_bytes(request)
+    if not raw.strip():
+        return {}
+    # Clients of the extension (tritonclient among them) send JSON without a Content-Type.
+    if "Content-Type" in request.headers and request.content_type != JSON_CONTENT_TYPE:
+        raise RequestError(
+            415, "unsupported_media_type", f"send the body as {JSON_CONTENT_TYPE}, or no body"
+        )
+    try:
+        return require_object(loads(raw), None)
+    except JSONError as exc:
+        raise RequestError(400, "malformed_json", str(exc)) from None
+
+
+async def index(request: web.Request) -> web.Response:
+    """POST /v2/repository/index: every version, READY or UNAVAILABLE (``ready``: READY only)."""
+    body = await _optional_body(request)
+    only_ready = body.get("ready", False)
+    if not isinstance(only_ready, bool):
+        raise bad_request(f"ready must be true or false, not {type_name(only_ready)}", "ready")
+    server = request.app[SERVER_KEY]
+    entries = []
+    for model, versions in sorted(server.get_all_models_status().items()):
+        for version in sorted(versions):
+            ready = is_ready(server, model, version)
+            if only_ready and not ready:
+                continue
+            state = "READY" if ready else "UNAVAILABLE"
+            entry = {"name": model, "version": version, "state": state}
+            if not ready:
+                entry["reason"] = "the server is closing" if server.closed else "circuit open"
+            entries.append(entry)
+    return _json(entries)
+
+
+async def load(request: web.Request) -> web.Response:
+    """POST .../models/{model}/load: deploy the ONNX files in ``parameters`` as versions."""
+    server = request.app[SERVER_KEY]
+    model = check_name("model", request.match_info["model"])
+    parameters = get_object(await _optional_body(request), "parameters", "parameters") or {}
+    files: dict[str, bytes] = {}
+    options: dict[str, Any] = {}
+    for key, value in parameters.items():
+        where = f"parameters.{key}"
+        if key == "config":
+            options = _config(value)
+            continue
+        match = _FILE.fullmatch(key)
+        if match is None:
+            raise bad_request(
+                f"{where} is not a parameter load takes: send 'config' and"
+                " 'file:<version>/model.onnx' (base64 ONNX) only",
+                where,
+            )
+        files[check_name("version", match["version"])] = decode_onnx(value, where)
+    if not files:
+        if "config" in parameters:
+            raise bad_request("config without files: send the model as file:<version>/model.onnx")
+        _versions(server, model)  # 404 unless the model is loaded
+        return _json({"name": model, "versions": sorted(_versions(server, model))})
+    for version, onnx_bytes in sorted(files.items()):
+        # A load replaces what it names, as Triton's reload does.
+        await server.deploy_model(model, version, onnx_bytes, replace=True, **options)
+    return _json({"name": model, "versions": sorted(_versions(server, model))})
+
+
+def _config(value: object) -> dict[str, Any]:
+    """Deploy options from ``parameters.config``: a JSON string, as Triton sends its config."""
+    where = "parameters.config"
+    if not isinstance(value, str):
+        raise bad_request(f"{where} must be a JSON string, not {type_name(value)}", where)
+    try:
+        config = require_object(loads(value.encode("utf-8", errors="surrogatepass")), where)
+    except JSONError as exc:
+        raise bad_request(f"{where} is not JSON: {exc}", where) from None
+    except UnicodeEncodeError:
+        raise bad_request(f"{where} is not valid text", where) from None
+    if "replace" in config:
+        raise bad_request(f"{where}: a load always replaces the versions it sends", where)
+    return read_options(config, where=where)
+
+
+def _versions(server: ModelServer, model: str) -> dict[str, Any]:
+    versions = server.get_all_models_status().get(model)
+    if not versions:
+        raise ModelNotFoundError(
+            f"Model '{model}' is not loaded; send it as parameters 'file:<version>/model.onnx'",
+            model_id=model,
+        )
+    return versions
+
+
+async def unload(request: web.Request) -> web.Response:
+    """POST .../models/{model}/unload: retire every version; requests in flight are answered."""
+    server = request.app[SERVER_KEY]
+    model = check_name("model", request.match_info["model"])
+    await _optional_body(request)
+    versions = _versions(server, model)
+    # Routing and the fallback may hold versions; both go before the versions do.
+    await server.set_fallback(model, None)
+    active = server.active_models.get(model)
+    if active is not None:
+        await server.set_active_version(model, active)
+    else:
+        await server.set_routing(model, RoutingConfig())
+    for version in sorted(versions, key=lambda v: v == active):
+        await server.retire_model(model, version)
+    return _json({"name": model, "versions": []})
