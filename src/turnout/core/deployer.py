@@ -8,7 +8,7 @@ that fails anywhere on this path leaves nothing half-deployed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -31,6 +31,7 @@ from turnout.core.outputs import OutputDecoder, OutputMode
 from turnout.core.registry import Deployment, HealthCheckFn
 from turnout.core.runtime import ModelRuntime, OnnxRuntime, PythonRuntime
 from turnout.core.schema import InputSchema
+from turnout.core.sources import is_mlflow_uri, resolve
 
 __all__ = [
     "DeploymentOptions",
@@ -64,9 +65,22 @@ def load_runtime(
     name: str,
     mock_mode: bool,
     threads: int,
+    allow_pickle: bool = False,
 ) -> tuple[LoadedModel, ModelRuntime]:
-    """Convert and load a model, then prove it runs on one row. Slow: call it in a thread."""
+    """Convert and load a model, then prove it runs on one row. Slow: call it in a thread.
+
+    An MLflow model URI is fetched first (see :mod:`turnout.core.sources`);
+    ``allow_pickle`` lets it be a scikit-learn flavor.
+    """
+    uri = model_instance if is_mlflow_uri(model_instance) else None
+    if uri is not None:
+        fetched = resolve(uri, allow_pickle=allow_pickle)
+        model_instance = fetched.model
+        # Names given at deploy win over the signature's.
+        features = features if features is not None else fetched.features
     loaded = load_model(model_instance, features=features, convert=not mock_mode)
+    if uri is not None:
+        loaded = replace(loaded, source=f"{uri} ({loaded.source})")
     runtime: ModelRuntime
     if loaded.onnx_bytes is None:
         runtime = PythonRuntime(loaded.estimator, loaded.signature)

@@ -192,12 +192,16 @@ class ModelServer(RolloutOperations):
         error_threshold: float | None = None,
         breaker: BreakerConfig | None = None,
         health_check_fn: HealthCheckFn | None = None,
+        allow_pickle: bool = False,
     ) -> Deployment:
         """Deploy ``model_instance`` as ``version`` of ``model_id`` and return the Deployment.
 
         The model is a fitted scikit-learn estimator or Pipeline, an
-        ``onnx.ModelProto``, ONNX bytes or a ``.onnx`` path. ``set_active=None``
-        activates it only if the model has no active version yet.
+        ``onnx.ModelProto``, ONNX bytes, a ``.onnx`` path, or an MLflow model
+        URI (``models:/name/3``, ``models:/name@alias``, ``runs:/<id>/model``;
+        a scikit-learn flavor only with ``allow_pickle=True``, as loading it
+        runs code from the registry). ``set_active=None`` activates it only
+        if the model has no active version yet.
         """
         check_name("model_id", model_id)
         check_name("version", version)
@@ -227,6 +231,7 @@ class ModelServer(RolloutOperations):
                 name=name,
                 mock_mode=self.mock_mode,
                 threads=self._runtime_threads,
+                allow_pickle=bool(allow_pickle),
             )
         )
         deployment = build_deployment(
