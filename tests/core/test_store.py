@@ -313,3 +313,79 @@ async def test_a_model_that_cannot_be_restored_stays_on_disk(
         assert not second.get_all_models_status()
     assert (tmp_path / MODEL / "model.json").is_file()
     assert (tmp_path / MODEL / "v1" / "model.onnx").is_file()
+
+
+# -- rollouts in progress ------------------------------------------------------------------
+
+
+async def test_a_canary_in_progress_resumes_at_its_step_with_a_fresh_window(
+    tmp_path: Path, binary_data: Any, logistic_model: Any, forest_model: Any
+) -> None:
+    rows = binary_data.X_test.to_numpy()[:1]
+    async with server(tmp_path) as first:
+        await first.deploy_model(MODEL, "v1", logistic_model)
+        await first.deploy_model(MODEL, "v2", forest_model)
+        await first.start_canary(MODEL, "v2", steps=[0.1, 0.5, 1.0], min_requests=5)
+        for _ in range(20):  # requests pinned to either version count for the canary
+            for version in ("v1", "v2"):
+                await first.predict(MODEL, rows, version=version)
+            if first.get_routing(MODEL).params["step"] == 1:
+                break
+        routing = first.get_routing(MODEL)
+        assert routing.params["step"] == 1
+    async with server(tmp_path) as second:
+        assert second.get_routing(MODEL) == routing
+        assert dict(second.active_models) == {MODEL: "v1"}
+        (entry,) = second.rollout_history(MODEL)
+        assert (entry.candidate, entry.step, entry.weight) == ("v2", 1, 0.5)
+        assert (entry.event, entry.reason) == ("started", "restored")
+        # The restored step is judged on requests served since the restart: all of them.
+        for _ in range(4):
+            await second.predict(MODEL, rows, version="v2")
+        assert second.get_routing(MODEL).params["step"] == 1
+        for _ in range(40):
+            for version in ("v1", "v2"):
+                await second.predict(MODEL, rows, version=version)
+            if second.get_routing(MODEL).strategy == "active":
+                break
+        assert dict(second.active_models) == {MODEL: "v2"}
+        assert [e.event for e in second.rollout_history(MODEL)][-1] == "promoted"
+
+
+async def test_a_blue_green_switch_can_still_be_rolled_back_after_a_restart(
+    tmp_path: Path, binary_data: Any, binary_model: Any, binary_model_v2: Any
+) -> None:
+    rows = binary_data.records(3)
+    async with server(tmp_path) as first:
+        await first.deploy_model(MODEL, "blue", binary_model)
+        await first.deploy_model(MODEL, "green", binary_model_v2)
+        expected = await first.predict(MODEL, rows, version="green")
+        await first.blue_green_switch(MODEL, "green", samples=rows, expected=expected)
+    async with server(tmp_path) as second:
+        assert dict(second.active_models) == {MODEL: "green"}
+        await second.blue_green_rollback(MODEL)
+    async with server(tmp_path) as third:
+        assert dict(third.active_models) == {MODEL: "blue"}
+        assert third.get_routing(MODEL).params["live"] == "blue"
+
+
+async def test_every_routing_strategy_and_a_value_fallback_survive_a_restart(
+    tmp_path: Path, binary_model: Any, binary_model_v2: Any
+) -> None:
+    configs = {
+        "weighted": {"versions": ["v1", "v2"], "weights": [0.2, 0.8]},
+        "sticky": {"versions": ["v1", "v2"], "weights": [0.5, 0.5]},
+        "shadow": {"primary": "v1", "mirrors": {"v2": 1.0}},
+        "bandit": {"versions": ["v1", "v2"], "algorithm": "epsilon_greedy", "epsilon": 0.2},
+    }
+    async with server(tmp_path) as first:
+        for model_id in configs:
+            await first.deploy_model(model_id, "v1", binary_model)
+            await first.deploy_model(model_id, "v2", binary_model_v2)
+        for model_id, params in configs.items():
+            await first.set_routing(model_id, RoutingConfig(model_id, params))
+        await first.set_fallback("sticky", Fallback(value=[0.25, 0.75]))
+        routing = {model_id: first.get_routing(model_id) for model_id in configs}
+    async with server(tmp_path) as second:
+        assert {model_id: second.get_routing(model_id) for model_id in configs} == routing
+        assert second._fallbacks == {"sticky": Fallback(value=[0.25, 0.75])}
