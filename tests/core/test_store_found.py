@@ -186,3 +186,23 @@ def test_natural_order() -> None:
         "2",
         "10",
     ]
+
+
+async def test_a_read_only_repository_is_served_all_the_same(
+    tmp_path: Path,
+    plain_onnx: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    drop(tmp_path, MODEL, "v1", plain_onnx)
+
+    def read_only(path: Path, data: bytes) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("turnout.core.store.atomic_write", read_only)
+    caplog.set_level(logging.WARNING, logger="turnout")
+    async with server(tmp_path) as first:
+        assert dict(first.active_models) == {MODEL: "v1"}
+        assert (await first.predict(MODEL, np.zeros((1, 30)))).shape == (1,)
+    assert "Read-only" in caplog.text
+    assert not (tmp_path / MODEL / "v1" / "deployment.json").exists()

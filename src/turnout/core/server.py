@@ -40,6 +40,7 @@ from turnout.core.errors import (
     OverloadedError,
     ServerClosedError,
     ServiceUnavailableError,
+    StoreError,
     TurnoutError,
     VersionExistsError,
 )
@@ -827,7 +828,12 @@ class ModelServer(RolloutOperations):
                 self._persist(record.model_id)
         for deployment, sha256 in found:
             self._store.record_found(deployment, sha256)
-        await self._flush_store()
+        try:
+            await self._flush_store()
+        except StoreError as exc:
+            # What was read serves; a read-only repository (a mounted volume) is no reason
+            # to refuse to start. Changes made from now on fail when they are written.
+            logger.warning("the restored models serve, but the repository is not written: %s", exc)
 
     async def _restore_model(self, record: ModelRecord) -> list[tuple[Deployment, str]]:
         """Restore one model; return its versions found without deployment.json."""

@@ -566,7 +566,10 @@ class ModelStore:
 
     def load(self) -> list[ModelRecord]:
         """Return every stored model, after :meth:`recover`; broken entries are logged, skipped."""
-        self.recover(self.root)
+        try:
+            self.recover(self.root)
+        except OSError as exc:  # a read-only repository can still be served
+            logger.warning("cannot clean up the model repository %s: %s", self.root, exc)
         records = []
         for model_dir in self._children(self.root, "model_id"):
             record = self._load_model(model_dir)
