@@ -8,7 +8,13 @@ by its bare name from every folder below it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+
+# How long `turnout serve` may take to print its banner (the demo trains first).
+STARTUP_SECONDS = 15.0
 
 
 async def eventually(condition: Callable[[], object], seconds: float = 10.0) -> float:
@@ -25,3 +31,47 @@ async def eventually(condition: Callable[[], object], seconds: float = 10.0) -> 
             raise AssertionError(f"condition never held within {seconds} s")
         await asyncio.sleep(0.001)
     return loop.time() - started
+
+
+@asynccontextmanager
+async def turnout_serve(
+    *args: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run ``turnout serve --port 0 *args`` as a subprocess; kill it if the test fails.
+
+    ``env`` is added to this process's environment.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "turnout",
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def read_banner(process: asyncio.subprocess.Process, last: str) -> list[str]:
+    """Read stdout lines until one contains ``last``; return them all."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_SECONDS
+    while not lines or last not in lines[-1]:
+        line = await asyncio.wait_for(process.stdout.readline(), deadline - loop.time())
+        if not line:
+            assert process.stderr is not None
+            errors = (await process.stderr.read()).decode()
+            raise AssertionError(f"turnout serve exited early:\n{errors}")
+        lines.append(line.decode().rstrip("\n"))
+    return lines

@@ -10,6 +10,8 @@ import turnout
 
 EXPECTED = {
     "ABComparison",
+    "AdminClient",
+    "RemoteError",
     "BatchingConfig",
     "BreakerConfig",
     "BreakerPolicy",

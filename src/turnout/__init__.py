@@ -5,6 +5,7 @@ version. ``ModelServer`` is the async API; ``ModelServingManager`` the
 synchronous one.
 """
 
+from turnout.admin_client import AdminClient
 from turnout.core.batching import BatchingConfig
 from turnout.core.breaker import (
     BreakerConfig,
@@ -25,6 +26,7 @@ from turnout.core.errors import (
     ModelNotFoundError,
     OverloadedError,
     PluginError,
+    RemoteError,
     ServerClosedError,
     ServiceUnavailableError,
     SmokeTestError,
@@ -62,6 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ABComparison",
+    "AdminClient",
     "BatchingConfig",
     "BreakerConfig",
     "BreakerPolicy",
@@ -91,6 +94,7 @@ __all__ = [
     "OutputMode",
     "OverloadedError",
     "PluginError",
+    "RemoteError",
     "RolloutEvent",
     "Route",
     "RouteRequest",

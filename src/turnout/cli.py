@@ -1,20 +1,35 @@
-"""The ``turnout`` command line: ``turnout demo`` and ``turnout serve``."""
+"""The ``turnout`` command line: serve models, deploy them, and see what is served.
+
+Examples::
+
+    turnout serve                                   the demo, on 127.0.0.1:8080
+    TURNOUT_ADMIN_TOKEN=... turnout serve --repository models/
+    turnout deploy model.joblib --model-id churn --version v2 --server http://127.0.0.1:8081
+    turnout status --server http://127.0.0.1:8081
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from turnout.core.errors import TurnoutError
+from turnout.web.auth import TOKEN_ENV
 
 __all__ = ["build_parser", "main"]
 
+
 REMOTE_REFUSAL = (
-    "refusing to listen on {host!r}, which is reachable from other machines: the HTTP API"
-    " has no authentication yet, so anyone who can reach it could use your models (and,"
-    " once the admin API lands, change them). Listen on 127.0.0.1, or pass --allow-remote"
-    " if this host is firewalled or behind an authenticating proxy."
+    "refusing to listen on {host!r}, which is reachable from other machines, without an"
+    f" admin token: set {TOKEN_ENV} (the admin API then needs it, on its own port), or pass"
+    " --allow-remote if this host is firewalled or behind an authenticating proxy."
 )
 
 
@@ -30,15 +45,36 @@ def _port(text: str) -> int:
     return port
 
 
+def _metadata(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``turnout`` command."""
-    parser = argparse.ArgumentParser(prog="turnout", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="turnout",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("demo", help="serve two versions of a demo model in-process")
+    _add_serve(commands)
+    _add_deploy(commands)
+    _add_status(commands)
+    return parser
+
+
+def _add_serve(commands: Any) -> None:
     serve = commands.add_parser(
         "serve",
-        help="serve models over HTTP (KServe V1 and Open Inference Protocol V2)",
-        description="Serve models over HTTP: KServe V1 and the Open Inference Protocol (V2).",
+        help="serve models over HTTP (KServe V1, Open Inference Protocol V2, admin API)",
+        description=(
+            "Serve models over HTTP: KServe V1 and the Open Inference Protocol (V2) on --port,"
+            f" and, when {TOKEN_ENV} (or --admin-token) is set, the admin API on --admin-port."
+        ),
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument(
@@ -60,9 +96,95 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow a --host other than loopback (the API has no authentication yet)",
+        help="allow a non-loopback --host without an admin token",
     )
-    return parser
+    admin = serve.add_argument_group(
+        "admin API",
+        "Deploy, route, roll out and inspect over HTTP (docs/http.md, 'Admin API')."
+        f" Off unless a token is set; prefer {TOKEN_ENV} to --admin-token, which other"
+        " users of this machine can read in the process list.",
+    )
+    admin.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        default=None,
+        help=f"bearer token of the admin API (default: ${TOKEN_ENV}); 16+ characters",
+    )
+    admin.add_argument("--admin-host", default="127.0.0.1", help="admin address (127.0.0.1)")
+    admin.add_argument(
+        "--admin-port", type=_port, default=8081, help="admin port (8081; 0 picks a free one)"
+    )
+    admin.add_argument(
+        "--admin-without-token",
+        action="store_true",
+        help="serve the admin API with no token, to loopback connections only",
+    )
+
+
+def _add_target(command: argparse.ArgumentParser) -> None:
+    target = command.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--server",
+        metavar="URL",
+        help="the admin API of a running server, e.g. http://127.0.0.1:8081",
+    )
+    target.add_argument(
+        "--repository",
+        metavar="DIR",
+        help="a repository directory (a server on it picks the change up at its next start)",
+    )
+    command.add_argument(
+        "--token", default=None, help=f"admin token for --server (default: ${TOKEN_ENV})"
+    )
+
+
+def _add_deploy(commands: Any) -> None:
+    deploy = commands.add_parser(
+        "deploy",
+        help="deploy a .onnx file or a joblib/pickle scikit-learn model",
+        description=(
+            "Deploy a model version. PATH is a .onnx file, or a fitted scikit-learn model saved"
+            " with joblib or pickle (.joblib, .pkl, .pickle): your own trusted file, unpickled"
+            " and converted to ONNX here, so only ONNX is sent or stored."
+        ),
+    )
+    deploy.add_argument("path", metavar="PATH", type=Path, help="the model file")
+    deploy.add_argument("--model-id", required=True, help="the model's name")
+    deploy.add_argument("--version", required=True, help="the version's name")
+    _add_target(deploy)
+    deploy.add_argument(
+        "--features",
+        default=None,
+        help="comma-separated feature names, in input order (default: the model's own)",
+    )
+    deploy.add_argument(
+        "--activate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="make it the active version (default: only if the model has none)",
+    )
+    deploy.add_argument("--replace", action="store_true", help="replace the version if it exists")
+    deploy.add_argument(
+        "--output", default=None, help="what predict returns: auto, label, probabilities, scores"
+    )
+    deploy.add_argument(
+        "--metadata",
+        metavar="KEY=VALUE",
+        type=_metadata,
+        action="append",
+        default=[],
+        help="metadata kept with the version (repeatable)",
+    )
+
+
+def _add_status(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        help="list the models and versions a server or repository serves",
+        description="Show every model and version: active, routing, requests, errors, p99.",
+    )
+    _add_target(status)
+    status.add_argument("--json", action="store_true", help="print the admin API's JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,14 +197,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         asyncio.run(run_demo())
         return 0
-    from turnout.web.serve import is_loopback
+    if args.command == "serve":
+        return _serve(parser, args)
+    try:
+        if args.command == "deploy":
+            return _deploy(args)
+        return _status(args)
+    except TurnoutError as exc:
+        print(f"\nturnout {args.command}: {exc}", file=sys.stderr)
+        return 1
 
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from turnout.web.hosts import is_loopback
+    from turnout.web.serve import AdminSettings
+
+    token = args.admin_token or os.environ.get(TOKEN_ENV) or None
+    admin = None
+    try:
+        if token is not None or args.admin_without_token:
+            admin = AdminSettings(
+                token=token,
+                host=args.admin_host,
+                port=args.admin_port,
+                allow_unauthenticated=args.admin_without_token and token is None,
+            )
+    except TurnoutError as exc:
+        parser.error(str(exc))
     if not is_loopback(args.host):
-        if not args.allow_remote:
+        if token is None and not args.allow_remote:
             parser.error(REMOTE_REFUSAL.format(host=args.host))
         print(
-            f"warning: listening on {args.host}, reachable from other machines, with no"
-            " authentication",
+            f"warning: the inference API listens on {args.host}, reachable from other machines",
             file=sys.stderr,
         )
     # Without models to serve, the demo's are served; a repository's models win.
@@ -90,12 +236,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     from turnout.web.launch import run_serve
 
     try:
-        asyncio.run(run_serve(args.host, args.port, demo=demo, repository=args.repository))
+        asyncio.run(
+            run_serve(args.host, args.port, demo=demo, repository=args.repository, admin=admin)
+        )
     except OSError as exc:  # the address is taken, or not this machine's
-        print(f"turnout: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"turnout: cannot listen: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before the server took over the signal, e.g. while training
         return 130
+    return 0
+
+
+def _target(args: argparse.Namespace) -> dict[str, Any]:
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    return {"server_url": args.server, "token": token, "repository": args.repository}
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from turnout.deploying import run_deploy
+
+    options: dict[str, Any] = {
+        "features": args.features.split(",") if args.features else None,
+        "set_active": args.activate,
+        "replace": args.replace or None,
+        "output": args.output,
+        "metadata": dict(args.metadata) or None,
+    }
+    status = asyncio.run(
+        run_deploy(args.path, args.model_id, args.version, options, **_target(args))
+    )
+    active = " (active)" if status["status"] == "active" else ""
+    print(f"deployed {args.model_id} {args.version}{active}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from turnout.status_report import collect_status, format_status
+
+    status = asyncio.run(collect_status(**_target(args)))
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
 

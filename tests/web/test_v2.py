@@ -14,7 +14,7 @@ from turnout import ModelServer, RoutingConfig
 INFER = "/v2/models/cancer/infer"
 
 
-async def test_server_metadata_liveness_and_readiness(http, server) -> None:
+async def test_server_metadata_liveness_and_readiness(http, server, binary_model) -> None:
     response = await http.get("/v2")
     assert response.status == 200
     metadata = await response.json()
@@ -23,6 +23,11 @@ async def test_server_metadata_liveness_and_readiness(http, server) -> None:
     assert metadata["extensions"] == ["binary_tensor_data"]
 
     assert await (await http.get("/v2/health/live")).json() == {"live": True}
+    # Live, but with nothing to serve not ready: a balancer must send it no traffic yet.
+    ready = await http.get("/v2/health/ready")
+    assert (ready.status, await ready.json()) == (503, {"ready": False})
+
+    await server.deploy_model("cancer", "v1", binary_model)
     ready = await http.get("/v2/health/ready")
     assert (ready.status, await ready.json()) == (200, {"ready": True})
 

@@ -19,7 +19,8 @@
     │   ├── CircuitOpenError
     │   └── ServerClosedError
     ├── DeadlineExceededError      (also TimeoutError)
-    └── InferenceError
+    ├── InferenceError
+    └── RemoteError
 
 Domain errors carry no HTTP status: the web layer maps them. Errors a client
 caused (bad names, bad input, unknown models) are never counted against a
@@ -40,6 +41,7 @@ __all__ = [
     "ModelNotFoundError",
     "OverloadedError",
     "PluginError",
+    "RemoteError",
     "ServerClosedError",
     "ServiceUnavailableError",
     "SmokeTestError",
@@ -142,3 +144,12 @@ class DeadlineExceededError(TurnoutError, TimeoutError):
 
 class InferenceError(TurnoutError):
     """Raised when the model runtime fails while executing a batch."""
+
+
+class RemoteError(TurnoutError):
+    """An error a remote turnout server answered with: its HTTP status and machine code."""
+
+    def __init__(self, message: str, *, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code

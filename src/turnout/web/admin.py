@@ -57,7 +57,7 @@ from turnout.web.body import (
 from turnout.web.errors import error_middleware
 from turnout.web.jsonio import dumps
 from turnout.web.keys import MAX_BODY_KEY, SERVER_KEY
-from turnout.web.records import to_json
+from turnout.web.records import fallback_json, model_view, to_json
 from turnout.web.repository import setup_repository
 from turnout.web.uploads import read_number, read_upload
 
@@ -148,28 +148,6 @@ def _only(body: Mapping[str, Any], allowed: set[str]) -> None:
         raise bad_request(f"unknown keys {unknown}; this request takes {sorted(allowed)}")
 
 
-def _model_view(server: ModelServer, model: str) -> dict[str, Any]:
-    """What the admin API says about one model."""
-    versions = server.get_all_models_status().get(model)
-    routing = server.get_routing(model)  # ModelNotFoundError for an unknown model
-    fallback = server.get_fallback(model)
-    return {
-        "name": model,
-        "active": server.active_models.get(model),
-        "routing": routing.to_dict(),
-        "fallback": _fallback_json(fallback),
-        "versions": versions or {},
-    }
-
-
-def _fallback_json(fallback: Fallback | None) -> dict[str, Any] | None:
-    if fallback is None:
-        return None
-    if fallback.version is not None:
-        return {"version": fallback.version}
-    return {"value": fallback.value}
-
-
 # -- status and health ----------------------------------------------------------------------
 
 
@@ -177,7 +155,7 @@ async def status(request: web.Request) -> web.Response:
     """GET /admin/status: every model, its active version, routing and versions' status."""
     server = request.app[SERVER_KEY]
     models = sorted(server.get_all_models_status())
-    return _json({"models": {model: _model_view(server, model) for model in models}})
+    return _json({"models": {model: model_view(server, model) for model in models}})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -194,7 +172,7 @@ async def health(request: web.Request) -> web.Response:
 async def model_status(request: web.Request) -> web.Response:
     """GET /admin/models/{model}: the model's versions, routing and fallback."""
     server, model, _ = _names(request)
-    return _json(_model_view(server, model))
+    return _json(model_view(server, model))
 
 
 async def version_health(request: web.Request) -> web.Response:
@@ -212,7 +190,7 @@ async def deploy(request: web.Request) -> web.Response:
     assert version is not None
     upload = read_upload(await _body(request))
     await server.deploy_model(model, version, upload.onnx_bytes, **upload.options)
-    view = _model_view(server, model)
+    view = model_view(server, model)
     return _json(
         {
             "model": model,
@@ -240,7 +218,7 @@ async def set_active(request: web.Request) -> web.Response:
     _only(body, {"version"})
     version = check_name("version", get_string(body, "version", "version"))
     await server.set_active_version(model, version)
-    return _json(_model_view(server, model))
+    return _json(model_view(server, model))
 
 
 # -- routing and rollouts -------------------------------------------------------------------
@@ -290,14 +268,14 @@ async def start_canary(request: web.Request) -> web.Response:
         if key in body:
             options[key] = read_number(body[key], key)
     await server.start_canary(model, candidate, **options)
-    return _json(_model_view(server, model), status=201)
+    return _json(model_view(server, model), status=201)
 
 
 async def abort_canary(request: web.Request) -> web.Response:
     """DELETE .../canary: stop the rollout and send all traffic back to the baseline."""
     server, model, _ = _names(request)
     await server.abort_canary(model)
-    return _json(_model_view(server, model))
+    return _json(model_view(server, model))
 
 
 async def rollouts(request: web.Request) -> web.Response:
@@ -320,14 +298,14 @@ async def blue_green_switch(request: web.Request) -> web.Response:
     if "tolerance" in body:
         options["tolerance"] = read_number(body["tolerance"], "tolerance")
     await server.blue_green_switch(model, green, **options)
-    return _json(_model_view(server, model))
+    return _json(model_view(server, model))
 
 
 async def blue_green_rollback(request: web.Request) -> web.Response:
     """POST .../blue-green/rollback: send all traffic back to blue."""
     server, model, _ = _names(request)
     await server.blue_green_rollback(model)
-    return _json(_model_view(server, model))
+    return _json(model_view(server, model))
 
 
 # -- breakers and fallbacks -----------------------------------------------------------------
@@ -350,7 +328,7 @@ async def reset_breaker(request: web.Request) -> web.Response:
 async def get_fallback(request: web.Request) -> web.Response:
     """GET .../fallback: the model's fallback, or null."""
     server, model, _ = _names(request)
-    return _json({"fallback": _fallback_json(server.get_fallback(model))})
+    return _json({"fallback": fallback_json(server.get_fallback(model))})
 
 
 async def set_fallback(request: web.Request) -> web.Response:
@@ -367,7 +345,7 @@ async def set_fallback(request: web.Request) -> web.Response:
     except InvalidConfigError as exc:
         raise bad_request(str(exc), code="invalid_config") from None
     await server.set_fallback(model, fallback)
-    return _json({"fallback": _fallback_json(server.get_fallback(model))})
+    return _json({"fallback": fallback_json(server.get_fallback(model))})
 
 
 def _numbers(value: object) -> bool:

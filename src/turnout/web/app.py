@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from turnout.core.errors import InvalidConfigError
 from turnout.core.server import ModelServer
 from turnout.web.errors import error_middleware
-from turnout.web.keys import MAX_BODY_KEY, SERVER_KEY
+from turnout.web.keys import DRAINING_KEY, MAX_BODY_KEY, SERVER_KEY
 from turnout.web.metrics import setup_metrics
 from turnout.web.openapi import setup_openapi
 from turnout.web.v1 import setup_v1
@@ -32,6 +34,7 @@ def create_app(
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
     app[SERVER_KEY] = server
     app[MAX_BODY_KEY] = max_body_bytes
+    app[DRAINING_KEY] = asyncio.Event()
     setup_v2(app)
     setup_v1(app)
     setup_metrics(app)

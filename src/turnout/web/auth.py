@@ -16,7 +16,10 @@ from turnout.core.errors import InvalidConfigError
 from turnout.web.errors import RequestError
 from turnout.web.hosts import is_loopback
 
-__all__ = ["MIN_TOKEN_LENGTH", "check_token", "loopback_only", "require_token"]
+__all__ = ["MIN_TOKEN_LENGTH", "TOKEN_ENV", "check_token", "loopback_only", "require_token"]
+
+# Where `turnout serve`, `deploy` and `status` read the admin token from by default.
+TOKEN_ENV = "TURNOUT_ADMIN_TOKEN"
 
 # 16 characters from a password generator (e.g. `python -c "import secrets;
 # print(secrets.token_urlsafe())"`) is beyond guessing over HTTP.

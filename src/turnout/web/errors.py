@@ -31,6 +31,7 @@ from turnout.core.errors import (
     ModelNotFoundError,
     OverloadedError,
     PluginError,
+    RemoteError,
     ServerClosedError,
     ServiceUnavailableError,
     SmokeTestError,
@@ -79,6 +80,8 @@ ERROR_CODES: Mapping[type[TurnoutError], ErrorCode] = {
     DeadlineExceededError: ErrorCode(504, "deadline_exceeded"),
     InferenceError: ErrorCode(500, "model_failed"),
     PluginError: ErrorCode(500, "internal_error"),
+    # Raised by turnout's own clients of another server, never by a handler here.
+    RemoteError: ErrorCode(502, "remote_failed"),
     StoreError: ErrorCode(500, "store_failed"),
     TurnoutError: ErrorCode(500, "internal_error"),
 }

@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["curl", "v1_predict_example", "v2_infer_example"]
+__all__ = ["admin_example", "curl", "v1_predict_example", "v2_infer_example"]
 
 
 def curl(url: str, body: Mapping[str, Any] | None = None) -> str:
@@ -29,3 +29,12 @@ def v2_infer_example(
     """Return a curl command that sends one row as a [1, n] tensor to the model's V2 endpoint."""
     tensor = {"name": input_name, "shape": [1, len(values)], "datatype": datatype, "data": values}
     return curl(f"{base_url}/v2/models/{model}/infer", {"inputs": [tensor]})
+
+
+def admin_example(base_url: str, path: str, token_variable: str | None) -> str:
+    """Return a curl command for an admin GET, reading the token from ``$token_variable``."""
+    command = curl(f"{base_url}{path}")
+    if token_variable is None:
+        return command
+    # Double quotes, so that the shell expands the variable and the token stays off screen.
+    return command.replace("curl -s", f'curl -s -H "Authorization: Bearer ${token_variable}"', 1)

@@ -7,15 +7,21 @@ import sys
 from typing import Any
 
 from turnout.core.server import ModelServer
-from turnout.web.examples import curl, v1_predict_example, v2_infer_example
-from turnout.web.serve import serve
+from turnout.web.auth import TOKEN_ENV
+from turnout.web.examples import admin_example, curl, v1_predict_example, v2_infer_example
+from turnout.web.serve import DEFAULT_ADMIN_PORT, AdminSettings, serve
 from turnout.web.tensors import datatype_of
 
 __all__ = ["run_serve"]
 
 
 async def run_serve(
-    host: str, port: int, *, demo: bool, repository: str | os.PathLike[str] | None = None
+    host: str,
+    port: int,
+    *,
+    demo: bool,
+    repository: str | os.PathLike[str] | None = None,
+    admin: AdminSettings | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then answer in-flight requests and close the server.
 
@@ -31,8 +37,23 @@ async def run_serve(
         def started(url: str) -> None:
             """Print where the server listens and how to query it."""
             _print_banner(server, url, example_row)
+            if admin is None:
+                print(
+                    f"\nThe admin API is off: set {TOKEN_ENV} to serve it on port"
+                    f" {DEFAULT_ADMIN_PORT} (docs/http.md).",
+                    flush=True,
+                )
 
-        await serve(server, host, port, on_started=started)
+        def admin_started(url: str) -> None:
+            """Print where the admin API listens and how to use it."""
+            guard = "token-protected" if admin and admin.token else "no token, loopback only"
+            variable = TOKEN_ENV if admin and admin.token else None
+            status = admin_example(url, "/admin/status", variable)
+            print(f"\nAdmin API ({guard}) on {url}:\n  {status}\n", flush=True)
+
+        await serve(
+            server, host, port, admin=admin, on_started=started, on_admin_started=admin_started
+        )
         print("turnout: shutting down; answering requests in flight", file=sys.stderr, flush=True)
     print("turnout: stopped", file=sys.stderr, flush=True)
 

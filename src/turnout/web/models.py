@@ -30,6 +30,7 @@ __all__ = [
     "deployment_in_hand",
     "input_specs",
     "is_ready",
+    "is_server_ready",
     "model_versions",
     "output_specs",
     "result_outputs",
@@ -75,6 +76,17 @@ def is_ready(server: ModelServer, model: str, version: str | None) -> bool:
     if deployment is None or server.closed:
         return False
     return server.circuit_breaker(model, deployment.version).state is not BreakerState.OPEN
+
+
+def is_server_ready(server: ModelServer) -> bool:
+    """True if the server admits requests and at least one model can serve now.
+
+    A server with no models is not ready: a load balancer must not send it
+    traffic it can only answer with 404s.
+    """
+    if server.closed:
+        return False
+    return any(is_ready(server, model, None) for model in server.active_models)
 
 
 def model_versions(server: ModelServer, model: str) -> list[str]:

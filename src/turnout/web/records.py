@@ -1,4 +1,4 @@
-"""Turning turnout's records (dataclasses, enums, datetimes) into JSON for the admin API."""
+"""What the admin API answers: turnout's records (dataclasses, enums, datetimes) as JSON."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["to_json"]
+from turnout.core.fallback import Fallback
+from turnout.core.server import ModelServer
+
+__all__ = ["fallback_json", "model_view", "to_json"]
 
 
 def to_json(value: Any) -> Any:
@@ -35,3 +38,25 @@ def to_json(value: Any) -> Any:
     if isinstance(value, list | tuple | np.ndarray):
         return [to_json(item) for item in value]
     return value
+
+
+def model_view(server: ModelServer, model: str) -> dict[str, Any]:
+    """What the admin API says about one model: active version, routing, fallback, versions."""
+    versions = server.get_all_models_status().get(model)
+    routing = server.get_routing(model)  # ModelNotFoundError for an unknown model
+    return {
+        "name": model,
+        "active": server.active_models.get(model),
+        "routing": routing.to_dict(),
+        "fallback": fallback_json(server.get_fallback(model)),
+        "versions": versions or {},
+    }
+
+
+def fallback_json(fallback: Fallback | None) -> dict[str, Any] | None:
+    """A fallback as the admin API shows it: ``{"version": v}``, ``{"value": x}`` or null."""
+    if fallback is None:
+        return None
+    if fallback.version is not None:
+        return {"version": fallback.version}
+    return {"value": fallback.value}

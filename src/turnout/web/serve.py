@@ -21,6 +21,7 @@ from turnout.web.admin import DEFAULT_ADMIN_MAX_BODY_BYTES, create_admin_app
 from turnout.web.app import DEFAULT_MAX_BODY_BYTES, check_max_body_bytes, create_app
 from turnout.web.auth import check_token
 from turnout.web.hosts import is_loopback
+from turnout.web.keys import DRAINING_KEY
 
 __all__ = ["DEFAULT_ADMIN_PORT", "AdminSettings", "is_loopback", "serve"]
 
@@ -128,6 +129,7 @@ async def serve(
             on_admin_started(_url(runners[1].addresses[0]))
         await stop.wait()
     finally:
+        runners[0].app[DRAINING_KEY].set()
         for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)

@@ -38,7 +38,7 @@ from turnout.core.server import ModelServer
 from turnout.web.binary import binary_chunks, binary_outputs, binary_response, read_infer_body
 from turnout.web.body import bad_request, get_list, get_string, require_object
 from turnout.web.jsonio import dumps
-from turnout.web.keys import SERVER_KEY
+from turnout.web.keys import DRAINING_KEY, SERVER_KEY
 from turnout.web.models import (
     LABEL,
     OUTPUT_NAMES,
@@ -47,6 +47,7 @@ from turnout.web.models import (
     deployment_in_hand,
     input_specs,
     is_ready,
+    is_server_ready,
     model_versions,
     output_specs,
     result_outputs,
@@ -94,8 +95,8 @@ async def server_live(request: web.Request) -> web.Response:
 
 
 async def server_ready(request: web.Request) -> web.Response:
-    """GET /v2/health/ready: 200 while the server admits requests, 503 once it is closing."""
-    ready = not request.app[SERVER_KEY].closed
+    """GET /v2/health/ready: 200 while a model can serve and shutdown has not begun, else 503."""
+    ready = not request.app[DRAINING_KEY].is_set() and is_server_ready(request.app[SERVER_KEY])
     return _json({"ready": ready}, 200 if ready else 503)
 
 
