@@ -8,7 +8,7 @@ import socket
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ def _store_uri(root: Path) -> str:
 @pytest.fixture
 def tracking(
     mlflow_root: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> Iterator[Tracking]:
+) -> Tracking:
     """MLFLOW_TRACKING_URI pointed at the session's SQLite store, and a fresh experiment."""
     from mlflow import MlflowClient
 
@@ -77,7 +77,7 @@ def tracking(
     artifacts = mlflow_root / "artifacts" / name
     client = MlflowClient(tracking_uri=uri)
     experiment_id = client.create_experiment(name, artifact_location=artifacts.as_uri())
-    yield Tracking(uri, name, experiment_id, artifacts, client)
+    return Tracking(uri, name, experiment_id, artifacts, client)
 
 
 @pytest.fixture

@@ -8,14 +8,14 @@ requests meet in the same batchers and run together.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import importlib.util
 import inspect
 import logging
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
@@ -33,6 +33,10 @@ from turnout.core.rollout import RolloutEvent
 from turnout.core.routing import RoutingConfig
 from turnout.core.server import InferenceResult, ModelServer
 from turnout.core.shadow import ShadowStatistics
+from turnout.core.sources import require_mlflow
+
+if TYPE_CHECKING:
+    from turnout.plugins.mlflow import MlflowConfig, MlflowTracker
 
 __all__ = ["ModelServingManager"]
 
@@ -104,18 +108,27 @@ def _off_the_loop(test: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
 CLOSE_TIMEOUT = 30.0
 
 
-def _shutdown(loop: _LoopThread, server: ModelServer) -> None:
+def _shutdown(loop: _LoopThread, server: ModelServer, tracker: MlflowTracker | None) -> None:
     try:
         loop.call(functools.partial(server.close, CLOSE_TIMEOUT))
+        if tracker is not None:
+            # After close: the last sample counts every request the server answered.
+            loop.call(tracker.sample_metrics)
     finally:
         loop.stop()
+        if tracker is not None:
+            tracker.close()
 
 
 class ModelServingManager:
     """Deploy, route and serve models from synchronous code; the guide's API.
 
-    Keyword arguments after the guide's four (``batching``, ``plugins``,
-    ``seed``, ...) are passed to the :class:`ModelServer` it runs.
+    With ``enable_mlflow=True`` deployments, their lifecycle and serving
+    metrics are tracked in MLflow, in ``mlflow_experiment`` (see
+    docs/mlflow.md); ``mlflow_config`` (an ``MlflowConfig``) sets the rest,
+    and :attr:`mlflow` is the tracker. Keyword arguments after those
+    (``batching``, ``plugins``, ``seed``, ...) are passed to the
+    :class:`ModelServer` it runs.
     """
 
     def __init__(
@@ -124,26 +137,43 @@ class ModelServingManager:
         mlflow_experiment: str | None = None,
         error_threshold: float = 0.5,
         mock_mode: bool = False,
+        *,
+        mlflow_config: MlflowConfig | None = None,
         **server_options: Any,
     ) -> None:
-        if enable_mlflow and importlib.util.find_spec("mlflow") is None:
-            raise InvalidConfigError(
-                "enable_mlflow=True needs MLflow: pip install 'turnout[mlflow]'"
-            )
+        self.mlflow: MlflowTracker | None = None
         if enable_mlflow:
-            logger.warning(
-                "MLflow tracking of deployments and serving metrics is not built yet;"
-                " serving goes on without it"
-            )
+            require_mlflow("enable_mlflow=True")
+            # Imported here, not at the top: the tracker is an optional plugin, and
+            # core/ depends on plugins/ only through this switch of the guide's API.
+            from turnout.plugins.mlflow import MlflowConfig, MlflowTracker
+
+            config = mlflow_config if mlflow_config is not None else MlflowConfig()
+            if not isinstance(config, MlflowConfig):
+                raise InvalidConfigError(
+                    f"mlflow_config must be an MlflowConfig, got {type(config).__name__}"
+                )
+            if mlflow_experiment is not None:
+                config = dataclasses.replace(config, experiment=mlflow_experiment)
+            self.mlflow = MlflowTracker(config)
+            plugins = server_options.pop("plugins", ())
+            server_options["plugins"] = [*plugins, self.mlflow]
+        elif mlflow_config is not None:
+            raise InvalidConfigError("mlflow_config is given but enable_mlflow is False")
         self.enable_mlflow = enable_mlflow
         self.mlflow_experiment = mlflow_experiment
         self.error_threshold = error_threshold
         self.mock_mode = mock_mode
-        self.server = ModelServer(
-            error_threshold=error_threshold, mock_mode=mock_mode, **server_options
-        )
-        self._loop = _LoopThread()
-        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self.server)
+        try:
+            self.server = ModelServer(
+                error_threshold=error_threshold, mock_mode=mock_mode, **server_options
+            )
+            self._loop = _LoopThread()
+        except BaseException:
+            if self.mlflow is not None:
+                self.mlflow.close(0.0)  # nothing was logged yet: stop its thread
+            raise
+        self._finalizer = weakref.finalize(self, _shutdown, self._loop, self.server, self.mlflow)
 
     def _run(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``func`` (a coroutine function or a plain one) on the server's loop."""
@@ -165,8 +195,13 @@ class ModelServingManager:
         batching: BatchingConfig | None = None,
         allow_nan: bool = False,
         replace: bool = False,
+        allow_pickle: bool = False,
     ) -> bool:
-        """Deploy a model version; return True, or False with the reason logged."""
+        """Deploy a model version; return True, or False with the reason logged.
+
+        ``model_instance`` may be an MLflow model URI (``models:/name/3``); see
+        :meth:`ModelServer.deploy_model` for what ``allow_pickle`` permits.
+        """
         try:
             self._run(
                 self.server.deploy_model,
@@ -183,6 +218,7 @@ class ModelServingManager:
                 error_threshold=error_threshold,
                 breaker=breaker,
                 health_check_fn=health_check_fn,
+                allow_pickle=allow_pickle,
             )
         except TurnoutError as exc:
             logger.error("deploying %s:%s failed: %s", model_id, version, exc)
@@ -293,8 +329,13 @@ class ModelServingManager:
         return version
 
     def compare_versions(self, model_id: str, a: str, b: str) -> ABComparison:
-        """Compare two versions' recorded outcomes (see :meth:`ModelServer.compare_versions`)."""
+        """Compare two versions' recorded outcomes (see :meth:`ModelServer.compare_versions`).
+
+        With MLflow enabled, the result is logged on both versions' runs.
+        """
         comparison: ABComparison = self._run(self.server.compare_versions, model_id, a, b)
+        if self.mlflow is not None:
+            self._run(self.mlflow.log_comparison, model_id, comparison)
         return comparison
 
     def shadow_statistics(self, model_id: str) -> list[ShadowStatistics]:
