@@ -134,6 +134,7 @@ async def test_lifecycle_events_become_tags_events_and_metrics(
             with pytest.raises(Exception, match="injected"):
                 await server.predict("cancer", binary_data.records(1), version="v2")
         await server.reset_circuit_breaker("cancer", "v2")
+        await server.evaluate_health()
         await server.set_active_version("cancer", "v2")
         await server.retire_model("cancer", "v1")
         await tracker.aclose()
@@ -155,10 +156,12 @@ async def test_lifecycle_events_become_tags_events_and_metrics(
         "breaker_open: 1 executions failed in a row",
         "rollout_rolled_back: step 0, weight 0",
         "breaker_closed: reset by hand",
+        "health_unhealthy: error rate 100.0% is above 50.0%",
         "activated: active version (was v1)",
         "stopped: the server closed",
     ]
     assert v2_run.data.tags["turnout.breaker"] == "closed"
+    assert v2_run.data.tags["turnout.health"] == "unhealthy"
     assert v2_run.data.tags["turnout.rollout"] == "rolled_back"
     assert v2_run.data.tags["turnout.routing"] == '{"params":{},"strategy":"active"}'
     history = tracking.client.get_metric_history(v2_run.info.run_id, "breaker_open")
