@@ -190,7 +190,8 @@ def _schemas() -> dict[str, Schema]:
             {"recorded": {"type": "integer"}, "versions": array(string(), "Who served each.")}
         ),
         "Shadows": obj({"shadows": array(ANY_OBJECT)}),
-        "IndexRequest": obj({"ready": BOOLEAN}, required=()),
+        # The extension's requests may carry more than turnout reads (Triton's do).
+        "IndexRequest": obj({"ready": BOOLEAN}, required=(), closed=False),
         "IndexEntry": obj(
             {
                 "name": string(),
@@ -213,6 +214,7 @@ def _schemas() -> dict[str, Schema]:
                 }
             },
             required=(),
+            closed=False,
         ),
         "Loaded": obj({"name": string(), "versions": array(string())}),
     }

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 import turnout
+from turnout.core.names import MAX_NAME_LENGTH
 from turnout.web.binary import BINARY_CONTENT_TYPE, HEADER_LENGTH
 from turnout.web.jsonio import dumps
 from turnout.web.tensors import INPUT_DATATYPES
@@ -277,13 +278,18 @@ def _schemas() -> dict[str, Schema]:
 # --- parameters, bodies and responses ---------------------------------------------------------
 
 
+# What check_name accepts: a model or version name is safe in a URL and as a file name.
+NAME: Schema = string(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", maxLength=MAX_NAME_LENGTH)
+
+
 def path_param(name: str, description: str) -> dict[str, Any]:
+    """A required path parameter holding a model or version name."""
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": string(),
+        "schema": NAME,
     }
 
 
