@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from web_helpers import tensor
+from web_helpers import METHODS, WEB_CODES, operations, tensor
 
 from turnout import ModelServer
 from turnout.web import create_app
@@ -17,30 +17,10 @@ try:
 except ImportError:  # pragma: no cover - it comes with openapi-spec-validator, in the test extra
     jsonschema = None
 
-METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-
-# Codes the web layer gives itself (RequestError, aiohttp's own errors), by status.
-WEB_CODES = {
-    "malformed_json": 400,
-    "invalid_request": 400,
-    "body_too_large": 413,
-    "unsupported_media_type": 415,
-    "internal_error": 500,
-}
-
 
 @pytest.fixture(scope="module")
 def document() -> dict[str, Any]:
     return openapi_document()
-
-
-def operations(document: dict[str, Any]) -> set[tuple[str, str]]:
-    return {
-        (path, method.upper())
-        for path, item in document["paths"].items()
-        for method in item
-        if method in METHODS
-    }
 
 
 def response_schema(

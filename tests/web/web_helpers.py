@@ -37,3 +37,25 @@ def tensor(name: str, values: Any, datatype: str = "FP32") -> dict[str, Any]:
         "datatype": datatype,
         "data": array.reshape(-1).tolist(),
     }
+
+
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+# Codes the web layer gives itself (RequestError, aiohttp's own errors), by status.
+WEB_CODES = {
+    "malformed_json": 400,
+    "invalid_request": 400,
+    "body_too_large": 413,
+    "unsupported_media_type": 415,
+    "internal_error": 500,
+}
+
+
+def operations(document: dict[str, Any]) -> set[tuple[str, str]]:
+    """The (path, METHOD) pairs an OpenAPI document describes."""
+    return {
+        (path, method.upper())
+        for path, item in document["paths"].items()
+        for method in item
+        if method in METHODS
+    }
