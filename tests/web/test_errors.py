@@ -461,3 +461,31 @@ async def test_no_mangled_request_is_a_server_error(http, cancer, binary_data) -
             body = await response.json()
             assert (response.status == 200) == ("error" not in body)
     assert {200, 400} <= statuses
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        # Sizes are checked as Python integers before anything is allocated.
+        (
+            {"inputs": [{"name": "input", "shape": [16, 2**60], "datatype": "FP32", "data": [1]}]},
+            "holds 18446744073709551616 values, but data has 1",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "input", "shape": [2**62, 2**62], "datatype": "FP64", "data": []}
+                ]
+            },
+            "values, but data has 0",
+        ),
+        ({"inputs": [tensor("mean radius", [1.0]), tensor("mean radius", [2.0])]}, "sent twice"),
+        ({"inputs": [tensor(f"f{i}", [1.0]) for i in range(5000)]}, "not a feature"),
+    ],
+)
+async def test_hostile_shapes_and_inputs_are_400(http, cancer, body, words) -> None:
+    response = await http.post(INFER, json=body)
+    error = await expect_error(response, 400, (await response.json())["code"])
+    assert error["code"] in ("invalid_request", "invalid_input")
+    assert words in error["error"]
+    assert (await http.get("/v2/health/ready")).status == 200
