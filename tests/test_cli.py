@@ -204,7 +204,17 @@ def test_serve_help_lists_the_flags(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--host", "--port", "--demo", "--no-demo", "--allow-remote", "--repository"):
+    for flag in (
+        "--host",
+        "--port",
+        "--demo",
+        "--no-demo",
+        "--allow-remote",
+        "--repository",
+        "--shutdown-timeout",
+        "--admin-token",
+        "--admin-port",
+    ):
         assert flag in out
 
 

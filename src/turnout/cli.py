@@ -45,6 +45,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < 86400:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and less than a day: {text}")
+    return seconds
+
+
 def _metadata(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -92,6 +102,13 @@ def _add_serve(commands: Any) -> None:
         default=None,
         help="store deployments and routing in DIR and restore them at start"
         " (--demo then deploys only into an empty repository)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=30.0,
+        help="how long requests in flight get to be answered at shutdown (30)",
     )
     serve.add_argument(
         "--allow-remote",
@@ -237,7 +254,14 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(
-            run_serve(args.host, args.port, demo=demo, repository=args.repository, admin=admin)
+            run_serve(
+                args.host,
+                args.port,
+                demo=demo,
+                repository=args.repository,
+                admin=admin,
+                shutdown_timeout=args.shutdown_timeout,
+            )
         )
     except OSError as exc:  # the address is taken, or not this machine's
         print(f"turnout: cannot listen: {exc}", file=sys.stderr)

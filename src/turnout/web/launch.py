@@ -9,7 +9,7 @@ from typing import Any
 from turnout.core.server import ModelServer
 from turnout.web.auth import TOKEN_ENV
 from turnout.web.examples import admin_example, curl, v1_predict_example, v2_infer_example
-from turnout.web.serve import DEFAULT_ADMIN_PORT, AdminSettings, serve
+from turnout.web.serve import DEFAULT_ADMIN_PORT, SHUTDOWN_TIMEOUT, AdminSettings, serve
 from turnout.web.tensors import datatype_of
 
 __all__ = ["run_serve"]
@@ -22,11 +22,15 @@ async def run_serve(
     demo: bool,
     repository: str | os.PathLike[str] | None = None,
     admin: AdminSettings | None = None,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then answer in-flight requests and close the server.
 
     With ``repository`` the server restores its models from there first, and
-    the demo is deployed only if that leaves it with none.
+    the demo is deployed only if that leaves it with none. Shutdown takes at
+    most about ``shutdown_timeout`` seconds: requests the HTTP side has not
+    answered by then are cut off, and those the server admitted get
+    ServerClosedError.
     """
     async with ModelServer(repository=repository) as server:
         if repository is not None and server.get_all_models_status():
@@ -52,9 +56,16 @@ async def run_serve(
             print(f"\nAdmin API ({guard}) on {url}:\n  {status}\n", flush=True)
 
         await serve(
-            server, host, port, admin=admin, on_started=started, on_admin_started=admin_started
+            server,
+            host,
+            port,
+            admin=admin,
+            on_started=started,
+            on_admin_started=admin_started,
+            shutdown_timeout=shutdown_timeout,
         )
         print("turnout: shutting down; answering requests in flight", file=sys.stderr, flush=True)
+        await server.close(timeout=shutdown_timeout)
     print("turnout: stopped", file=sys.stderr, flush=True)
 
 

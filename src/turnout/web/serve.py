@@ -23,7 +23,7 @@ from turnout.web.auth import check_token
 from turnout.web.hosts import is_loopback
 from turnout.web.keys import DRAINING_KEY
 
-__all__ = ["DEFAULT_ADMIN_PORT", "AdminSettings", "is_loopback", "serve"]
+__all__ = ["DEFAULT_ADMIN_PORT", "SHUTDOWN_TIMEOUT", "AdminSettings", "is_loopback", "serve"]
 
 # How long in-flight requests get to finish once shutdown begins.
 SHUTDOWN_TIMEOUT = 30.0
@@ -88,18 +88,19 @@ async def serve(
     on_started: Callable[[str], None] | None = None,
     on_admin_started: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
 ) -> None:
     """Serve ``server`` over HTTP until SIGINT/SIGTERM (or ``stop`` is set).
 
     ``on_started`` gets the base URL once the socket listens (port 0 picks a
     free one), ``on_admin_started`` the admin API's. On shutdown the listening
-    sockets close first, then requests already in flight are answered; closing
-    ``server`` is left to the caller.
+    sockets close first, then requests already in flight are answered (for up
+    to ``shutdown_timeout`` seconds); closing ``server`` is left to the caller.
     """
     runners = [
         web.AppRunner(
             create_app(server, max_body_bytes=max_body_bytes),
-            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            shutdown_timeout=shutdown_timeout,
             access_log=None,
         )
     ]
@@ -110,7 +111,7 @@ async def serve(
             allow_unauthenticated=admin.allow_unauthenticated,
             max_body_bytes=admin.max_body_bytes,
         )
-        runners.append(web.AppRunner(admin_app, shutdown_timeout=SHUTDOWN_TIMEOUT))
+        runners.append(web.AppRunner(admin_app, shutdown_timeout=shutdown_timeout))
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
