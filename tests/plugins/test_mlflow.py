@@ -24,6 +24,7 @@ from turnout import (
 )
 from turnout.core.faults import inject_faults
 from turnout.plugins.mlflow import MlflowConfig, MlflowTracker
+from turnout.plugins.mlflow_records import tag_key
 from turnout.plugins.mlflow_worker import Job, RetryPolicy, Worker
 
 FAST = {"metrics_interval": 0.05, "retry_delay": 0.01, "max_retry_delay": 0.05}
@@ -367,3 +368,11 @@ def test_config_is_validated(options: dict[str, Any], message: str) -> None:
 def test_manager_refuses_an_mlflow_config_without_enable_mlflow() -> None:
     with pytest.raises(InvalidConfigError, match="enable_mlflow"):
         ModelServingManager(mlflow_config=MlflowConfig())
+
+
+def test_metadata_keys_become_valid_tag_keys_outside_mlflows_namespace() -> None:
+    assert tag_key("trained_by") == "trained_by"
+    assert tag_key("data set/v2") == "data set/v2"
+    assert tag_key("owner:email") == "owner_email"
+    assert tag_key("mlflow.user") == "metadata.mlflow.user"
+    assert tag_key("") == "_"

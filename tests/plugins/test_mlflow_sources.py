@@ -142,3 +142,40 @@ def test_without_mlflow_enable_mlflow_says_what_to_install(
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(InvalidConfigError, match=r"pip install 'turnout\[mlflow\]'"):
         ModelServingManager(enable_mlflow=True, mlflow_experiment="nba_serving")
+
+
+def _log_model_dir(tracking: Any, tmp_path: Any, mlmodel: str, files: dict[str, bytes]) -> str:
+    """Log a hand-written MLflow model directory as a run's ``model`` artifact."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "MLmodel").write_text(mlmodel)
+    for name, data in files.items():
+        (model_dir / name).write_bytes(data)
+    run = tracking.client.create_run(tracking.experiment_id)
+    tracking.client.log_artifacts(run.info.run_id, str(model_dir), "model")
+    return str(run.info.run_id)
+
+
+async def test_an_onnx_flavor_cannot_point_outside_its_model(
+    tracking: Any, tmp_path: Any, binary_model: Any, binary_data: Any
+) -> None:
+    # MLmodel is registry data: a path in it must not reach the rest of the disk.
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(
+        to_onnx(binary_model, binary_data.X_train.to_numpy()[:1]).SerializeToString()
+    )
+    mlmodel = f"flavors:\n  onnx:\n    data: ../../../../{outside}\n"
+    run_id = _log_model_dir(tracking, tmp_path, mlmodel, {})
+    async with ModelServer(entry_points=False) as server:
+        with pytest.raises(ConversionError, match="is not in the model"):
+            await server.deploy_model("m", "v1", f"runs:/{run_id}/model")
+
+
+async def test_a_model_without_onnx_or_sklearn_flavor_is_refused(
+    tracking: Any, tmp_path: Any
+) -> None:
+    mlmodel = "flavors:\n  python_function:\n    loader_module: my_loader\n"
+    run_id = _log_model_dir(tracking, tmp_path, mlmodel, {"my_loader.py": b"raise SystemExit\n"})
+    async with ModelServer(entry_points=False) as server:
+        with pytest.raises(ConversionError, match=r"no onnx or sklearn flavor \(its flavors: "):
+            await server.deploy_model("m", "v1", f"runs:/{run_id}/model")
