@@ -299,15 +299,22 @@ class MlflowTracker:
         Returns the worker's final counters; records that could not be logged
         are also said in a warning on the ``turnout.plugins.mlflow`` logger.
         """
-        for key in list(self._runs):
-            self._end(key, "stopped", "the server closed", sample=False)
-        wait = self.config.shutdown_timeout if timeout is None else timeout
-        return self._worker.close(wait)
+        self._end_all()
+        return self._worker.close(self._wait(timeout))
 
     async def aclose(self, timeout: float | None = None) -> WorkerStatistics:
-        """Log a last metrics sample, then :meth:`close` without blocking the event loop."""
+        """Log a last metrics sample, end every run, and flush without blocking the event loop."""
         self.sample_metrics()
-        return await asyncio.to_thread(self.close, timeout)
+        # Ended here, on the loop, like every other change to the tracker's runs.
+        self._end_all()
+        return await asyncio.to_thread(self._worker.close, self._wait(timeout))
+
+    def _end_all(self) -> None:
+        for key in list(self._runs):
+            self._end(key, "stopped", "the server closed", sample=False)
+
+    def _wait(self, timeout: float | None) -> float:
+        return self.config.shutdown_timeout if timeout is None else timeout
 
     # -- internals --------------------------------------------------------------------------
 

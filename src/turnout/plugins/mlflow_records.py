@@ -6,6 +6,7 @@ here talks to MLflow, so the worker thread gets plain strings and floats.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -146,7 +147,9 @@ def _class_name(value: object) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
+@functools.cache
 def _version(distribution: str) -> str:
+    # Cached: a metadata lookup scans sys.path, and this runs on the event loop.
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
