@@ -273,7 +273,7 @@ async def test_an_unreachable_tracking_server_never_touches_serving(
         MlflowConfig(
             experiment="unreachable",
             tracking_uri=f"http://127.0.0.1:{closed_port}",
-            queue_size=5,
+            queue_size=1,  # a job runs while the next ones arrive: they are dropped
             max_attempts=2,
             shutdown_timeout=2.0,
             **FAST,
