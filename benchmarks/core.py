@@ -23,27 +23,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import hashlib
 import itertools
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import turnout
+from benchmarks.machine import RESULTS_DIR, load_average, machine_info, stamp, write_atomic
 from turnout import BatchingConfig, ModelServer
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 VERSION = "v1"
 N_SAMPLES = 5000
 N_FEATURES = 20
@@ -392,8 +385,8 @@ async def profile_adaptive(target: Target, concurrency: int, duration: float) ->
     await closed_loop(server.predict, work.name, work.rows, concurrency, duration)
     profiler.stop()
     model, threads, max_rows = target.key
-    path = RESULTS_DIR / f"profile-{model}-c{concurrency}-t{threads}-b{max_rows}-{_stamp()}.txt"
-    _write(path, profiler.output_text(unicode=False, color=False, show_all=False))
+    path = RESULTS_DIR / f"profile-{model}-c{concurrency}-t{threads}-b{max_rows}-{stamp()}.txt"
+    write_atomic(path, profiler.output_text(unicode=False, color=False, show_all=False))
     print(f"profile written to {path}", file=sys.stderr)
 
 
@@ -467,66 +460,6 @@ def _progress(key: Key, concurrency: int) -> None:
 
 
 # -- report ------------------------------------------------------------------------------
-
-_PACKAGES = ("onnxruntime", "numpy", "scikit-learn", "skl2onnx", "turnout")
-
-
-def load_average() -> str:
-    """Return the 1, 5 and 15 minute load averages, formatted."""
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def machine_info(load_at_start: str) -> list[tuple[str, str]]:
-    """Return the facts about this machine and its software that the numbers depend on."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [
-        ("CPU", _cpu_model()),
-        ("Cores", f"{os.cpu_count()} logical, {usable} usable by this process"),
-        ("Load average (1, 5, 15 min) at start / at end", f"{load_at_start} / {load_average()}"),
-        ("OS", platform.platform()),
-        ("Python", f"{platform.python_version()} ({platform.python_implementation()})"),
-        *((name, _version(name)) for name in _PACKAGES),
-        ("turnout source", _source_state()),
-    ]
-
-
-def _source_state() -> str:
-    """Identify the turnout code measured: git commit, dirty flag and a hash of its sources."""
-    package = Path(turnout.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    git = ["git", "-C", str(package)]
-    try:
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return f"sources sha256 {digest.hexdigest()[:12]}"
-    state = " + uncommitted changes" if dirty else ""
-    return f"commit {head}{state}; sources sha256 {digest.hexdigest()[:12]}"
-
-
-def _cpu_model() -> str:
-    """Return the CPU model name from /proc/cpuinfo, or what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _version(package: str) -> str:
-    """Return an installed package's version."""
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _us(seconds: float) -> str:
@@ -683,19 +616,6 @@ def render(settings: Settings, argv: Sequence[str], cells: list[Cell], load: str
     return "\n".join(lines)
 
 
-def _stamp() -> str:
-    """Return a filesystem-safe local timestamp."""
-    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so no half report is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 # -- command line ---------------------------------------------------------------------------
 
 
@@ -765,8 +685,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = render(settings, argv, cells, load)
     print(report)
     if settings.save:
-        path = RESULTS_DIR / f"core-{_stamp()}.md"
-        _write(path, report)
+        path = RESULTS_DIR / f"core-{stamp()}.md"
+        write_atomic(path, report)
         print(f"report written to {path}", file=sys.stderr)
     return 0
 

@@ -1,0 +1,47 @@
+"""``python -m benchmarks {core,http,peers}``: turnout's benchmarks (see benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["main"]
+
+USAGE = """usage: python -m benchmarks {core,http,peers} [options]
+
+  core    in-process: turnout against bare ONNX Runtime and batching off
+  http    over HTTP: turnout against the bare aiohttp ceiling and MLServer,
+          closed and open loop, routing and resilience cost; table and plots
+  peers   set up (--setup) or check the peer servers' virtualenv (MLServer)
+
+python -m benchmarks COMMAND --help for a command's options."""
+
+
+def _command(name: str) -> Callable[[Sequence[str]], int] | None:
+    if name == "core":
+        from benchmarks.core import main as core
+
+        return core
+    if name == "http":
+        from benchmarks.httpbench import main as http
+
+        return http
+    if name == "peers":
+        from benchmarks.peers import main as peers
+
+        return peers
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to a benchmark command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = _command(args[0]) if args else None
+    if command is None:
+        print(USAGE, file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    return command(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The ceiling: a bare aiohttp server that parses each request and returns a fixed answer.
+
+It reads the same requests turnout does (V2 JSON, V2 binary, V1 instances)
+into a float32 array, and answers with a precomputed body of the size turnout
+would send for that many rows. No validation beyond what parsing needs, no
+model, no routing: what any aiohttp server could reach on this machine.
+
+Run: ``python -m benchmarks.ceiling --port 8000 [--loop uvloop|asyncio]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from benchmarks.eventloop import LOOPS, default_loop, use_loop
+
+__all__ = ["create_app", "main"]
+
+try:  # the fastest JSON at hand, as any server tuned for speed would use
+    import orjson
+
+    _loads: Callable[[bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover - orjson is a turnout dependency
+    _loads = json.loads
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_answers: dict[tuple[str, int], bytes] = {}
+
+
+def _v2_answer(rows: int) -> bytes:
+    """Return the fixed V2 answer for ``rows`` rows, built once."""
+    answer = _answers.get(("v2", rows))
+    if answer is None:
+        answer = json.dumps(
+            {
+                "model_name": "rf",
+                "model_version": "v1",
+                "id": "00000000000000000000000000000000",
+                "parameters": {"request_id": "00000000000000000000000000000000"},
+                "outputs": [
+                    {"name": "label", "shape": [rows], "datatype": "INT64", "data": [1] * rows},
+                    {
+                        "name": "probabilities",
+                        "shape": [rows, 2],
+                        "datatype": "FP32",
+                        "data": [0.25, 0.75] * rows,
+                    },
+                ],
+            },
+            separators=(",", ":"),
+        ).encode()
+        _answers[("v2", rows)] = answer
+    return answer
+
+
+def _v1_answer(rows: int) -> bytes:
+    """Return the fixed V1 answer for ``rows`` rows, built once."""
+    answer = _answers.get(("v1", rows))
+    if answer is None:
+        answer = json.dumps({"predictions": [0.75] * rows}, separators=(",", ":")).encode()
+        _answers[("v1", rows)] = answer
+    return answer
+
+
+def _respond(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
+async def infer(request: web.Request) -> web.Response:
+    """POST /v2/models/{model}/infer: parse the tensor, answer with a fixed body."""
+    data = await request.read()
+    length = request.headers.get(HEADER_LENGTH)
+    if length is None:
+        tensor = _loads(data)["inputs"][0]
+        array = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    else:
+        split = int(length)
+        tensor = _loads(data[:split])["inputs"][0]
+        array = np.frombuffer(data, dtype="<f4", offset=split).reshape(tensor["shape"])
+    return _respond(_v2_answer(len(array)))
+
+
+async def predict(request: web.Request) -> web.Response:
+    """POST /v1/models/{model}:predict: parse the instances, answer with a fixed body."""
+    instances = _loads(await request.read())["instances"]
+    array = np.asarray(instances, dtype=np.float32)
+    return _respond(_v1_answer(len(array)))
+
+
+async def ready(request: web.Request) -> web.Response:
+    """GET /v2/health/ready."""
+    return _respond(b'{"ready":true}')
+
+
+def create_app() -> web.Application:
+    """Return the ceiling's aiohttp application."""
+    app = web.Application()
+    app.router.add_post("/v2/models/{model}/infer", infer)
+    app.router.add_post("/v1/models/{model:[^{}/:]+}:predict", predict)
+    app.router.add_get("/v2/health/ready", ready)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the ceiling until killed."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ceiling")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--loop", choices=LOOPS, default=default_loop())
+    args = parser.parse_args(argv)
+    use_loop(args.loop)
+    asyncio.run(_serve(args.host, args.port))
+
+
+async def _serve(host: str, port: int) -> None:
+    runner = web.AppRunner(create_app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,483 @@
+"""``python -m benchmarks http``: turnout over HTTP beside the aiohttp ceiling and MLServer.
+
+Every server under test runs at once, each in its own process pinned to one
+core, the load generator on the other; within a cell the servers take turns
+in short slices (round-robin), so noise from the shared machine lands on all
+of them alike. Sections:
+
+* ``closed``: closed loop at each concurrency, for each request kind;
+* ``open``: open loop at fixed rates (V2 JSON, one row), latency timed from
+  each request's due time (no coordinated omission);
+* ``routing``: one turnout server holding a model per routing setup (active,
+  50/50 weighted, sticky, 100% shadow, shadow to a slow version, shadow to a
+  failing version), measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from benchmarks.artifacts import MODEL, ROUTING_MODELS, Artifacts, build_artifacts
+from benchmarks.eventloop import LOOPS, default_loop
+from benchmarks.loadgen import closed_loop, open_loop
+from benchmarks.payloads import KINDS, Payload, build_payload
+from benchmarks.peers import mlserver_specs, mlserver_version
+from benchmarks.servers import RunningServer, ServerSpec, pin_generator, python_module, start_all
+from benchmarks.stats import Window, merge
+from benchmarks.wrk import INSTALL_HINT, WrkRunner, wrk_path
+
+__all__ = ["CEILING", "Cell", "Run", "Settings", "main", "parse_args"]
+
+CEILING = "aiohttp ceiling"
+OFF = "turnout batching off"
+ADAPTIVE = "turnout adaptive"
+ROUTER = "turnout routing"
+WORKDIR = Path(__file__).resolve().parent / ".work"
+SLOW_SHADOW_SECONDS = 0.05  # per batch: far slower than the primary's ~0.3 ms
+SECTIONS = ("closed", "open", "routing")
+SERVERS = ("ceiling", "off", "adaptive", "mlserver")
+_SERVER_KEYS = {CEILING: "ceiling", OFF: "off", ADAPTIVE: "adaptive"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures."""
+
+    seconds: float  # measured seconds per server per cell, in ``rounds`` slices
+    rounds: int
+    warmup: float
+    concurrency: tuple[int, ...]
+    rates: tuple[float, ...]
+    kinds: tuple[str, ...]
+    routing_concurrency: tuple[int, ...]
+    sections: tuple[str, ...]
+    loop: str
+    generator: str  # "wrk" or "builtin"
+    servers: tuple[str, ...]  # which of SERVERS to run
+    baselines: tuple[str, ...]  # git refs whose turnout adaptive runs beside this tree's
+    asyncio_too: bool  # also turnout adaptive on the asyncio loop
+    trees: int
+    depth: int
+    save: bool
+    out: Path | None
+    workdir: Path
+    quick: bool
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured cell: a section, request kind, server and load (concurrency or rate)."""
+
+    section: str
+    kind: str
+    server: str
+    load: float
+    window: Window
+
+
+@dataclass
+class Run:
+    """Everything a run measured, and what it could not."""
+
+    settings: Settings
+    cells: list[Cell] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def turnout_specs(artifacts: Artifacts, loop: str) -> list[ServerSpec]:
+    """Return the ceiling and turnout with batching off and adaptive."""
+    serve = "benchmarks.serve_turnout"
+    return [
+        ServerSpec(
+            CEILING, python_module("benchmarks.ceiling", "--port", "{port}", "--loop", loop)
+        ),
+        ServerSpec(
+            OFF,
+            python_module(
+                serve, "--repository", str(artifacts.off_repo), "--port", "{port}", "--loop", loop
+            ),
+            reports_batches=True,
+        ),
+        ServerSpec(
+            ADAPTIVE,
+            python_module(
+                serve,
+                "--repository",
+                str(artifacts.adaptive_repo),
+                "--port",
+                "{port}",
+                "--loop",
+                loop,
+            ),
+            reports_batches=True,
+        ),
+    ]
+
+
+def baseline_spec(artifacts: Artifacts, loop: str, ref: str, workdir: Path) -> ServerSpec:
+    """Return turnout adaptive run from the sources of git ``ref``: before/after, side by side."""
+    import subprocess
+
+    root = workdir / f"baseline-{ref.replace('/', '-')}"
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    repo = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", ref, "src"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    argv = python_module(
+        "benchmarks.serve_turnout",
+        "--repository",
+        str(artifacts.adaptive_repo),
+        "--port",
+        "{port}",
+        "--loop",
+        loop,
+    )
+    # The exported sources come first on the path, before the installed (editable) turnout.
+    return ServerSpec(
+        f"{ADAPTIVE} @{ref}", argv, reports_batches=True, env={"PYTHONPATH": str(root / "src")}
+    )
+
+
+def routing_spec(artifacts: Artifacts, loop: str) -> ServerSpec:
+    """Return the turnout server of the routing section, its shadows made slow and failing."""
+    argv = python_module(
+        "benchmarks.serve_turnout",
+        "--repository",
+        str(artifacts.routing_repo),
+        "--port",
+        "{port}",
+        "--loop",
+        loop,
+        "--fault",
+        f"shadow_slow/v2=slow:{SLOW_SHADOW_SECONDS}",
+        "--fault",
+        "shadow_fail/v2=fail",
+    )
+    return ServerSpec(ROUTER, argv, reports_batches=True)
+
+
+class Measurer:
+    """Runs one generator slice against one server and accounts CPU and batches around it."""
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self._runners: dict[tuple[str, str, str], WrkRunner] = {}
+
+    def closed(
+        self,
+        server: RunningServer,
+        model: str,
+        payload: Payload,
+        tag: str,
+        concurrency: int,
+        seconds: float,
+    ) -> Window:
+        """Measure a closed-loop slice."""
+        return self._around(
+            server, model, lambda: self._closed(server, payload, tag, concurrency, seconds)
+        )
+
+    def open(
+        self, server: RunningServer, model: str, payload: Payload, rate: float, seconds: float
+    ) -> Window:
+        """Measure an open-loop slice."""
+        return self._around(
+            server, model, lambda: asyncio.run(open_loop(server.url, payload, rate, seconds))
+        )
+
+    def _closed(
+        self, server: RunningServer, payload: Payload, tag: str, concurrency: int, seconds: float
+    ) -> Window:
+        if self.settings.generator == "wrk":
+            key = (server.spec.name, tag, payload.path)
+            runner = self._runners.get(key)
+            if runner is None:
+                name = f"{len(self._runners)}"
+                runner = self._runners[key] = WrkRunner(payload, self.workdir / "wrk", name)
+            return runner.run(server.url, concurrency, seconds)
+        return asyncio.run(closed_loop(server.url, payload, concurrency, seconds))
+
+    def _around(self, server: RunningServer, model: str, measure: Callable[[], Window]) -> Window:
+        cpu = server.cpu_seconds()
+        batches = server.batch_counters(model)
+        window = measure()
+        window.cpu_seconds = server.cpu_seconds() - cpu
+        after = server.batch_counters(model)
+        if batches is not None and after is not None:
+            window.batch_rows = after[0] - batches[0]
+            window.batches = after[1] - batches[1]
+        return window
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _slices(settings: Settings) -> float:
+    return settings.seconds / settings.rounds
+
+
+def run_closed(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: Measurer) -> None:
+    """Closed loop: every kind, every concurrency, servers round-robin."""
+    s = run.settings
+    for kind_name in s.kinds:
+        kind = KINDS[kind_name]
+        payloads = {
+            srv.spec.name: build_payload(kind, MODEL, artifacts.rows, flavour=srv.spec.flavour)
+            for srv in servers
+        }
+        able = [srv for srv in servers if payloads[srv.spec.name] is not None]
+        for srv in servers:
+            if payloads[srv.spec.name] is None:
+                run.notes.append(
+                    f"{srv.spec.name} does not take {kind_name} requests: not measured."
+                )
+        if s.warmup > 0 and kind_name == s.kinds[0]:
+            for srv in able:
+                payload = payloads[srv.spec.name]
+                assert payload is not None
+                m.closed(srv, MODEL, payload, kind_name, 16, s.warmup)
+        for concurrency in s.concurrency:
+            _say(f"closed loop: {kind_name}, concurrency {concurrency}")
+            windows: dict[str, list[Window]] = {srv.spec.name: [] for srv in able}
+            for _ in range(s.rounds):
+                for srv in able:
+                    payload = payloads[srv.spec.name]
+                    assert payload is not None
+                    windows[srv.spec.name].append(
+                        m.closed(srv, MODEL, payload, kind_name, concurrency, _slices(s))
+                    )
+            for name, ws in windows.items():
+                run.cells.append(Cell("closed", kind_name, name, concurrency, merge(ws)))
+
+
+def run_open(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: Measurer) -> None:
+    """Open loop at each fixed rate, V2 JSON single row."""
+    s = run.settings
+    kind = KINDS["v2-json-1"]
+    for rate in s.rates:
+        _say(f"open loop: {rate:g} requests/s")
+        windows: dict[str, list[Window]] = {srv.spec.name: [] for srv in servers}
+        for _ in range(s.rounds):
+            for srv in servers:
+                payload = build_payload(kind, MODEL, artifacts.rows, flavour=srv.spec.flavour)
+                assert payload is not None
+                windows[srv.spec.name].append(m.open(srv, MODEL, payload, rate, _slices(s)))
+        for name, ws in windows.items():
+            run.cells.append(Cell("open", kind.name, name, rate, merge(ws)))
+
+
+def run_routing(run: Run, server: RunningServer, artifacts: Artifacts, m: Measurer) -> None:
+    """Each routing setup's model on one server, round-robin, V2 JSON single row."""
+    s = run.settings
+    kind = KINDS["v2-json-1"]
+    payloads = {
+        model: build_payload(kind, model, artifacts.rows, keys=True) for model in ROUTING_MODELS
+    }
+    if s.warmup > 0:
+        warm = payloads["active"]
+        assert warm is not None
+        m.closed(server, "active", warm, "active", 16, s.warmup)
+    for concurrency in s.routing_concurrency:
+        _say(f"routing: concurrency {concurrency}")
+        windows: dict[str, list[Window]] = {model: [] for model in ROUTING_MODELS}
+        for _ in range(s.rounds):
+            for model, payload in payloads.items():
+                assert payload is not None
+                windows[model].append(
+                    m.closed(server, model, payload, model, concurrency, _slices(s))
+                )
+        for model, ws in windows.items():
+            run.cells.append(Cell("routing", kind.name, model, concurrency, merge(ws)))
+
+
+def execute(settings: Settings) -> Run:
+    """Build the model, start the servers, measure every section, stop them."""
+    from benchmarks.machine import package_version
+
+    run = Run(settings)
+    run.notes.append(pin_generator())
+    workdir = settings.workdir
+    _say(f"fitting the model ({settings.trees} trees, depth {settings.depth}); writing its copies")
+    artifacts = build_artifacts(workdir / "models", trees=settings.trees, depth=settings.depth)
+    specs = [
+        spec
+        for spec in turnout_specs(artifacts, settings.loop)
+        if _SERVER_KEYS[spec.name] in settings.servers
+    ]
+    if settings.asyncio_too and "adaptive" in settings.servers and settings.loop != "asyncio":
+        (adaptive,) = [s for s in turnout_specs(artifacts, "asyncio") if s.name == ADAPTIVE]
+        specs.append(replace(adaptive, name=f"{ADAPTIVE} (asyncio loop)"))
+    for ref in settings.baselines:
+        specs.append(baseline_spec(artifacts, settings.loop, ref, workdir))
+    version = mlserver_version() if "mlserver" in settings.servers else None
+    run.versions = {
+        name: package_version(name) for name in ("aiohttp", "uvloop", "orjson", "matplotlib")
+    }
+    run.versions["event loop (all servers)"] = settings.loop
+    run.versions["load generator"] = (
+        f"wrk ({wrk_path()})" if settings.generator == "wrk" else "built-in (aiohttp client)"
+    )
+    if version is not None:
+        specs += mlserver_specs(artifacts.joblib_path, workdir / "peers")
+        run.versions["MLServer"] = f"{version} (own virtualenv, its stock sklearn runtime)"
+    elif "mlserver" in settings.servers:
+        run.notes.append(
+            "MLServer is not set up, so it is not measured: run `python -m benchmarks peers"
+            " --setup` to install it in its own virtualenv."
+        )
+    if settings.generator != "wrk":
+        run.notes.append(f"Closed loop with the built-in generator: {INSTALL_HINT}.")
+    measurer = Measurer(settings, workdir)
+    measured = "closed" in settings.sections or "open" in settings.sections
+    if "routing" in settings.sections:
+        specs.append(routing_spec(artifacts, settings.loop))
+    elif not measured:
+        return run
+    if not measured:
+        specs = specs[-1:]
+    _say("starting the servers")
+    servers = start_all(specs, workdir / "logs", _say)
+    try:
+        compared = [srv for srv in servers if srv.spec.name != ROUTER]
+        if "closed" in settings.sections:
+            run_closed(run, compared, artifacts, measurer)
+        if "open" in settings.sections:
+            run_open(run, compared, artifacts, measurer)
+        if "routing" in settings.sections:
+            run_routing(run, servers[-1], artifacts, measurer)
+    finally:
+        for server in servers:
+            server.stop()
+    return run
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks http",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--quick", action="store_true", help="smoke run, under 2 minutes")
+    add("--seconds", type=float, default=None, help="measured seconds per server per cell (4)")
+    add("--rounds", type=int, default=None, help="round-robin slices per cell (2)")
+    add("--warmup", type=float, default=None, help="warm-up seconds per server and kind (1)")
+    add("--concurrency", type=int, nargs="+", default=None, help="closed loop (1 16 64 256)")
+    add(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=None,
+        help="open loop req/s (250 500 1000 2000 4000)",
+    )
+    add("--kinds", nargs="+", choices=sorted(KINDS), default=None, help="request kinds (all)")
+    add("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    add("--loop", choices=LOOPS, default=default_loop(), help="servers' event loop")
+    add(
+        "--generator",
+        choices=("wrk", "builtin"),
+        default=None,
+        help="closed-loop load (wrk if installed)",
+    )
+    add("--no-peers", action="store_true", help="leave MLServer out even if it is set up")
+    add("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers to run")
+    add(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="GIT_REF",
+        help="also run turnout adaptive from the sources of GIT_REF (before/after, side by side)",
+    )
+    add("--asyncio-too", action="store_true", help="also run turnout adaptive on asyncio's loop")
+    add("--trees", type=int, default=100, help="trees in the forest (100)")
+    add("--depth", type=int, default=12, help="depth of each tree (12)")
+    add("--no-save", action="store_true", help="print the report only")
+    add(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for the report and plots (benchmarks/results)",
+    )
+    add(
+        "--workdir",
+        type=Path,
+        default=WORKDIR,
+        help="scratch files: models, logs (benchmarks/.work)",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> Settings:
+    """Read the command line into Settings (quick mode changes the defaults, not given values)."""
+    args = _parser().parse_args(argv)
+    quick = args.quick
+
+    def pick(value: object, full: object, fast: object) -> object:
+        return value if value is not None else (fast if quick else full)
+
+    generator = args.generator or ("wrk" if wrk_path() else "builtin")
+    if generator == "wrk" and not wrk_path():
+        raise SystemExit(f"wrk is not installed: {INSTALL_HINT}")
+    seconds = float(pick(args.seconds, 4.0, 1.0))  # type: ignore[arg-type]
+    rounds = int(pick(args.rounds, 2, 1))  # type: ignore[call-overload]
+    if generator == "wrk" and seconds / rounds < 1:
+        rounds = max(1, int(seconds))  # wrk measures whole seconds
+    return Settings(
+        seconds=seconds,
+        rounds=rounds,
+        warmup=float(pick(args.warmup, 1.0, 1.0)),  # type: ignore[arg-type]
+        concurrency=tuple(pick(args.concurrency, [1, 16, 64, 256], [1, 64])),  # type: ignore[arg-type]
+        rates=tuple(pick(args.rates, [250, 500, 1000, 2000, 4000], [1000])),  # type: ignore[arg-type]
+        kinds=tuple(pick(args.kinds, list(KINDS), list(KINDS))),  # type: ignore[arg-type]
+        routing_concurrency=(1, 64) if not quick else (64,),
+        sections=tuple(args.sections),
+        loop=args.loop,
+        generator=generator,
+        servers=tuple(s for s in args.servers if not (args.no_peers and s == "mlserver")),
+        baselines=tuple(args.baseline),
+        asyncio_too=args.asyncio_too,
+        trees=args.trees,
+        depth=args.depth,
+        save=not args.no_save,
+        out=args.out,
+        workdir=args.workdir,
+        quick=quick,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the HTTP benchmark, print the report, save it with its plots."""
+    from benchmarks.machine import RESULTS_DIR, load_average, stamp, write_atomic
+    from benchmarks.plots import write_plots
+    from benchmarks.report import render
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings = parse_args(argv)
+    load = load_average()
+    run = execute(settings)
+    when = stamp()
+    out = settings.out or RESULTS_DIR
+    plots = write_plots(run, out, f"http-{when}") if settings.save else []
+    report = render(run, argv, load, [p.name for p in plots])
+    print(report)
+    if settings.save:
+        path = out / f"http-{when}.md"
+        write_atomic(path, report)
+        _say(f"report written to {path}")
+    return 0

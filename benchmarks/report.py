@@ -1,0 +1,275 @@
+"""The HTTP benchmark's markdown report: machine and versions, tables, ratios, targets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shlex
+from collections.abc import Sequence
+
+from benchmarks.artifacts import model_text
+from benchmarks.httpbench import ADAPTIVE, CEILING, Cell, Run
+from benchmarks.machine import machine_info
+from benchmarks.stats import Window
+
+__all__ = ["best_mlserver", "render", "target_checks"]
+
+MLSERVERS = ("MLServer adaptive", "MLServer batching off")
+TARGET_KIND = "v2-json-1"
+
+
+def _ms(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.2f}" if ms < 10 else f"{ms:,.1f}" if ms < 100 else f"{ms:,.0f}"
+
+
+def _ratio(a: float | None, b: float | None, fmt: str = ".2f") -> str:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return "-"
+    value = a / b
+    return f"{value:.3g}x" if value < 0.1 else f"{value:{fmt}}x"
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else f"{value:{fmt}}"
+
+
+def _find(
+    cells: Sequence[Cell], section: str, kind: str, server: str, load: float
+) -> Window | None:
+    for cell in cells:
+        if (cell.section, cell.kind, cell.server, cell.load) == (section, kind, server, load):
+            return cell.window
+    return None
+
+
+def best_mlserver(
+    cells: Sequence[Cell], section: str, kind: str, load: float
+) -> tuple[Window | None, Window | None]:
+    """Return MLServer's best throughput window and its best (lowest) p99 window at a load."""
+    found = [w for name in MLSERVERS if (w := _find(cells, section, kind, name, load)) is not None]
+    if not found:
+        return None, None
+    return max(found, key=lambda w: w.throughput), min(found, key=lambda w: w.percentile(99))
+
+
+def _row(cell: Cell, cells: Sequence[Cell], load_text: str) -> str:
+    w = cell.window
+    ceiling = _find(cells, cell.section, cell.kind, CEILING, cell.load)
+    fastest, lowest = best_mlserver(cells, cell.section, cell.kind, cell.load)
+    p50, p99, p999 = (_ms(w.percentile(p)) for p in (50, 99, 99.9))
+    return (
+        f"| {cell.kind} | {load_text} | {cell.server} | {w.throughput:,.0f}"
+        f" | {p50} | {p99} | {p999}"
+        f" | {_opt(w.mean_batch, '.1f')} | {_opt(w.cpu_percent, '.0f')} | {w.errors}"
+        f" | {_ratio(w.throughput, ceiling and ceiling.throughput)}"
+        f" | {_ratio(w.percentile(99), ceiling and ceiling.percentile(99))}"
+        f" | {_ratio(w.throughput, fastest and fastest.throughput)}"
+        f" | {_ratio(w.percentile(99), lowest and lowest.percentile(99))} |"
+    )
+
+
+_HEADER = (
+    "| kind | {load} | server | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | CPU % | errors"
+    " | req/s vs ceiling | p99 vs ceiling | req/s vs MLServer | p99 vs MLServer |"
+)
+_RULE = "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+
+
+def closed_table(cells: Sequence[Cell]) -> list[str]:
+    """Return the closed-loop table."""
+    lines = [_HEADER.format(load="conc"), _RULE]
+    lines += [_row(c, cells, f"{c.load:g}") for c in cells if c.section == "closed"]
+    return lines
+
+
+def open_table(cells: Sequence[Cell]) -> list[str]:
+    """Return the open-loop table (its req/s is what was answered; 'late' = sent late)."""
+    lines = [_HEADER.format(load="rate").replace(" errors |", " errors | late |"), _RULE + "--:|"]
+    for c in cells:
+        if c.section == "open":
+            row = _row(c, cells, f"{c.load:g}/s")
+            parts = row.split(" | ")
+            parts.insert(10, str(c.window.sent_late))
+            lines.append(" | ".join(parts))
+    return lines
+
+
+def routing_table(cells: Sequence[Cell]) -> list[str]:
+    """Return the routing-cost table, each setup against plain active routing."""
+    lines = [
+        "| routing | conc | req/s | p50 ms | p99 ms | p99.9 ms | mean batch (primary + mirror)"
+        " | CPU % | errors | req/s vs active | p99 vs active |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for c in cells:
+        if c.section != "routing":
+            continue
+        w = c.window
+        active = _find(cells, "routing", c.kind, "active", c.load)
+        lines.append(
+            f"| {_ROUTING_TEXT.get(c.server, c.server)} | {c.load:g} | {w.throughput:,.0f}"
+            f" | {_ms(w.percentile(50))} | {_ms(w.percentile(99))} | {_ms(w.percentile(99.9))}"
+            f" | {_opt(w.mean_batch, '.1f')} | {_opt(w.cpu_percent, '.0f')} | {w.errors}"
+            f" | {_ratio(w.throughput, active and active.throughput)}"
+            f" | {_ratio(w.percentile(99), active and active.percentile(99))} |"
+        )
+    return lines
+
+
+_ROUTING_TEXT = {
+    "active": "active (one version)",
+    "weighted": "weighted 50/50",
+    "sticky": "sticky 50/50 (64 keys)",
+    "shadow": "shadow, 100% mirrored",
+    "shadow_slow": "shadow, mirror slow (+50 ms per batch)",
+    "shadow_fail": "shadow, mirror failing every batch",
+}
+
+
+def _check(what: str, ok: bool | None, detail: str) -> str:
+    verdict = "not measured" if ok is None else "met" if ok else "MISSED"
+    return f"- {what}: {detail}: **{verdict}**"
+
+
+def target_checks(cells: Sequence[Cell]) -> list[str]:
+    """Return the issue's targets, each with the value measured in this run and a verdict."""
+    lines = []
+    ad64 = _find(cells, "closed", TARGET_KIND, ADAPTIVE, 64)
+    ce64 = _find(cells, "closed", TARGET_KIND, CEILING, 64)
+    if ad64 and ce64:
+        share = ad64.throughput / ce64.throughput
+        p99 = ad64.percentile(99) / ce64.percentile(99)
+        lines.append(
+            _check(
+                "concurrency 64, adaptive throughput >= 85% of the ceiling's",
+                share >= 0.85,
+                f"{share:.0%}",
+            )
+        )
+        lines.append(
+            _check("concurrency 64, adaptive p99 <= 1.3x the ceiling's", p99 <= 1.3, f"{p99:.2f}x")
+        )
+    ad1 = _find(cells, "closed", TARGET_KIND, ADAPTIVE, 1)
+    ce1 = _find(cells, "closed", TARGET_KIND, CEILING, 1)
+    if ad1 and ce1:
+        added = (ad1.percentile(50) - ce1.percentile(50)) * 1e3
+        lines.append(
+            _check(
+                "concurrency 1, adaptive p50 within 0.25 ms of the ceiling's",
+                added <= 0.25,
+                f"+{added:.3f} ms",
+            )
+        )
+    fastest, _ = best_mlserver(cells, "closed", TARGET_KIND, 64)
+    if ad64 and fastest:
+        times = ad64.throughput / fastest.throughput
+        lines.append(
+            _check(
+                "concurrency 64, >= 5x MLServer's better throughput", times >= 5, f"{times:.1f}x"
+            )
+        )
+    elif ad64:
+        lines.append(_check("against MLServer", None, "MLServer not set up"))
+    loads = sorted({c.load for c in cells if c.section == "closed" and c.kind == TARGET_KIND})
+    worse = []
+    compared = 0
+    for load in loads:
+        ad = _find(cells, "closed", TARGET_KIND, ADAPTIVE, load)
+        _, lowest = best_mlserver(cells, "closed", TARGET_KIND, load)
+        if ad and lowest:
+            compared += 1
+            if not ad.percentile(99) < lowest.percentile(99):
+                worse.append(f"{load:g}")
+    if compared:
+        detail = (
+            "lower at every concurrency"
+            if not worse
+            else f"not lower at concurrency {', '.join(worse)}"
+        )
+        lines.append(
+            _check("p99 lower than MLServer's better p99 at every concurrency", not worse, detail)
+        )
+    for load in sorted({c.load for c in cells if c.section == "routing"}):
+        active = _find(cells, "routing", TARGET_KIND, "active", load)
+        shadow = _find(cells, "routing", TARGET_KIND, "shadow", load)
+        failing = _find(cells, "routing", TARGET_KIND, "shadow_fail", load)
+        if active and shadow:
+            cost = 1 - shadow.throughput / active.throughput  # negative: shadow was faster
+            lines.append(
+                _check(
+                    f"concurrency {load:g}, 100% shadow costs the primary <= 10% throughput",
+                    cost <= 0.10,
+                    f"costs {cost:.0%}",
+                )
+            )
+        if active and failing:
+            delta = failing.errors / max(failing.requests, 1) - active.errors / max(
+                active.requests, 1
+            )
+            lines.append(
+                _check(
+                    f"concurrency {load:g}, a failing shadow adds no errors to the primary",
+                    delta == 0,
+                    f"{failing.errors} errors in {failing.requests:,} requests",
+                )
+            )
+    return lines
+
+
+def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> str:
+    """Return the whole markdown report."""
+    s = run.settings
+    command = shlex.join(["python", "-m", "benchmarks", "http", *argv])
+    lines = [
+        f"# turnout HTTP benchmark, {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in machine_info(load)),
+        *(f"| {name} | {value} |" for name, value in run.versions.items()),
+        "",
+        f"Model: {model_text(s.trees, s.depth)}."
+        f" Per cell and server {s.seconds:g} s measured in {s.rounds} round-robin slice(s),"
+        f" after {s.warmup:g} s warm-up per server. Latency is client-side. CPU % is the server"
+        " process group's CPU time over the window (100 = one core). Mean batch is rows per"
+        " executed batch from turnout's /metrics. Ratios compare servers measured side by side"
+        " in this run; 'vs MLServer' is against MLServer's better run (adaptive batching on or"
+        " off) at that load.",
+        "",
+        *(f"- {note}" for note in dict.fromkeys(run.notes)),
+        "",
+    ]
+    checks = target_checks(run.cells)
+    if checks:
+        lines += ["## Targets", "", *checks, ""]
+    if any(c.section == "closed" for c in run.cells):
+        lines += ["## Closed loop", "", *closed_table(run.cells), ""]
+    if any(c.section == "open" for c in run.cells):
+        lines += [
+            "## Open loop (V2 JSON, one row)",
+            "",
+            "Requests due at a fixed rate, latency timed from each one's due time; 'late' counts"
+            " requests the generator itself sent over 1 ms late.",
+            "",
+            *open_table(run.cells),
+            "",
+        ]
+    if any(c.section == "routing" for c in run.cells):
+        lines += [
+            "## Routing and resilience cost (turnout adaptive, V2 JSON, one row)",
+            "",
+            "One server, one model per routing setup (versions v1 and v2 are the same forest),"
+            " measured side by side. Under shadow routing every request is also run on v2;"
+            " latency and errors are the primary's (what the client sees).",
+            "",
+            *routing_table(run.cells),
+            "",
+        ]
+    if plots:
+        lines += ["## Plots", "", *(f"![{name}]({name})" for name in plots), ""]
+    return "\n".join(lines)

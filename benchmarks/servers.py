@@ -1,0 +1,201 @@
+"""Server processes under test: started pinned to one core, probed, measured, stopped.
+
+Every server runs in its own process group pinned to ``SERVER_CPU`` (set
+with ``os.sched_setaffinity`` before it starts, so its threads and the
+processes it forks inherit it); the load generator keeps the other core. All
+servers of a run stay up together and take turns, so each is measured in the
+same conditions as the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "GENERATOR_CPU",
+    "SERVER_CPU",
+    "RunningServer",
+    "ServerSpec",
+    "free_port",
+    "pin_generator",
+]
+
+SERVER_CPU = 0
+GENERATOR_CPU = 1
+_TICKS = os.sysconf("SC_CLK_TCK")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cores() -> set[int]:
+    return set(os.sched_getaffinity(0))
+
+
+def pin_generator() -> str:
+    """Pin this process (the load generator) to its core; say how the cores are split."""
+    cores = _cores()
+    if {SERVER_CPU, GENERATOR_CPU} <= cores:
+        os.sched_setaffinity(0, {GENERATOR_CPU})
+        return f"servers on CPU {SERVER_CPU}, load generator on CPU {GENERATOR_CPU}"
+    return f"fewer than 2 usable cores ({sorted(cores)}): servers and load generator share them"
+
+
+def free_port() -> int:
+    """Return a TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server under test, and what it speaks."""
+
+    name: str  # as shown in reports, e.g. "turnout adaptive"
+    argv: tuple[str, ...]  # "{port}" is replaced by the chosen port
+    flavour: str = "turnout"  # which payloads it takes: "turnout" or "mlserver"
+    ready_path: str = "/v2/health/ready"
+    reports_batches: bool = False  # turnout's /metrics tells rows per batch
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    ports: int = 1  # MLServer also listens for gRPC and metrics: "{port1}", "{port2}"
+    start_timeout: float = 120.0
+
+
+class RunningServer:
+    """One started server process group."""
+
+    def __init__(self, spec: ServerSpec, log: Path) -> None:
+        self.spec = spec
+        self.ports = [free_port() for _ in range(spec.ports)]
+        self.url = f"http://127.0.0.1:{self.ports[0]}"
+        argv = [self._fill(arg) for arg in spec.argv]
+        env = {**os.environ, **{k: self._fill(v) for k, v in spec.env.items()}}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=spec.cwd or REPO_ROOT,
+                start_new_session=True,  # its own group: workers it forks are stopped with it
+                preexec_fn=_pin_server if {SERVER_CPU, GENERATOR_CPU} <= _cores() else None,
+            )
+
+    def _fill(self, text: str) -> str:
+        for i, port in enumerate(self.ports):
+            text = text.replace(f"{{port{i}}}", str(port))
+        return text.replace("{port}", str(self.ports[0]))
+
+    def wait_ready(self) -> None:
+        """Wait until the ready endpoint answers 200; raise with the log's tail if it dies."""
+        deadline = time.monotonic() + self.spec.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited at start:\n{self.log_tail()}")
+            if self._answers_ready():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.spec.name} not ready in time:\n{self.log_tail()}")
+
+    def _answers_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + self.spec.ready_path, timeout=2) as reply:
+                return bool(reply.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        """Return the end of the server's output."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def cpu_seconds(self) -> float:
+        """Return the CPU time (user + system) used so far by the server's process group."""
+        total = 0
+        group = self.process.pid
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) == group:  # field 5 of stat, the process group
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / _TICKS
+
+    def batch_counters(self, model: str) -> tuple[int, int] | None:
+        """Return (rows, batches) executed so far for ``model``, from turnout's /metrics."""
+        if not self.spec.reports_batches:
+            return None
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        rows = batches = 0.0
+        label = f'model="{model}"'
+        for line in text.splitlines():
+            if label not in line:
+                continue
+            if line.startswith("turnout_batch_rows_sum"):
+                rows += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("turnout_batch_rows_count"):
+                batches += float(line.rsplit(" ", 1)[1])
+        return int(rows), int(batches)
+
+    def stop(self) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL if it lingers."""
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+
+
+def _pin_server() -> None:
+    os.sched_setaffinity(0, {SERVER_CPU})
+
+
+def python_module(module: str, *args: str) -> tuple[str, ...]:
+    """Return the argv that runs ``python -m module args`` with this interpreter."""
+    return (sys.executable, "-m", module, *args)
+
+
+def start_all(
+    specs: Sequence[ServerSpec], logdir: Path, say: Callable[[str], None]
+) -> list[RunningServer]:
+    """Start every server, then wait for each; stop them all if one fails."""
+    servers = [RunningServer(spec, logdir / f"{_slug(spec.name)}.log") for spec in specs]
+    try:
+        for server in servers:
+            server.wait_ready()
+            say(f"  {server.spec.name}: ready at {server.url}")
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
