@@ -23,7 +23,7 @@ from aiohttp import web
 
 from turnout.core.names import check_name
 from turnout.web.body import bad_request, get_list, read_json, require_object
-from turnout.web.jsonio import array_to_json, dumps
+from turnout.web.jsonio import array_to_json, dumps_bytes
 from turnout.web.keys import SERVER_KEY
 from turnout.web.models import is_ready
 from turnout.web.params import call_options
@@ -42,7 +42,10 @@ def setup_v1(app: web.Application) -> None:
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, dumps=dumps)
+    # Bytes straight from orjson: json_response would encode a str to UTF-8 again.
+    return web.Response(
+        body=dumps_bytes(body), status=status, content_type="application/json", charset="utf-8"
+    )
 
 
 async def list_models(request: web.Request) -> web.Response:

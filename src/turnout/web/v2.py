@@ -37,7 +37,7 @@ from turnout.core.names import check_name
 from turnout.core.server import ModelServer
 from turnout.web.binary import binary_chunks, binary_outputs, binary_response, read_infer_body
 from turnout.web.body import bad_request, get_list, get_string, require_object
-from turnout.web.jsonio import dumps
+from turnout.web.jsonio import dumps_bytes
 from turnout.web.keys import DRAINING_KEY, SERVER_KEY
 from turnout.web.models import (
     LABEL,
@@ -75,7 +75,10 @@ def setup_v2(app: web.Application) -> None:
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, dumps=dumps)
+    # Bytes straight from orjson: json_response would encode a str to UTF-8 again.
+    return web.Response(
+        body=dumps_bytes(body), status=status, content_type="application/json", charset="utf-8"
+    )
 
 
 def _names(request: web.Request) -> tuple[str, str | None]:
