@@ -9,6 +9,7 @@ loop, since schemathesis calls it synchronously.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -38,8 +39,9 @@ admin_schema = schemathesis.openapi.from_dict(admin_openapi_document())
 # documented 4xx. Every other check holds, negative_data_rejection among them.
 EXCLUDED = [checks.positive_data_acceptance]
 
+# 30 per operation keeps the default run short; raise it for a deeper search.
 EXAMPLES = settings(
-    max_examples=30,
+    max_examples=int(os.environ.get("TURNOUT_SCHEMATHESIS_EXAMPLES", "30")),
     deadline=None,
     suppress_health_check=list(HealthCheck),
     derandomize=True,

@@ -60,7 +60,7 @@ def _json(body: Any) -> web.Response:
 async def _optional_body(request: web.Request) -> dict[str, Any]:
     """The JSON object body, or {} when there is none (the extension makes it optional)."""
     raw = await read_bytes(request)
-    if not raw.strip():
+    if not raw:
         return {}
     # Clients of the extension (tritonclient among them) send JSON without a Content-Type.
     if "Content-Type" in request.headers and request.content_type != JSON_CONTENT_TYPE:
