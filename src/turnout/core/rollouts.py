@@ -101,6 +101,8 @@ class RolloutOperations:
         if plan is None:
             raise InvalidRoutingError(f"model '{model_id}' has no canary rollout in progress")
         self._finish_canary(model_id, plan, RolloutAction.ROLL_BACK, "aborted by request")
+        # Like every operation that changes state, it returns once the change is stored.
+        await self._flush_store()
 
     def rollout_history(self, model_id: str) -> tuple[RolloutEvent, ...]:
         """Return the model's rollout events (steps, promotions, rollbacks), oldest first."""
