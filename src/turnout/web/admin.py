@@ -189,7 +189,8 @@ async def deploy(request: web.Request) -> web.Response:
     server, model, version = _names(request)
     assert version is not None
     upload = read_upload(await _body(request))
-    await server.deploy_model(model, version, upload.onnx_bytes, **upload.options)
+    # allow_pickle stays False: from a registry only the onnx flavor deploys.
+    await server.deploy_model(model, version, upload.source, allow_pickle=False, **upload.options)
     view = model_view(server, model)
     return _json(
         {

@@ -121,15 +121,25 @@ def _schemas() -> dict[str, Schema]:
         ),
         "Health": obj({"reports": array(ref("HealthReport"))}),
         "Upload": obj(
-            {"onnx": string("The .onnx file, base64.", contentEncoding="base64"), **_options()}
-            | {"replace": {**BOOLEAN, "description": "Replace the version if it exists."}},
-            required=("onnx",),
+            {
+                "onnx": string("The .onnx file, base64.", contentEncoding="base64"),
+                "mlflow_uri": string(
+                    "Instead of onnx: models:/name/3, models:/name@alias or runs:/<id>/model in"
+                    " the server's MLflow; its onnx flavor is deployed."
+                ),
+                **_options(),
+                "replace": {**BOOLEAN, "description": "Replace the version if it exists."},
+            },
+            required=(),
         ),
         "Deployed": obj(
             {
                 "model": string(),
                 "version": string(),
-                "sha256": string("SHA-256 of the ONNX bytes received."),
+                "sha256": {
+                    "type": ["string", "null"],
+                    "description": "SHA-256 of the ONNX bytes received; null for an MLflow URI.",
+                },
                 "active": BOOLEAN,
                 "status": ANY_OBJECT,
             }

@@ -2,7 +2,9 @@
 
 Only ONNX crosses the network. The bytes are handed to the server as bytes,
 never as a path, so a request cannot name a file to load; nothing sent is
-ever unpickled.
+ever unpickled. Instead of bytes an upload may name a model in the server's
+own MLflow registry (``models:/name/3``, ``models:/name@alias``,
+``runs:/<id>/model``), which is deployed only from its ``onnx`` flavor.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -19,24 +22,40 @@ from turnout.core.breaker import BreakerConfig
 from turnout.core.errors import InvalidConfigError
 from turnout.web.body import bad_request, get_list, get_object, get_string, type_name
 
-__all__ = ["OPTION_KEYS", "Upload", "decode_onnx", "read_number", "read_options", "read_upload"]
+__all__ = [
+    "OPTION_KEYS",
+    "Upload",
+    "decode_onnx",
+    "read_mlflow_uri",
+    "read_number",
+    "read_options",
+    "read_upload",
+]
 
 # ONNX files start with a protobuf field tag; a pickle starts with 0x80 (protocol 2+).
 # Refusing the pickle opcode up front gives a clearer error than the ONNX parser would.
 _PICKLE_START = b"\x80"
 
 
+# A registry model or a run of the configured tracking server: no "//authority" (which
+# would name another registry, e.g. models://profile@databricks/...), no scheme else.
+_MLFLOW_URI = re.compile(r"(?:models:/[A-Za-z0-9_][^/]*(?:/[^/]+)?|runs:/[0-9a-fA-F]+/[\w./-]+)")
+_MAX_URI_LENGTH = 1000
+
+
 @dataclass(frozen=True)
 class Upload:
-    """A model version sent over HTTP: its ONNX bytes and how to deploy it."""
+    """A model version sent over HTTP: its ONNX bytes or MLflow URI, and how to deploy it."""
 
-    onnx_bytes: bytes
+    source: bytes | str
     options: Mapping[str, Any]
 
     @property
-    def sha256(self) -> str:
-        """The hex SHA-256 of the ONNX bytes, to check against the client's copy."""
-        return hashlib.sha256(self.onnx_bytes).hexdigest()
+    def sha256(self) -> str | None:
+        """The hex SHA-256 of uploaded ONNX bytes, to check against the client's copy."""
+        if isinstance(self.source, str):
+            return None
+        return hashlib.sha256(self.source).hexdigest()
 
 
 def decode_onnx(text: object, where: str) -> bytes:
@@ -93,10 +112,34 @@ def _config(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
 
 def read_upload(body: Mapping[str, Any]) -> Upload:
     """Read ``{"onnx": base64, "features": [...], "metadata": {...}, ...}`` into an Upload."""
+    options = read_options(body, ignore=frozenset({"onnx", "mlflow_uri"}))
+    if "mlflow_uri" in body:
+        if "onnx" in body:
+            raise bad_request("send onnx or mlflow_uri, not both", "mlflow_uri")
+        return Upload(read_mlflow_uri(body["mlflow_uri"]), options)
     if "onnx" not in body:
-        raise bad_request("onnx is missing: send the .onnx file's bytes in base64", "onnx")
-    onnx_bytes = decode_onnx(body["onnx"], "onnx")
-    return Upload(onnx_bytes, read_options(body, ignore=frozenset({"onnx"})))
+        raise bad_request(
+            "onnx is missing: send the .onnx file's bytes in base64 (or an mlflow_uri)", "onnx"
+        )
+    return Upload(decode_onnx(body["onnx"], "onnx"), options)
+
+
+def read_mlflow_uri(value: object) -> str:
+    """Return ``value`` if it names a model of the configured MLflow server, else a 400."""
+    where = "mlflow_uri"
+    if not isinstance(value, str):
+        raise bad_request(f"{where} must be a string, not {type_name(value)}", where)
+    if (
+        len(value) > _MAX_URI_LENGTH
+        or _MLFLOW_URI.fullmatch(value) is None
+        or ".." in value.split("/")
+    ):
+        raise bad_request(
+            f"{where} must be models:/<name>/<version>, models:/<name>@<alias> or"
+            " runs:/<run id>/<path>, in the server's own tracking server",
+            where,
+        )
+    return value
 
 
 def read_options(
