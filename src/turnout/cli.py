@@ -111,6 +111,13 @@ def _add_serve(commands: Any) -> None:
         help="how long requests in flight get to be answered at shutdown (30)",
     )
     serve.add_argument(
+        "--mlflow-experiment",
+        metavar="NAME",
+        default=None,
+        help="track deployments and serving metrics in this MLflow experiment, at"
+        " $MLFLOW_TRACKING_URI (needs turnout[mlflow]; docs/mlflow.md)",
+    )
+    serve.add_argument(
         "--allow-remote",
         action="store_true",
         help="allow a non-loopback --host without an admin token",
@@ -261,8 +268,12 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 repository=args.repository,
                 admin=admin,
                 shutdown_timeout=args.shutdown_timeout,
+                mlflow_experiment=args.mlflow_experiment,
             )
         )
+    except TurnoutError as exc:  # e.g. --mlflow-experiment without MLflow installed
+        print(f"turnout serve: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # the address is taken, or not this machine's
         print(f"turnout: cannot listen: {exc}", file=sys.stderr)
         return 1

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import signal
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from test_mlflow_sources import _log_onnx, _log_sklearn, _registered_name
 
+from support import read_banner, turnout_serve
 from turnout import ModelServer
+from turnout.core.convert import load_model
 from turnout.web.admin import create_admin_app
 
 TOKEN = "mlflow-admin-token-0123456789"
@@ -78,3 +84,22 @@ async def test_uris_outside_the_configured_registry_are_refused(uri: str) -> Non
             assert (await response.json())["field"] == "mlflow_uri"
         finally:
             await client.close()
+
+
+async def test_turnout_serve_tracks_what_the_admin_api_deploys(tracking, binary_model) -> None:
+
+    onnx = base64.b64encode(load_model(binary_model).onnx_bytes or b"").decode()
+    env = {"TURNOUT_ADMIN_TOKEN": TOKEN, "MLFLOW_TRACKING_URI": tracking.uri}
+    args = ("--no-demo", "--admin-port", "0", "--mlflow-experiment", tracking.experiment)
+    async with turnout_serve(*args, env=env) as process:
+        banner = await read_banner(process, "/admin/status")
+        admin_url = banner[-1].split()[-1].removesuffix("/admin/status")
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            url = f"{admin_url}/admin/models/cancer/versions/v1"
+            async with session.post(url, json={"onnx": onnx}) as response:
+                assert response.status == 201, await response.text()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+    run = tracking.runs()["cancer:v1"]
+    assert run.data.params["model_id"] == "cancer"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
@@ -23,6 +24,7 @@ async def run_serve(
     repository: str | os.PathLike[str] | None = None,
     admin: AdminSettings | None = None,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    mlflow_experiment: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then answer in-flight requests and close the server.
 
@@ -30,43 +32,68 @@ async def run_serve(
     the demo is deployed only if that leaves it with none. Shutdown takes at
     most about ``shutdown_timeout`` seconds: requests the HTTP side has not
     answered by then are cut off, and those the server admitted get
-    ServerClosedError.
+    ServerClosedError. With ``mlflow_experiment``, deployments and serving
+    metrics are tracked in that MLflow experiment (docs/mlflow.md).
     """
-    async with ModelServer(repository=repository) as server:
-        if repository is not None and server.get_all_models_status():
-            print(f"turnout: restored the models in {repository}", file=sys.stderr, flush=True)
-            demo = False
-        example_row = await _deploy_demo(server) if demo else None
+    async with contextlib.AsyncExitStack() as stack:
+        plugins: list[object] = []
+        if mlflow_experiment is not None:
+            from turnout.plugins.mlflow import MlflowConfig, MlflowTracker
 
-        def started(url: str) -> None:
-            """Print where the server listens and how to query it."""
-            _print_banner(server, url, example_row)
-            if admin is None:
-                print(
-                    f"\nThe admin API is off: set {TOKEN_ENV} to serve it on port"
-                    f" {DEFAULT_ADMIN_PORT} (docs/http.md).",
-                    flush=True,
-                )
-
-        def admin_started(url: str) -> None:
-            """Print where the admin API listens and how to use it."""
-            guard = "token-protected" if admin and admin.token else "no token, loopback only"
-            variable = TOKEN_ENV if admin and admin.token else None
-            status = admin_example(url, "/admin/status", variable)
-            print(f"\nAdmin API ({guard}) on {url}:\n  {status}\n", flush=True)
-
-        await serve(
-            server,
-            host,
-            port,
-            admin=admin,
-            on_started=started,
-            on_admin_started=admin_started,
-            shutdown_timeout=shutdown_timeout,
+            tracker = MlflowTracker(MlflowConfig(experiment=mlflow_experiment))
+            # Registered first, so it closes after the server: the last events get logged.
+            stack.push_async_callback(tracker.aclose)
+            plugins.append(tracker)
+        server = await stack.enter_async_context(
+            ModelServer(repository=repository, plugins=plugins)
         )
-        print("turnout: shutting down; answering requests in flight", file=sys.stderr, flush=True)
-        await server.close(timeout=shutdown_timeout)
+        await _run(server, host, port, demo, repository, admin, shutdown_timeout)
     print("turnout: stopped", file=sys.stderr, flush=True)
+
+
+async def _run(
+    server: ModelServer,
+    host: str,
+    port: int,
+    demo: bool,
+    repository: str | os.PathLike[str] | None,
+    admin: AdminSettings | None,
+    shutdown_timeout: float,
+) -> None:
+    """Deploy the demo if asked, then serve until a signal; the caller closes the server."""
+    if repository is not None and server.get_all_models_status():
+        print(f"turnout: restored the models in {repository}", file=sys.stderr, flush=True)
+        demo = False
+    example_row = await _deploy_demo(server) if demo else None
+
+    def started(url: str) -> None:
+        """Print where the server listens and how to query it."""
+        _print_banner(server, url, example_row)
+        if admin is None:
+            print(
+                f"\nThe admin API is off: set {TOKEN_ENV} to serve it on port"
+                f" {DEFAULT_ADMIN_PORT} (docs/http.md).",
+                flush=True,
+            )
+
+    def admin_started(url: str) -> None:
+        """Print where the admin API listens and how to use it."""
+        guard = "token-protected" if admin and admin.token else "no token, loopback only"
+        variable = TOKEN_ENV if admin and admin.token else None
+        status = admin_example(url, "/admin/status", variable)
+        print(f"\nAdmin API ({guard}) on {url}:\n  {status}\n", flush=True)
+
+    await serve(
+        server,
+        host,
+        port,
+        admin=admin,
+        on_started=started,
+        on_admin_started=admin_started,
+        shutdown_timeout=shutdown_timeout,
+    )
+    print("turnout: shutting down; answering requests in flight", file=sys.stderr, flush=True)
+    await server.close(timeout=shutdown_timeout)
 
 
 async def _deploy_demo(server: ModelServer) -> dict[str, float]:
