@@ -1,0 +1,140 @@
+"""Restoring a ModelServer from its model repository at start: versions, then each model's state.
+
+A mixin of :class:`~turnout.core.server.ModelServer`, like
+:mod:`turnout.core.rollouts`: the state it fills (registry, router,
+fallbacks, the store writer) is the server's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, cast
+
+from turnout.core.errors import StoreError, TurnoutError
+from turnout.core.fallback import Fallback
+from turnout.core.registry import Deployment, ModelRegistry
+from turnout.core.routing import RoutingConfig, RoutingContext
+from turnout.core.store import (
+    ModelRecord,
+    StoreWriter,
+    VersionRecord,
+    natural_key,
+    restore_fallback,
+)
+from turnout.core.traffic import ACTIVE, Router
+
+if TYPE_CHECKING:
+    from turnout.core.server import ModelServer
+
+__all__ = ["RestoreOperations"]
+
+logger = logging.getLogger("turnout")
+
+
+class RestoreOperations:
+    """Restoring from the repository, mixed into ModelServer."""
+
+    if TYPE_CHECKING:
+        _registry: ModelRegistry
+        _router: Router
+        _fallbacks: dict[str, Fallback]
+        _store: StoreWriter | None
+
+        def _check_open(self) -> None: ...
+        def _set_active(self, model_id: str, version: str) -> None: ...
+        def _context(self, model_id: str) -> RoutingContext: ...
+        def _apply_routing(
+            self, model_id: str, config: RoutingConfig, reason: str = ""
+        ) -> None: ...
+        def _persist(self, model_id: str) -> None: ...
+        async def _flush_store(self) -> None: ...
+
+    async def restore(self) -> None:
+        """Redeploy every stored version, then its model's active version, routing, fallback.
+
+        Called on entering ``async with``; calling it again does nothing.
+        Broken entries in the repository are logged and skipped. A version
+        found as a bare ``model.onnx`` is deployed with the server's defaults
+        and gets its ``deployment.json``; a model without ``model.json``
+        activates its highest version in natural order (``v10`` after ``v9``).
+        A canary in progress resumes at its stored step, judged on a fresh
+        step window: counters, breakers and rollout history start anew.
+        """
+        if self._store is None or self._store.enabled:
+            return
+        self._check_open()
+        records = await self._store.load()
+        found: list[tuple[Deployment, str]] = []
+        try:
+            for record in records:
+                found.extend(await self._restore_model(record))
+        finally:
+            self._store.enabled = True
+        for record in records:
+            # What no longer fits was replaced; a model none of whose versions
+            # could be restored is left on disk as it is, not deleted.
+            if self._registry.contains_model(record.model_id):
+                self._persist(record.model_id)
+        for deployment, sha256 in found:
+            self._store.record_found(deployment, sha256)
+        try:
+            await self._flush_store()
+        except StoreError as exc:
+            # What was read serves; a read-only repository (a mounted volume) is no reason
+            # to refuse to start. Changes made from now on fail when they are written.
+            logger.warning("the restored models serve, but the repository is not written: %s", exc)
+
+    async def _restore_model(self, record: ModelRecord) -> list[tuple[Deployment, str]]:
+        """Restore one model; return its versions found without deployment.json."""
+        found = []
+        for version in record.versions:
+            deployment = await self._restore_version(version)
+            if deployment is not None and version.found:
+                found.append((deployment, version.sha256))
+        model_id = record.model_id
+        if not self._registry.contains_model(model_id):
+            return found
+        active = record.active if record.stored else self._initial_active(model_id)
+        if active is not None and self._registry.contains(model_id, active):
+            self._set_active(model_id, active)
+        elif active is not None:
+            logger.warning("stored active version %s:%s is gone", model_id, active)
+        try:
+            config = RoutingConfig.from_dict(record.routing)
+            self._router.build(config, self._context(model_id))
+        except TurnoutError as exc:
+            logger.warning("stored routing of %s no longer fits (%s); using active", model_id, exc)
+            config = ACTIVE
+        self._apply_routing(model_id, config, "restored")
+        fallback = restore_fallback(record, self._registry.versions(model_id))
+        if fallback is not None:
+            self._fallbacks[model_id] = fallback
+        return found
+
+    def _initial_active(self, model_id: str) -> str:
+        """The active version of a model the repository holds no state for: the highest."""
+        version = max(self._registry.versions(model_id), key=natural_key)
+        logger.info("%s has no stored state; its highest version %s is active", model_id, version)
+        return version
+
+    async def _restore_version(self, record: VersionRecord) -> Deployment | None:
+        if self._registry.contains(record.model_id, record.version):
+            logger.warning(
+                "%s:%s is deployed already; not restored", record.model_id, record.version
+            )
+            return None
+        try:
+            # Through the public method: a restored version is validated like a new one.
+            deployment = await cast("ModelServer", self).deploy_model(
+                record.model_id,
+                record.version,
+                record.onnx_bytes,
+                set_active=False,
+                **record.options(),
+            )
+        except (TurnoutError, TypeError, ValueError) as exc:
+            # A file in the repository never stops the server from starting.
+            logger.warning("cannot restore %s:%s: %s", record.model_id, record.version, exc)
+            return None
+        record.restore_identity(deployment)
+        return deployment
