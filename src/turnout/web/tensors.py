@@ -131,9 +131,20 @@ def decode(tensor: InputTensor) -> np.ndarray[Any, Any]:
 def _convert(
     raw: np.ndarray[Any, Any], target: np.dtype[Any], datatype: str, where: str
 ) -> np.ndarray[Any, Any]:
+    if target.kind == "f":
+        # One cast and one check (a few µs less per request than checking first):
+        # a value past the target's range becomes inf in the cast, so the check
+        # after it catches that and any NaN or inf sent; words come after.
+        with np.errstate(over="ignore", invalid="ignore"):
+            converted = raw.astype(target, copy=False)
+        if converted.size and not np.isfinite(converted).all():
+            if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+                raise bad_request(f"{where} holds a number too large to represent", where)
+            raise bad_request(f"{where} holds a value out of range for {datatype}", where)
+        return converted
     if raw.dtype.kind == "f" and raw.size and not np.isfinite(raw).all():
         raise bad_request(f"{where} holds a number too large to represent", where)
-    if target.kind == "i" and raw.size:
+    if raw.size:
         if raw.dtype.kind == "f" and not np.array_equal(raw, np.trunc(raw)):
             raise bad_request(f"{where}: a {datatype} tensor holds whole numbers only", where)
         info = np.iinfo(target)
@@ -144,8 +155,6 @@ def _convert(
             out_of_range = int(low) < info.min or int(high) > info.max
         if out_of_range:
             raise bad_request(f"{where} holds a value out of range for {datatype}", where)
-    elif target == np.float32 and raw.size and np.abs(raw).max() > np.finfo(np.float32).max:
-        raise bad_request(f"{where} holds a value out of range for FP32", where)
     return raw.astype(target, copy=False)
 
 
