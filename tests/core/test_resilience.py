@@ -735,6 +735,47 @@ async def test_a_hung_model_answers_every_waiting_caller_at_its_deadline(
     assert fault.closed
 
 
+async def test_a_hung_model_opens_the_default_breaker_and_later_calls_are_refused_at_once(
+    server, binary_model, binary_data, fake_clock
+):
+    X = binary_data.X_test.iloc[:1]
+    deployment = await server.deploy_model("bc", "v1", binary_model)  # error_rate, 10 calls
+    loop = asyncio.get_running_loop()
+    with inject_faults(deployment) as fault:
+        fault.hang()
+        waited = []
+        for _ in range(10):
+            # One after another: each waits behind the one hung execution, never runs.
+            with pytest.raises(DeadlineExceededError):
+                await server.predict("bc", X, timeout=0.05)
+        snapshot = server.circuit_breaker("bc")
+        assert snapshot.state is BreakerState.OPEN, snapshot
+        for _ in range(20):
+            started = loop.time()
+            with pytest.raises(CircuitOpenError):
+                await server.predict("bc", X, timeout=0.05)
+            waited.append(loop.time() - started)
+        assert max(waited) < 0.05  # refused, not queued until the deadline
+        fault.release()
+        await eventually(lambda: deployment.batcher.statistics().batches_in_flight == 0)
+
+    fake_clock.advance(COOL_DOWN)
+    assert_close(await server.predict("bc", X), positive(binary_model, X))
+
+
+async def test_timeouts_under_load_on_a_healthy_model_do_not_open_the_breaker(
+    server, binary_model, binary_data
+):
+    X = binary_data.X_test.iloc[:64]  # a batch each
+    deployment = await server.deploy_model("bc", "v1", binary_model)
+    with inject_faults(deployment) as fault:
+        fault.slow_down(0.02)  # every batch well inside every deadline, but 50 of them queued
+        tasks = [asyncio.create_task(server.predict("bc", X, timeout=0.1)) for _ in range(50)]
+        answers = await answer_all(tasks)
+    assert any(isinstance(a, DeadlineExceededError | OverloadedError) for a in answers)
+    assert server.circuit_breaker("bc").state is BreakerState.CLOSED
+
+
 async def test_a_batch_stuck_in_the_runtime_makes_the_version_unhealthy(
     server, binary_model, binary_data, fake_clock
 ):

@@ -160,7 +160,17 @@ class BatcherStatistics:
 
 
 class _Pending:
-    __slots__ = ("deadline", "future", "queued", "rows", "size", "started", "timer", "token")
+    __slots__ = (
+        "deadline",
+        "future",
+        "launches",
+        "queued",
+        "rows",
+        "size",
+        "started",
+        "timer",
+        "token",
+    )
 
     def __init__(
         self,
@@ -179,6 +189,8 @@ class _Pending:
         self.queued = True
         # The in-flight execution holding this request, once it is launched.
         self.token: object | None = None
+        # The batcher's launch count when it was queued (see AdaptiveBatcher._stuck).
+        self.launches = 0
 
 
 class AdaptiveBatcher(Generic[R]):
@@ -210,6 +222,7 @@ class AdaptiveBatcher(Generic[R]):
         self._on_overrun = on_overrun
         # Executions in which some request's deadline passed: each counts once.
         self._overran: set[object] = set()
+        self._launches = 0
         self._bisections: set[asyncio.Task[None]] = set()
         # The requests of each running execution, so close() can tell when all are answered.
         self._running: dict[object, list[_Pending]] = {}
@@ -264,6 +277,7 @@ class AdaptiveBatcher(Generic[R]):
         self._queued_requests += 1
         self._queued_rows += size
         if deadline is not None:
+            pending.launches = self._launches
             pending.timer = loop.call_later(max(0.0, deadline - now), self._expire, pending)
         if len(self._in_flight) < self.config.max_concurrent_batches and self._delay_handle is None:
             self._launch()
@@ -309,6 +323,25 @@ class AdaptiveBatcher(Generic[R]):
                 self._overran.add(token)
                 if self._on_overrun is not None:
                     self._on_overrun()
+            elif token is None and self._stuck(pending) and self._on_overrun is not None:
+                # It waited its whole life behind executions that overran deadlines: it
+                # failed because the model does not answer, not for load. Counting it lets a
+                # hung model's breaker open, so that later requests are refused at once
+                # instead of each waiting out its deadline.
+                self._on_overrun()
+
+    def _stuck(self, pending: _Pending) -> bool:
+        """True if no batch started since ``pending`` was queued, and every running one overran.
+
+        Under load batches keep starting, and a request that times out in the
+        queue is load's casualty; behind a hung model none starts.
+        """
+        running = self._in_flight.keys()
+        return (
+            self._launches == pending.launches
+            and len(running) >= self.config.max_concurrent_batches
+            and running <= self._overran
+        )
 
     # -- batch formation and execution ------------------------------------------
 
@@ -321,6 +354,7 @@ class AdaptiveBatcher(Generic[R]):
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
         started = self._clock.now()
         token = object()
+        self._launches += 1
         self._in_flight[token] = (started, len(rows))
         self._running[token] = batch
         for pending in batch:
