@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks.artifacts import MODEL, ROUTING_MODELS, Artifacts, build_artifacts
 from benchmarks.eventloop import LOOPS, default_loop
@@ -32,6 +33,8 @@ from benchmarks.stats import Window, merge
 from benchmarks.wrk import INSTALL_HINT, WrkRunner, wrk_path
 
 __all__ = ["CEILING", "Cell", "Run", "Settings", "main", "parse_args"]
+
+T = TypeVar("T")
 
 CEILING = "aiohttp ceiling"
 OFF = "turnout batching off"
@@ -67,6 +70,7 @@ class Settings:
     out: Path | None
     workdir: Path
     quick: bool
+    profile: bool
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class Run:
     cells: list[Cell] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    profile: str | None = None  # py-spy summary of turnout adaptive at concurrency 64
 
 
 def turnout_specs(artifacts: Artifacts, loop: str) -> list[ServerSpec]:
@@ -228,6 +233,14 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _rotated(items: list[T], shift: int) -> list[T]:
+    """Return ``items`` starting at ``shift``: no server always goes first after a change."""
+    if not items:
+        return items
+    k = shift % len(items)
+    return items[k:] + items[:k]
+
+
 def _slices(settings: Settings) -> float:
     return settings.seconds / settings.rounds
 
@@ -255,8 +268,8 @@ def run_closed(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: 
         for concurrency in s.concurrency:
             _say(f"closed loop: {kind_name}, concurrency {concurrency}")
             windows: dict[str, list[Window]] = {srv.spec.name: [] for srv in able}
-            for _ in range(s.rounds):
-                for srv in able:
+            for r in range(s.rounds):
+                for srv in _rotated(able, len(run.cells) + r):
                     payload = payloads[srv.spec.name]
                     assert payload is not None
                     windows[srv.spec.name].append(
@@ -273,8 +286,8 @@ def run_open(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: Me
     for rate in s.rates:
         _say(f"open loop: {rate:g} requests/s")
         windows: dict[str, list[Window]] = {srv.spec.name: [] for srv in servers}
-        for _ in range(s.rounds):
-            for srv in servers:
+        for r in range(s.rounds):
+            for srv in _rotated(servers, len(run.cells) + r):
                 payload = build_payload(kind, MODEL, artifacts.rows, flavour=srv.spec.flavour)
                 assert payload is not None
                 windows[srv.spec.name].append(m.open(srv, MODEL, payload, rate, _slices(s)))
@@ -296,14 +309,36 @@ def run_routing(run: Run, server: RunningServer, artifacts: Artifacts, m: Measur
     for concurrency in s.routing_concurrency:
         _say(f"routing: concurrency {concurrency}")
         windows: dict[str, list[Window]] = {model: [] for model in ROUTING_MODELS}
-        for _ in range(s.rounds):
-            for model, payload in payloads.items():
+        for r in range(s.rounds):
+            for model, payload in _rotated(list(payloads.items()), len(run.cells) + r):
                 assert payload is not None
                 windows[model].append(
                     m.closed(server, model, payload, model, concurrency, _slices(s))
                 )
         for model, ws in windows.items():
             run.cells.append(Cell("routing", kind.name, model, concurrency, merge(ws)))
+
+
+def run_profile(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: Measurer) -> None:
+    """Sample turnout adaptive with py-spy under closed-loop load at concurrency 64."""
+    from benchmarks.profiling import py_spy_path, record, summarize
+
+    target = next((srv for srv in servers if srv.spec.name == ADAPTIVE), None)
+    if target is None or py_spy_path() is None:
+        run.notes.append("No profile: it needs turnout adaptive running and py-spy installed.")
+        return
+    payload = build_payload(KINDS["v2-json-1"], MODEL, artifacts.rows)
+    assert payload is not None
+    _say("profiling turnout adaptive at concurrency 64 (py-spy)")
+    raw = run.settings.workdir / "profile.txt"
+    seconds = 8
+    record(
+        target.process.pid,
+        seconds,
+        raw,
+        lambda: m.closed(target, MODEL, payload, "v2-json-1", 64, seconds + 2),
+    )
+    run.profile = summarize(raw)
 
 
 def execute(settings: Settings) -> Run:
@@ -361,6 +396,8 @@ def execute(settings: Settings) -> Run:
             run_open(run, compared, artifacts, measurer)
         if "routing" in settings.sections:
             run_routing(run, servers[-1], artifacts, measurer)
+        if settings.profile:
+            run_profile(run, compared, artifacts, measurer)
     finally:
         for server in servers:
             server.stop()
@@ -404,6 +441,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="GIT_REF",
         help="also run turnout adaptive from the sources of GIT_REF (before/after, side by side)",
     )
+    add("--profile", action="store_true", help="also sample turnout adaptive with py-spy")
     add("--asyncio-too", action="store_true", help="also run turnout adaptive on asyncio's loop")
     add("--trees", type=int, default=100, help="trees in the forest (100)")
     add("--depth", type=int, default=12, help="depth of each tree (12)")
@@ -458,6 +496,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         out=args.out,
         workdir=args.workdir,
         quick=quick,
+        profile=args.profile,
     )
 
 
@@ -480,4 +519,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = out / f"http-{when}.md"
         write_atomic(path, report)
         _say(f"report written to {path}")
+        if run.profile is not None:
+            write_atomic(out / f"http-{when}-profile.txt", run.profile)
     return 0

@@ -32,6 +32,11 @@ def _ratio(a: float | None, b: float | None, fmt: str = ".2f") -> str:
     return f"{value:.3g}x" if value < 0.1 else f"{value:{fmt}}x"
 
 
+def _cpu_us(w: Window) -> str:
+    cost = w.cpu_per_request
+    return "-" if cost is None else f"{cost * 1e6:,.0f}"
+
+
 def _opt(value: float | None, fmt: str) -> str:
     return "-" if value is None else f"{value:{fmt}}"
 
@@ -63,8 +68,8 @@ def _row(cell: Cell, cells: Sequence[Cell], load_text: str) -> str:
     return (
         f"| {cell.kind} | {load_text} | {cell.server} | {w.throughput:,.0f}"
         f" | {p50} | {p99} | {p999}"
-        f" | {_opt(w.mean_batch, '.1f')} | {_opt(w.cpu_percent, '.0f')} | {w.errors}"
-        f" | {_ratio(w.throughput, ceiling and ceiling.throughput)}"
+        f" | {_opt(w.mean_batch, '.1f')} | {_opt(w.cpu_percent, '.0f')} | {_cpu_us(w)}"
+        f" | {w.errors} | {_ratio(w.throughput, ceiling and ceiling.throughput)}"
         f" | {_ratio(w.percentile(99), ceiling and ceiling.percentile(99))}"
         f" | {_ratio(w.throughput, fastest and fastest.throughput)}"
         f" | {_ratio(w.percentile(99), lowest and lowest.percentile(99))} |"
@@ -72,10 +77,11 @@ def _row(cell: Cell, cells: Sequence[Cell], load_text: str) -> str:
 
 
 _HEADER = (
-    "| kind | {load} | server | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | CPU % | errors"
+    "| kind | {load} | server | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | CPU %"
+    " | CPU µs/req | errors"
     " | req/s vs ceiling | p99 vs ceiling | req/s vs MLServer | p99 vs MLServer |"
 )
-_RULE = "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+_RULE = "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 
 
 def closed_table(cells: Sequence[Cell]) -> list[str]:
@@ -92,7 +98,7 @@ def open_table(cells: Sequence[Cell]) -> list[str]:
         if c.section == "open":
             row = _row(c, cells, f"{c.load:g}/s")
             parts = row.split(" | ")
-            parts.insert(10, str(c.window.sent_late))
+            parts.insert(11, str(c.window.sent_late))
             lines.append(" | ".join(parts))
     return lines
 
@@ -101,8 +107,8 @@ def routing_table(cells: Sequence[Cell]) -> list[str]:
     """Return the routing-cost table, each setup against plain active routing."""
     lines = [
         "| routing | conc | req/s | p50 ms | p99 ms | p99.9 ms | mean batch (primary + mirror)"
-        " | CPU % | errors | req/s vs active | p99 vs active |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        " | CPU % | CPU µs/req | errors | req/s vs active | p99 vs active |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for c in cells:
         if c.section != "routing":
@@ -112,8 +118,8 @@ def routing_table(cells: Sequence[Cell]) -> list[str]:
         lines.append(
             f"| {_ROUTING_TEXT.get(c.server, c.server)} | {c.load:g} | {w.throughput:,.0f}"
             f" | {_ms(w.percentile(50))} | {_ms(w.percentile(99))} | {_ms(w.percentile(99.9))}"
-            f" | {_opt(w.mean_batch, '.1f')} | {_opt(w.cpu_percent, '.0f')} | {w.errors}"
-            f" | {_ratio(w.throughput, active and active.throughput)}"
+            f" | {_opt(w.mean_batch, '.1f')} | {_opt(w.cpu_percent, '.0f')} | {_cpu_us(w)}"
+            f" | {w.errors} | {_ratio(w.throughput, active and active.throughput)}"
             f" | {_ratio(w.percentile(99), active and active.percentile(99))} |"
         )
     return lines
@@ -268,6 +274,15 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
             " latency and errors are the primary's (what the client sees).",
             "",
             *routing_table(run.cells),
+            "",
+        ]
+    if run.profile is not None:
+        lines += [
+            "## Where the time goes (py-spy, turnout adaptive, V2 JSON, concurrency 64)",
+            "",
+            "```",
+            *run.profile.splitlines()[:14],
+            "```",
             "",
         ]
     if plots:

@@ -56,6 +56,13 @@ class Window:
         return None if self.cpu_seconds is None else 100.0 * self.cpu_seconds / self.seconds
 
     @property
+    def cpu_per_request(self) -> float | None:
+        """Server CPU seconds per answered request: steadier than req/s on a shared core."""
+        if self.cpu_seconds is None or not self.requests:
+            return None
+        return self.cpu_seconds / self.requests
+
+    @property
     def mean_batch(self) -> float | None:
         """Rows per executed batch, if the server reports batches."""
         if not self.batches or self.batch_rows is None:

@@ -1,0 +1,95 @@
+"""Smoke test of ``python -m benchmarks http``: it runs and writes a well-formed report and plots.
+
+Performance itself is never asserted here: the numbers belong to the
+machine. The run is the quick mode on a tiny forest, in a subprocess
+(the harness pins its own process to a core).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVERS = ("aiohttp ceiling", "turnout batching off", "turnout adaptive")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    out = tmp_path_factory.mktemp("results")
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "http",
+        "--quick",
+        "--trees",
+        "3",
+        "--depth",
+        "3",
+        "--no-peers",
+        "--kinds",
+        "v2-json-1",
+        "v1-1",
+        "--concurrency",
+        "4",
+        "--rates",
+        "50",
+        "--out",
+        str(out),
+        "--workdir",
+        str(out / "work"),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = out.glob("http-*.md")
+    return path.read_text(), out
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """Return every markdown table in ``text`` as rows of cells."""
+    tables: list[list[list[str]]] = []
+    current: list[list[str]] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+@pytest.mark.timeout(180)
+def test_the_report_has_every_section_in_well_formed_tables(report: tuple[str, Path]) -> None:
+    text, _ = report
+    for heading in ("## Targets", "## Closed loop", "## Open loop", "## Routing and resilience"):
+        assert heading in text
+    tables = _tables(text)
+    assert len(tables) >= 4  # machine, closed loop, open loop, routing
+    for table in tables:
+        width = len(table[0])
+        assert all(len(row) == width for row in table), table[0]
+        assert set(table[1][0]) <= set("-:"), "no header rule"
+    closed = next(t for t in tables if t[0][:3] == ["kind", "conc", "server"])
+    served = {row[2] for row in closed[2:]}
+    assert served == set(SERVERS)
+    for row in closed[2:]:
+        assert float(row[3].replace(",", "")) > 0, row  # req/s
+    # Machine and versions at the top.
+    assert "| Python |" in text
+    assert "| onnxruntime |" in text
+
+
+@pytest.mark.timeout(180)
+def test_the_plots_are_pngs(report: tuple[str, Path]) -> None:
+    text, out = report
+    plots = sorted(out.glob("http-*.png"))
+    assert len(plots) == 2
+    for plot in plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({plot.name})" in text
