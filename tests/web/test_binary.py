@@ -177,6 +177,8 @@ def _with_input(**changes: Any) -> dict[str, Any]:
         (None, None, "1.5", HEADER, "whole number"),
         (None, None, "-3", HEADER, "negative"),
         (None, None, "100000", HEADER, "only"),
+        (None, None, "9" * 5000, HEADER, "whole number"),
+        (None, None, "0" * 5000 + "1" * 25, HEADER, "whole number"),
         (None, b"\x00" * 244, None, "inputs", "add up to 240"),
         (None, b"\x00" * 236, None, "inputs[0].parameters.binary_data_size", "only 236"),
         (

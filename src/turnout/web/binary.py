@@ -90,11 +90,15 @@ async def read_infer_body(request: web.Request) -> tuple[Any, bytes | None]:
 
 def _header_length(value: str, body_size: int) -> int:
     text = value.strip()
-    if not _DIGITS.fullmatch(text):
+    sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+    digits = digits.lstrip("0") or "0"
+    # No body is 21 digits of bytes long; and int() refuses text past 4300 digits
+    # with a ValueError, which must not become a 500.
+    if not _DIGITS.fullmatch(text) or len(digits) > 20:
         raise bad_request(
             f"{HEADER_LENGTH} must be a whole number of bytes, not {value[:40]!r}", HEADER_LENGTH
         )
-    length = int(text)
+    length = int(sign + digits)
     if length < 0:
         raise bad_request(f"{HEADER_LENGTH} must not be negative, not {length}", HEADER_LENGTH)
     if length > body_size:
