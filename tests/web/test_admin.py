@@ -54,6 +54,7 @@ async def test_without_the_right_token_nothing_changes(
     assert ADMIN_TOKEN not in error["error"]
     if status == 401:
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "the word Bearer, a space, then the token" in error["error"]
     assert server.get_all_models_status() == {}
     await expect_error(await client.get("/admin/status", headers=headers), status, code)
 

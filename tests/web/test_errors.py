@@ -332,7 +332,7 @@ async def test_the_default_body_limit_is_8_mib(http, cancer) -> None:
 # -- the server refusing or failing -------------------------------------------------
 
 
-async def test_overload_is_503_with_retry_after(http, server, binary_model) -> None:
+async def test_overload_is_503_with_retry_after(http, server, binary_model, caplog) -> None:
     config = BatchingConfig(max_batch_rows=2, max_queue_rows=2, max_request_rows=2)
     deployment = await server.deploy_model("cancer", "v1", binary_model, batching=config)
     one = body_with(shape=[1, 30], data=rows(1))
@@ -350,6 +350,8 @@ async def test_overload_is_503_with_retry_after(http, server, binary_model) -> N
         fault.release()
         assert (await first).status == 200
         assert (await queued).status == 200
+    # Refusals for load are counted, not logged: a flood of them must not flood the log.
+    assert not [r for r in caplog.records if r.name == "turnout.web" and r.levelname == "ERROR"]
 
 
 async def test_an_open_breaker_is_503_with_its_retry_after(http, server, binary_model) -> None:

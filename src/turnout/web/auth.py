@@ -63,10 +63,15 @@ def require_token(token: str) -> Middleware:
             return await handler(request)
         header = request.headers.get("Authorization")
         if header is None:
-            raise _unauthorized("send the admin token as 'Authorization: Bearer TOKEN'")
+            raise _unauthorized(
+                "send the admin token in an Authorization header: the word Bearer, a space,"
+                " then the token"
+            )
         scheme, _, credentials = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
-            raise _unauthorized("the Authorization header must be 'Bearer TOKEN'")
+            raise _unauthorized(
+                "the Authorization header must be the word Bearer, a space, then the token"
+            )
         given = credentials.strip().encode("utf-8", errors="surrogateescape")
         # compare_digest takes time independent of where the first difference is.
         if not hmac.compare_digest(given, expected):

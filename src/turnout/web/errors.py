@@ -234,7 +234,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (RequestError, TurnoutError) as exc:
         if isinstance(exc, InferenceError):
             logger.warning("%s %s: %s", request.method, request.path, exc)
-        elif isinstance(exc, TurnoutError) and code_for(exc).status >= 500:
+        elif isinstance(exc, TurnoutError) and code_for(exc).status in (500, 502):
+            # 503 and 504 are load and deadlines doing their job, counted in the
+            # metrics; a traceback for each would flood the log under overload.
             logger.error("%s %s failed", request.method, request.path, exc_info=exc)
         return error_response(exc)
     except Exception as exc:
