@@ -145,3 +145,16 @@ def test_deploy_needs_a_server_or_a_repository(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["deploy", "m.onnx", "--model-id", "m", "--version", "v1"])
     assert "one of the arguments --server --repository is required" in capsys.readouterr().err
+
+
+def test_deploy_refuses_names_that_are_not_one_url_segment(iris_file, capsys) -> None:
+    for model, version in (("iris", "v#2"), ("a?b", "v1"), ("../x", "v1")):
+        args = ["deploy", str(iris_file), "--model-id", model, "--version", version]
+        assert main([*args, "--server", "http://127.0.0.1:9"]) == 1
+        assert "unsafe characters" in capsys.readouterr().err
+
+
+def test_deploy_says_when_the_server_is_unreachable(iris_file, capsys) -> None:
+    args = ["deploy", str(iris_file), "--model-id", "iris", "--version", "v1"]
+    assert main([*args, "--server", "http://127.0.0.1:9"]) == 1
+    assert "cannot reach the admin API" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from turnout.core.errors import InvalidConfigError, RemoteError
+from turnout.core.names import check_name
 
 __all__ = ["AdminClient"]
 
@@ -24,6 +25,7 @@ class AdminClient:
             raise InvalidConfigError(f"the admin URL must start with http:// or https://: {url!r}")
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = timeout
         self._session_options: dict[str, Any] = {
             "headers": headers,
             "timeout": aiohttp.ClientTimeout(total=timeout),
@@ -61,11 +63,20 @@ class AdminClient:
             raise RemoteError(
                 f"cannot reach the admin API at {self.url}: {exc}", status=0, code="unreachable"
             ) from exc
+        except TimeoutError as exc:
+            raise RemoteError(
+                f"the admin API at {self.url} did not answer within {self._timeout:g} s",
+                status=0,
+                code="timeout",
+            ) from exc
 
     async def deploy(
         self, model_id: str, version: str, onnx_bytes: bytes, **options: Any
     ) -> dict[str, Any]:
         """Upload ONNX bytes as a version; ``options`` are deploy_model's (features, ...)."""
+        # Checked here as the server would: a name is one URL segment, never a path.
+        check_name("model_id", model_id)
+        check_name("version", version)
         body = {"onnx": base64.b64encode(onnx_bytes).decode("ascii"), **options}
         answer: dict[str, Any] = await self.request(
             "POST", f"/admin/models/{model_id}/versions/{version}", body

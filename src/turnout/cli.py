@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout.core.errors import TurnoutError
+from turnout.core.outputs import OutputMode
 from turnout.web.auth import TOKEN_ENV
 
 __all__ = ["build_parser", "main"]
@@ -189,7 +190,10 @@ def _add_deploy(commands: Any) -> None:
     )
     deploy.add_argument("--replace", action="store_true", help="replace the version if it exists")
     deploy.add_argument(
-        "--output", default=None, help="what predict returns: auto, label, probabilities, scores"
+        "--output",
+        default=None,
+        choices=[mode.value for mode in OutputMode],
+        help="what predict returns (default: auto)",
     )
     deploy.add_argument(
         "--metadata",

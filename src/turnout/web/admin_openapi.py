@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 import turnout
+from turnout.core.outputs import OutputMode
 from turnout.web.openapi import (
     BOOLEAN,
     OPENAPI_PATH,
@@ -69,7 +70,7 @@ def _options() -> dict[str, Schema]:
     return {
         "features": array(string(), "Feature names, in the model's input order."),
         "metadata": {**ANY_OBJECT, "description": "Your own data, kept with the version."},
-        "output": string("auto, label, probabilities or scores."),
+        "output": string(enum=[mode.value for mode in OutputMode]),
         "set_active": {**BOOLEAN, "description": "Activate it (default: only if none is)."},
         "allow_nan": BOOLEAN,
         "batching": {**ANY_OBJECT, "description": "BatchingConfig fields."},
