@@ -119,3 +119,10 @@ async def test_tritonclient_drives_the_repository(make_admin, server, cancer_onn
     assert index == [{"name": "cancer", "version": "v1", "state": "READY"}]
     assert after == []
     assert "admin token" in refused
+
+
+async def test_a_load_with_one_bad_file_deploys_none(admin, server: ModelServer, cancer_onnx):
+    junk = base64.b64encode(b"not a model").decode()
+    body = {"parameters": files(a1=cancer_onnx, b1=junk)}
+    await expect_error(await admin.post(LOAD, json=body), 422, "conversion_failed")
+    assert server.get_all_models_status() == {}

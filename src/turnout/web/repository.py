@@ -18,12 +18,15 @@ the repository.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
+import anyio
 from aiohttp import web
 
-from turnout.core.errors import ModelNotFoundError
+from turnout.core.convert import load_model
+from turnout.core.errors import ModelNotFoundError, TurnoutError
 from turnout.core.names import check_name
 from turnout.core.routing import RoutingConfig
 from turnout.core.server import ModelServer
@@ -119,10 +122,32 @@ async def load(request: web.Request) -> web.Response:
             raise bad_request("config without files: send the model as file:<version>/model.onnx")
         _versions(server, model)  # 404 unless the model is loaded
         return _json({"name": model, "versions": sorted(_versions(server, model))})
-    for version, onnx_bytes in sorted(files.items()):
-        # A load replaces what it names, as Triton's reload does.
-        await server.deploy_model(model, version, onnx_bytes, replace=True, **options)
+    await _deploy_all(server, model, files, options)
     return _json({"name": model, "versions": sorted(_versions(server, model))})
+
+
+async def _deploy_all(
+    server: ModelServer, model: str, files: dict[str, bytes], options: dict[str, Any]
+) -> None:
+    """Deploy every file, or none: a load that fails must not leave half its versions."""
+    # Every file is parsed and checked first, so the usual failure (a file that
+    # is not a servable ONNX model) happens before anything changes.
+    for onnx_bytes in files.values():
+        await anyio.to_thread.run_sync(load_model, onnx_bytes)
+    existing = set(server.get_all_models_status().get(model, {}))
+    deployed: list[str] = []
+    try:
+        for version, onnx_bytes in sorted(files.items()):
+            # A load replaces what it names, as Triton's reload does.
+            await server.deploy_model(model, version, onnx_bytes, replace=True, **options)
+            deployed.append(version)
+    except TurnoutError:
+        # Undo the versions this load added; one it replaced stays replaced.
+        for version in reversed(deployed):
+            if version not in existing:
+                with contextlib.suppress(TurnoutError):
+                    await server.retire_model(model, version)
+        raise
 
 
 def _config(value: object) -> dict[str, Any]:
