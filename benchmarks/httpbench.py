@@ -366,7 +366,9 @@ def execute(settings: Settings) -> Run:
     }
     run.versions["event loop (all servers)"] = settings.loop
     run.versions["load generator"] = (
-        f"wrk ({wrk_path()})" if settings.generator == "wrk" else "built-in (aiohttp client)"
+        f"wrk ({wrk_path()})"
+        if settings.generator == "wrk"
+        else "built-in (a lean HTTP/1.1 client)"
     )
     if version is not None:
         specs += mlserver_specs(artifacts.joblib_path, workdir / "peers")
@@ -421,7 +423,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         default=None,
-        help="open loop req/s (250 500 1000 2000 4000)",
+        help="open loop req/s (500 1000 2000 3000)",
     )
     add("--kinds", nargs="+", choices=sorted(KINDS), default=None, help="request kinds (all)")
     add("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
@@ -481,7 +483,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         rounds=rounds,
         warmup=float(pick(args.warmup, 1.0, 1.0)),  # type: ignore[arg-type]
         concurrency=tuple(pick(args.concurrency, [1, 16, 64, 256], [1, 64])),  # type: ignore[arg-type]
-        rates=tuple(pick(args.rates, [250, 500, 1000, 2000, 4000], [1000])),  # type: ignore[arg-type]
+        rates=tuple(pick(args.rates, [500, 1000, 2000, 3000], [1000])),  # type: ignore[arg-type]
         kinds=tuple(pick(args.kinds, list(KINDS), list(KINDS))),  # type: ignore[arg-type]
         routing_concurrency=(1, 64) if not quick else (64,),
         sections=tuple(args.sections),

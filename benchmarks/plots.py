@@ -46,7 +46,11 @@ def _latency_figure(run: Run) -> object:
     figure, axes = plt.subplots(figsize=(8, 5))
     series: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
     for cell in run.cells:
-        if cell.kind == KIND and cell.section in ("closed", "open") and cell.window.requests:
+        w = cell.window
+        generator_late = w.sent_late > 0.01 * len(w.latencies)  # the generator, not the server
+        if cell.kind == KIND and cell.section in ("closed", "open") and w.requests:
+            if cell.section == "open" and generator_late:
+                continue
             p99 = cell.window.percentile(99) * 1e3
             series[(cell.server, cell.section)].append((cell.window.throughput, p99, cell.load))
     colours: dict[str, str] = {}

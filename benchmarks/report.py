@@ -260,7 +260,8 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
             "## Open loop (V2 JSON, one row)",
             "",
             "Requests due at a fixed rate, latency timed from each one's due time; 'late' counts"
-            " requests the generator itself sent over 1 ms late.",
+            " requests the generator itself sent over 1 ms late: where that is over 1% of them,"
+            " the row measures the generator as much as the server (and the plot leaves it out).",
             "",
             *open_table(run.cells),
             "",
