@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import web
 from web_helpers import expect_error, tensor
 
 from turnout import BatchingConfig, BreakerConfig, TurnoutError
 from turnout.core import errors as core_errors
 from turnout.core.faults import inject_faults
-from turnout.web import ERROR_CODES
+from turnout.web import ERROR_CODES, create_app
 from turnout.web.errors import scrub
 
 INFER = "/v2/models/cancer/infer"
@@ -491,3 +492,41 @@ async def test_hostile_shapes_and_inputs_are_400(http, cancer, body, words) -> N
     assert error["code"] in ("invalid_request", "invalid_input")
     assert words in error["error"]
     assert (await http.get("/v2/health/ready")).status == 200
+
+
+async def test_a_body_that_never_arrives_is_408(http, cancer, monkeypatch) -> None:
+    monkeypatch.setattr("turnout.web.body.BODY_READ_TIMEOUT", 0.2)
+    reader, writer = await asyncio.open_connection(http.server.host, http.server.port)
+    writer.write(
+        b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs": ['
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert b"application/json" in head
+    writer.close()
+    assert (await http.get("/v2/health/ready")).status == 200
+
+
+async def test_a_client_that_leaves_mid_body_is_no_error_in_the_log(cancer, caplog) -> None:
+    # A runner as `turnout serve` makes one: handlers are not cancelled when a client leaves.
+    runner = web.AppRunner(create_app(cancer))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        _reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs": ['
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is reading the body
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.3)
+    finally:
+        await runner.cleanup()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -6,6 +6,7 @@ Every failure is a :class:`RequestError` naming the field at fault, e.g.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,7 @@ from turnout.web.jsonio import JSONError, loads
 from turnout.web.keys import MAX_BODY_KEY
 
 __all__ = [
+    "BODY_READ_TIMEOUT",
     "JSON_CONTENT_TYPE",
     "bad_request",
     "get_list",
@@ -30,6 +32,9 @@ __all__ = [
 ]
 
 JSON_CONTENT_TYPE = "application/json"
+
+# Seconds a request body may take to arrive, once its headers have.
+BODY_READ_TIMEOUT = 30.0
 
 
 def bad_request(
@@ -64,9 +69,23 @@ async def read_bytes(request: web.Request) -> bytes:
         raise _too_large(length, limit)
     # aiohttp stops reading past client_max_size (a chunked body has no length to check).
     try:
-        return await request.read()
+        # A client that declares a body and never sends it would hold its connection
+        # (and a handler) for ever: aiohttp sets no limit on reading one.
+        async with asyncio.timeout(BODY_READ_TIMEOUT):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(None, limit) from None
+    except TimeoutError:
+        raise RequestError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {BODY_READ_TIMEOUT:g} seconds",
+        ) from None
+    except ConnectionError:
+        # The client went away mid-body: nobody will read the answer, and it is no bug.
+        raise RequestError(
+            400, "invalid_request", "the connection closed before the body was complete"
+        ) from None
 
 
 def _too_large(length: int | None, limit: int) -> RequestError:
