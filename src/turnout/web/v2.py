@@ -60,6 +60,8 @@ __all__ = ["setup_v2"]
 
 SERVER_NAME = "turnout"
 EXTENSIONS = ["binary_tensor_data"]
+# Input tensors a request may hold when no version is in hand to say how many features.
+MAX_INPUTS = 4096
 
 
 def setup_v2(app: web.Application) -> None:
@@ -147,7 +149,9 @@ async def infer(request: web.Request) -> web.Response:
     body = require_object(raw_body, None)
     request_id = get_string(body, "id", "id", required=False)
     options = call_options(body)
-    tensors = _inputs(body, blob)
+    tensors = _inputs(
+        body, blob, MAX_INPUTS if deployment is None else deployment.schema.n_features
+    )
     requested = _requested_outputs(body)
     binary = binary_outputs(body)
     if requested is not None:
@@ -181,11 +185,18 @@ async def infer(request: web.Request) -> web.Response:
     return binary_response(answer, outputs, in_binary) if in_binary else _json(answer)
 
 
-def _inputs(body: dict[str, Any], blob: bytes | None) -> list[InputTensor]:
+def _inputs(body: dict[str, Any], blob: bytes | None, limit: int) -> list[InputTensor]:
     inputs = get_list(body, "inputs", "inputs")
     assert inputs is not None
     if not inputs:
         raise bad_request("inputs is empty: send at least one input tensor", "inputs")
+    if len(inputs) > max(limit, 1):
+        # Checked before any is parsed: 100,000 tiny tensors would hold the loop a second.
+        raise bad_request(
+            f"inputs has {len(inputs)} tensors; this model takes one 2-D tensor, or one"
+            f" per feature ({limit})",
+            "inputs",
+        )
     chunks = binary_chunks(inputs, blob)
     return [
         parse_input(value, f"inputs[{i}]", chunk)
