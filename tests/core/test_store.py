@@ -325,7 +325,11 @@ async def test_a_canary_in_progress_resumes_at_its_step_with_a_fresh_window(
     async with server(tmp_path) as first:
         await first.deploy_model(MODEL, "v1", logistic_model)
         await first.deploy_model(MODEL, "v2", forest_model)
-        await first.start_canary(MODEL, "v2", steps=[0.1, 0.5, 1.0], min_requests=5)
+        # Judged on errors only: a forest's p99 against a linear model's is the machine's
+        # noise, not what this test is about.
+        await first.start_canary(
+            MODEL, "v2", steps=[0.1, 0.5, 1.0], min_requests=5, max_latency_ratio=1e6
+        )
         for _ in range(20):  # requests pinned to either version count for the canary
             for version in ("v1", "v2"):
                 await first.predict(MODEL, rows, version=version)
