@@ -10,6 +10,12 @@ The test kills it at a random moment, restarts from DIR in this process and
 checks that the state is consistent, and that it is the last acknowledged
 state but for what the operation in flight may have changed. The next child
 starts from the same DIR, so recoveries follow recoveries.
+
+A second child deploys a burst of new versions at once, each with
+``set_active=True``, announcing every activation as it happens and every
+deploy once it returned; killed in the middle of the burst, the restarted
+server must hold every acknowledged version and an active version no older
+than the last acknowledged one.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import pytest
 
 import turnout
-from turnout import Fallback, ModelServer, RoutingConfig, TurnoutError
+from turnout import Fallback, ModelServer, RoutingConfig, TurnoutError, hookimpl
 from turnout.core.store import fallback_to_dict
 
 # Another seed explores other schedules: TURNOUT_CRASH_SEED=7 pytest tests/core/test_store_crash.py
@@ -40,6 +47,9 @@ ITERATIONS = 12
 MODELS = ("alpha", "beta")
 VERSIONS = ("v1", "v2", "v3")
 MAX_OPERATIONS = 300
+BURST = 40
+# The kill comes right after this many deploys of the burst returned.
+BURST_KILLS = (1, 3, 10, 25)
 
 State = dict[str, dict[str, Any]]
 
@@ -279,8 +289,117 @@ def test_a_killed_server_restarts_into_a_consistent_durable_state(
         state = asyncio.run(check_consistent(repository, rows))
         check_durable(state, acked, run.in_flight)
     assert mid_operation >= ITERATIONS // 2
-    assert not [p for p in repository.rglob(".*")], "leftovers survived a restart"
+    assert not leftovers(repository), "leftovers survived a restart"
+
+
+def leftovers(repository: Path) -> list[Path]:
+    """Hidden entries a write left; the server's lock file is meant to stay."""
+    return [p for p in repository.rglob(".*") if p != repository / ".lock"]
+
+
+# -- a burst of concurrent deploys, each activating its version ------------------------------
+
+
+class Announcer:
+    """Prints every activation the moment it happens, before anything is written."""
+
+    @hookimpl
+    def active_version_changed(self, model_id: str, old: str | None, new: str | None) -> None:
+        say("activated", new)
+
+
+async def burst_child(repository: str, onnx_dir: str, first: int) -> None:
+    onnx = [(Path(onnx_dir) / f"{i}.onnx").read_bytes() for i in range(2)]
+    server = ModelServer(repository=repository, entry_points=False, plugins=[Announcer()])
+    async with server:
+        say("ready", server.active_models.get("burst"))
+
+        async def deploy(number: int) -> None:
+            version = f"v{number}"
+            await server.deploy_model("burst", version, onnx[number % 2], set_active=True)
+            say("acked", version)
+
+        await asyncio.gather(*(deploy(first + i) for i in range(BURST)))
+        say("done", None)
+        await asyncio.sleep(60)  # killed by then
+
+
+@dataclass
+class Burst:
+    """What a killed burst child announced after its restore."""
+
+    active_before: str | None
+    activated: list[str]
+    acked: list[str]
+
+
+def run_burst(repository: Path, onnx_dir: Path, first: int, log: Path, kill: int) -> Burst:
+    """Start a burst child; kill it soon after its ``kill``-th deploy returned."""
+    env = {**os.environ, "PYTHONPATH": str(Path(turnout.__file__).parents[1])}
+    args = [sys.executable, __file__, "burst", str(repository), str(onnx_dir), str(first)]
+    rng = random.Random(SEED + first)
+    with (
+        log.open("ab") as errors,
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, text=True, env=env) as child,
+    ):
+        assert child.stdout is not None
+        messages = []
+        for message in lines(child.stdout):
+            messages.append(message)
+            acked = [m for m in messages if m["kind"] == "acked"]
+            if message["kind"] == "acked" and len(acked) == kill:
+                time.sleep(rng.uniform(0, 0.01))
+                child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    ready = next(i for i, m in enumerate(messages) if m["kind"] == "ready")
+    after = messages[ready + 1 :]  # the restore announces the activations it makes
+    return Burst(
+        active_before=messages[ready]["body"],
+        activated=[m["body"] for m in after if m["kind"] == "activated"],
+        acked=[m["body"] for m in after if m["kind"] == "acked"],
+    )
+
+
+async def restored_burst(repository: Path) -> tuple[set[str], str | None]:
+    async with ModelServer(repository=repository, entry_points=False) as server:
+        versions = set(server.get_all_models_status().get("burst", {}))
+        return versions, server.active_models.get("burst")
+
+
+def test_a_burst_of_activating_deploys_keeps_an_acknowledged_active_version(
+    tmp_path: Path, logistic_model: Any, forest_model: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from turnout.core.convert import load_model
+
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
+    for index, model in enumerate((logistic_model, forest_model)):
+        onnx_bytes = load_model(model).onnx_bytes
+        assert onnx_bytes is not None
+        (onnx_dir / f"{index}.onnx").write_bytes(onnx_bytes)
+    repository, log = tmp_path / "repo", tmp_path / "children.log"
+    acked_ever: set[str] = set()
+    for iteration, kill in enumerate(BURST_KILLS):
+        burst = run_burst(repository, onnx_dir, iteration * BURST, log, kill)
+        versions, active = asyncio.run(restored_burst(repository))
+        acked_ever |= set(burst.acked)
+        assert acked_ever <= versions, sorted(acked_ever - versions)
+        # Every acknowledged deploy made its version active; what is active after the
+        # restart is the last of them or one activated after it, and it is there.
+        order = [burst.active_before, *burst.activated]
+        newest_acked = max((order.index(v) for v in burst.acked), default=0)
+        assert active in order[newest_acked:], (active, burst, order[newest_acked:])
+        assert active in versions, (active, sorted(versions))
+        # Stored, not guessed: restore falls back to the highest version when the stored
+        # active one is gone, which would hide a model.json naming a version not yet stored.
+        assert "is gone" not in caplog.text
+        assert len(burst.acked) < BURST, "killed after the burst"
+    assert not leftovers(repository), "leftovers survived a restart"
 
 
 if __name__ == "__main__":
-    asyncio.run(child(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    if sys.argv[1] == "burst":
+        asyncio.run(burst_child(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    else:
+        asyncio.run(child(sys.argv[1], sys.argv[2], int(sys.argv[3])))

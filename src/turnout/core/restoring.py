@@ -55,10 +55,11 @@ class RestoreOperations:
         Called on entering ``async with``; calling it again does nothing.
         Broken entries in the repository are logged and skipped. A version
         found as a bare ``model.onnx`` is deployed with the server's defaults
-        and gets its ``deployment.json``; a model without ``model.json``
-        activates its highest version in natural order (``v10`` after ``v9``).
-        A canary in progress resumes at its stored step, judged on a fresh
-        step window: counters, breakers and rollout history start anew.
+        and gets its ``deployment.json``; a model without ``model.json``, or
+        whose stored active version is gone, activates its highest version in
+        natural order (``v10`` after ``v9``). A canary in progress resumes at
+        its stored step, judged on a fresh step window: counters, breakers and
+        rollout history start anew.
         """
         if self._store is None or self._store.enabled:
             return
@@ -94,11 +95,9 @@ class RestoreOperations:
         model_id = record.model_id
         if not self._registry.contains_model(model_id):
             return found
-        active = record.active if record.stored else self._initial_active(model_id)
-        if active is not None and self._registry.contains(model_id, active):
+        active = self._restored_active(record)
+        if active is not None:
             self._set_active(model_id, active)
-        elif active is not None:
-            logger.warning("stored active version %s:%s is gone", model_id, active)
         try:
             config = RoutingConfig.from_dict(record.routing)
             self._router.build(config, self._context(model_id))
@@ -111,11 +110,26 @@ class RestoreOperations:
             self._fallbacks[model_id] = fallback
         return found
 
-    def _initial_active(self, model_id: str) -> str:
-        """The active version of a model the repository holds no state for: the highest."""
-        version = max(self._registry.versions(model_id), key=natural_key)
-        logger.info("%s has no stored state; its highest version %s is active", model_id, version)
-        return version
+    def _restored_active(self, record: ModelRecord) -> str | None:
+        """The stored active version; the highest if there is no state or it is gone."""
+        model_id, active = record.model_id, record.active
+        highest = max(self._registry.versions(model_id), key=natural_key)
+        if not record.stored:
+            logger.info(
+                "%s has no stored state; its highest version %s is active", model_id, highest
+            )
+            return highest
+        if active is not None and not self._registry.contains(model_id, active):
+            # Writes never name a version before it is stored, so this takes a version
+            # that failed to load, or a hand edit: serving something beats serving nothing.
+            logger.warning(
+                "stored active version %s:%s is gone; its highest version %s is active instead",
+                model_id,
+                active,
+                highest,
+            )
+            return highest
+        return active
 
     async def _restore_version(self, record: VersionRecord) -> Deployment | None:
         if self._registry.contains(record.model_id, record.version):

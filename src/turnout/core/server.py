@@ -806,11 +806,20 @@ class ModelServer(RestoreOperations, RolloutOperations):
         """Return the model's live state as a record (None once it has no versions)."""
         if not self._registry.contains_model(model_id):
             return None
+        active = self._registry.active.get(model_id)
+        routing = self._router.config(model_id).to_dict()
+        fallback = self._fallbacks.get(model_id)
+        versions = set(self._registry.versions(model_id))
+        # Any deployed version the routing params mention (a plugin's strategy may keep
+        # them anywhere) must be stored before this state is, as must active and fallback.
+        named = _strings(routing["params"]) & versions
+        named |= {v for v in (active, fallback.version if fallback else None) if v is not None}
         return ModelRecord(
             model_id=model_id,
-            active=self._registry.active.get(model_id),
-            routing=self._router.config(model_id).to_dict(),
-            fallback=fallback_to_dict(self._fallbacks.get(model_id)),
+            active=active,
+            routing=routing,
+            fallback=fallback_to_dict(fallback),
+            named=frozenset(named),
         )
 
     async def _flush_store(self) -> None:
@@ -826,6 +835,21 @@ class ModelServer(RestoreOperations, RolloutOperations):
     def _check_open(self) -> None:
         if self._closed:
             raise ServerClosedError("the server is closed")
+
+
+def _strings(data: object) -> set[str]:
+    """Every string in plain data (dicts, lists), keys included."""
+    if isinstance(data, str):
+        return {data}
+    items: list[object] = []
+    if isinstance(data, Mapping):
+        items = [*data.keys(), *data.values()]
+    elif isinstance(data, list | tuple):
+        items = list(data)
+    found: set[str] = set()
+    for item in items:
+        found |= _strings(item)
+    return found
 
 
 def _same_rollout(old: RoutingConfig, new: RoutingConfig) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -165,6 +166,8 @@ class ModelRecord:
 
     ``stored`` is False when the model has no model.json (it was put in the
     repository by hand, or a crash came before its first state was written).
+    ``named`` is every version the state refers to (active, routed to,
+    fallback): model.json is written only once each of them is stored.
     """
 
     model_id: str
@@ -173,6 +176,7 @@ class ModelRecord:
     fallback: Mapping[str, Any] | None
     versions: tuple[VersionRecord, ...] = ()
     stored: bool = True
+    named: frozenset[str] = frozenset()
 
 
 # -- mapping between live objects and records --------------------------------------------
@@ -672,15 +676,20 @@ def _stored_version(
 
 # -- writing from the event loop ----------------------------------------------------------
 
-WritePlan = Callable[[], Callable[[], None] | None]
+Write = Callable[[], None]
+WritePlan = Callable[[], Write | None]
 
 
 class StoreWriter:
     """Queues a server's changes and writes them to a ModelStore in a thread, in order.
 
-    A model's state is read when its write runs, not when it was queued, so a
-    burst of changes to one model costs one write. Disabled (every call a
-    no-op) until the server has restored what the store holds.
+    A model's state is snapshotted each time it changes, and written when
+    its turn comes: the newest state that names only versions already stored
+    (the live one if it does, so a burst of changes costs few writes). A
+    version's own write is queued the moment it is deployed, before any state
+    that names it, so model.json never names a version a crash could lose.
+    Disabled (every call a no-op) until the server has restored what the
+    store holds.
     """
 
     def __init__(self, store: ModelStore, state: Callable[[str], ModelRecord | None]) -> None:
@@ -689,18 +698,32 @@ class StoreWriter:
         self._state = state
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._dirty: set[str] = set()
+        self._clock = itertools.count(1)
+        # Per model: the versions stored on disk, the states queued but not yet
+        # written (oldest first, with the clock reading when each was taken), and
+        # the reading of the state written last.
+        self._stored: dict[str, set[str]] = {}
+        self._pending: dict[str, list[tuple[int, ModelRecord | None]]] = {}
+        self._written: dict[str, int] = {}
 
     async def load(self) -> list[ModelRecord]:
         """Read every stored model, in a thread."""
-        return await anyio.to_thread.run_sync(self.store.load)
+        records = await anyio.to_thread.run_sync(self.store.load)
+        for record in records:
+            self._stored[record.model_id] = {v.version for v in record.versions}
+        return records
 
     def save_version(self, deployment: Deployment) -> None:
         """Queue storing a deployed version and its model's state."""
         if self.enabled:
-            write = partial(self.store.save_version, version_record(deployment))
-            self._queue(lambda: write)
+            record = version_record(deployment)
+            self._queue(lambda: partial(self._save_version, record))
             self.model_changed(deployment.model_id)
+
+    def _save_version(self, record: VersionRecord) -> None:
+        self.store.save_version(record)
+        # In the write's thread, but under the writer's lock, which every reader holds.
+        self._stored.setdefault(record.model_id, set()).add(record.version)
 
     def record_found(self, deployment: Deployment, sha256: str) -> None:
         """Queue writing the deployment.json of a version found as a bare model.onnx."""
@@ -711,23 +734,48 @@ class StoreWriter:
     def delete_version(self, model_id: str, version: str) -> None:
         """Queue removing a retired version and storing its model's state."""
         if self.enabled:
-            self._queue(lambda: partial(self.store.delete_version, model_id, version))
+            self._queue(partial(self._delete_version, model_id, version))
             self.model_changed(model_id)
+
+    def _delete_version(self, model_id: str, version: str) -> Write:
+        # Not stored from the moment its removal starts: no state may name it after.
+        self._stored.get(model_id, set()).discard(version)
+        return partial(self.store.delete_version, model_id, version)
 
     def model_changed(self, model_id: str) -> None:
         """Queue storing the model's state (or removing it, once it has no versions)."""
         if self.enabled:
-            self._dirty.add(model_id)
-            self._queue(partial(self._model_write, model_id))
+            taken = next(self._clock)
+            self._pending.setdefault(model_id, []).append((taken, self._state(model_id)))
+            self._queue(partial(self._model_write, model_id, taken))
 
-    def _model_write(self, model_id: str) -> Callable[[], None] | None:
-        if model_id not in self._dirty:
-            return None  # an earlier write stored the latest state already
-        self._dirty.discard(model_id)
-        record = self._state(model_id)
+    def _model_write(self, model_id: str, taken: int) -> Write | None:
+        """The write of the newest state, no older than the one taken at ``taken``, to store."""
+        if self._written.get(model_id, 0) >= taken:
+            return None  # a write of a later state ran already
+        pending = self._pending.get(model_id, [])
+        live = (next(self._clock), self._state(model_id))
+        candidates = [live, *reversed([p for p in pending if p[0] >= taken])]
+        chosen = next((c for c in candidates if not self._unstored(model_id, c[1])), None)
+        written = taken if chosen is None else chosen[0]
+        self._pending[model_id] = [p for p in pending if p[0] > written]
+        if chosen is None:
+            # Only when a version's own write failed: storing the state would lose it.
+            missing = ", ".join(sorted(self._unstored(model_id, live[1])))
+            message = f"cannot store the state of {model_id}: {missing} failed to be written"
+            logger.error("%s", message)
+            raise StoreError(message)
+        self._written[model_id] = written
+        record = chosen[1]
         if record is None:
+            self._stored.pop(model_id, None)
             return partial(self.store.delete_model, model_id)
         return partial(self.store.save_model, record)
+
+    def _unstored(self, model_id: str, record: ModelRecord | None) -> set[str]:
+        if record is None:
+            return set()
+        return set(record.named) - self._stored.get(model_id, set())
 
     def _queue(self, plan: WritePlan) -> None:
         task = asyncio.ensure_future(self._run(plan))
