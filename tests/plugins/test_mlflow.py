@@ -237,6 +237,9 @@ def test_guide_manager_logs_runs_and_ab_comparisons(
         assert metrics[f"{prefix}.p_value"] == pytest.approx(comparison.p_value)
         assert metrics[f"{prefix}.v1.0.count"] == comparison.a.count
         assert run.data.tags[f"{prefix}.verdict"] == comparison.verdict
+        # Logged once, by the versions_compared hook, not again by the manager.
+        history = tracking.client.get_metric_history(run.info.run_id, f"{prefix}.difference")
+        assert [point.step for point in history] == [0]
         # The last sample, taken as the manager closed, counts every request.
         assert metrics["request_count"] > 0
         assert run.info.status == "FINISHED"

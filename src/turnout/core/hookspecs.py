@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from turnout.core.batching import BatchReport
     from turnout.core.breaker import BreakerPolicyFactory, BreakerState
     from turnout.core.health import HealthCheck, HealthReport
+    from turnout.core.outcomes import ABComparison
     from turnout.core.registry import Deployment
     from turnout.core.routing import RoutingConfig, RoutingStrategyFactory
 
@@ -128,6 +129,11 @@ def shadow_compared(
     ``difference`` is the mean absolute difference of the outputs; ``agreed``
     whether the labels all matched (None for a regressor).
     """
+
+
+@hookspec
+def versions_compared(model_id: str, comparison: ABComparison) -> None:
+    """Called after ``compare_versions`` compared two versions' recorded outcomes."""
 
 
 @hookspec

@@ -334,8 +334,6 @@ class ModelServingManager:
         With MLflow enabled, the result is logged on both versions' runs.
         """
         comparison: ABComparison = self._run(self.server.compare_versions, model_id, a, b)
-        if self.mlflow is not None:
-            self._run(self.mlflow.log_comparison, model_id, comparison)
         return comparison
 
     def shadow_statistics(self, model_id: str) -> list[ShadowStatistics]:

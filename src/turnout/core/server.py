@@ -642,7 +642,9 @@ class ModelServer(RestoreOperations, RolloutOperations):
         for version in (a, b):
             self._registry.get(model_id, version)
         outcomes = self._router.traffic(model_id).outcomes
-        return compare(outcomes.statistics(a), outcomes.statistics(b))
+        comparison = compare(outcomes.statistics(a), outcomes.statistics(b))
+        self._events.emit("versions_compared", model_id=model_id, comparison=comparison)
+        return comparison
 
     def shadow_statistics(self, model_id: str) -> list[ShadowStatistics]:
         """Return each shadow version's record against its primary."""

@@ -8,7 +8,8 @@ events on that version (activated, routing changed, breaker opened or
 closed, health, rollout steps, replaced, retired) become tags for the current
 state plus one ``turnout.event.NNNN`` tag per event, its value starting with
 the UTC time. Serving metrics are sampled on the event loop every
-``metrics_interval`` seconds and logged with the sample number as step.
+``metrics_interval`` seconds and logged with the sample number as step, and
+every ``compare_versions`` result on both versions' runs.
 
 Nothing here runs on the request path: hooks copy a few values and queue a
 job; a worker thread talks to MLflow (see :mod:`turnout.plugins.mlflow_worker`).
@@ -278,8 +279,13 @@ class MlflowTracker:
         for key, deployment in list(self._deployments.items()):
             self._sample_one(key, deployment, step, now)
 
+    @hookimpl
+    def versions_compared(self, model_id: str, comparison: ABComparison) -> None:
+        """Log the comparison ``compare_versions`` made on both versions' runs."""
+        self.log_comparison(model_id, comparison)
+
     def log_comparison(self, model_id: str, comparison: ABComparison) -> None:
-        """Log an A/B comparison (from ``compare_versions``) on both versions' runs."""
+        """Log an A/B comparison on both versions' runs (``compare_versions`` does it itself)."""
         prefix, values, tags = comparison_metrics(comparison)
         step = next(self._comparisons.setdefault(f"{model_id}/{prefix}", itertools.count(0)))
         for version in (comparison.a.version, comparison.b.version):
