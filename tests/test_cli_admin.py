@@ -112,6 +112,36 @@ def test_deploy_into_a_repository_then_status_reads_it(tmp_path, iris_file, caps
     assert "already deployed" in capsys.readouterr().err
 
 
+async def test_a_repository_a_server_uses_is_read_by_status_and_refused_to_deploy(
+    tmp_path, iris_file
+) -> None:
+    repository = str(tmp_path / "repo")
+    deploy = ("deploy", str(iris_file), "--model-id", "iris", "--repository", repository)
+    code, _, err = await turnout(*deploy, "--version", "v1")
+    assert code == 0, err
+    serve = ("--no-demo", "--repository", repository)
+    async with turnout_serve(*serve, env={"TURNOUT_ADMIN_TOKEN": ""}) as server:
+        await read_banner(server, "admin API is off")
+        code, _, err = await turnout(*deploy, "--version", "v2")
+        assert code == 1
+        assert f"in use by a running server (pid {server.pid})" in err
+        assert "turnout deploy --server URL" in err
+        assert "reading iris.joblib" not in err  # refused before converting anything
+        code, out, err = await turnout("status", "--repository", repository)
+        assert code == 0, err
+        assert [row.split()[:3] for row in out.strip().splitlines()[1:]] == [["iris", "v1", "*"]]
+        server.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.wait(), 10) == 0
+    assert not (tmp_path / "repo" / "iris" / "v2").exists()
+
+
+def test_status_of_a_missing_repository_says_so(tmp_path, capsys) -> None:
+    missing = tmp_path / "missing"
+    assert main(["status", "--repository", str(missing)]) == 1
+    assert f"the model repository {missing} does not exist" in capsys.readouterr().err
+    assert not missing.exists()
+
+
 def test_deploy_says_what_files_it_takes(tmp_path, capsys) -> None:
     model = tmp_path / "model.h5"
     model.write_bytes(b"\x89HDF")

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from turnout.admin_client import AdminClient
 from turnout.core.server import ModelServer
+from turnout.core.store import check_unlocked
 from turnout.model_files import ModelFile, read_model_file
 
 __all__ = ["run_deploy"]
@@ -57,9 +58,12 @@ async def run_deploy(
     """Deploy the model file at ``path`` to a running server or into a repository directory.
 
     Returns the deployed version's status. The file is read and converted
-    here; only ONNX bytes are sent or stored.
+    here; only ONNX bytes are sent or stored. A repository that a running
+    server holds is refused (StoreError), before the file is converted.
     """
     progress = progress or Progress()
+    if repository is not None:
+        check_unlocked(repository)
     progress.start(f"reading {path.name}")
     model = read_model_file(path)
     progress.done(f"{_size(len(model.onnx_bytes))} of ONNX from {model.source}")

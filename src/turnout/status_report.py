@@ -21,12 +21,16 @@ async def collect_status(
     token: str | None = None,
     repository: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Return ``{"models": {...}}`` as the admin API's /admin/status answers it."""
+    """Return ``{"models": {...}}`` as the admin API's /admin/status answers it.
+
+    A repository is only read: it may be a running server's, which alone
+    writes it; StoreError if it does not exist.
+    """
     if server_url is not None:
         async with AdminClient(server_url, token) as client:
             return await client.status()
     assert repository is not None
-    async with ModelServer(repository=repository) as server:
+    async with ModelServer(repository=repository, repository_read_only=True) as server:
         models = sorted(server.get_all_models_status())
         return {"models": {model: to_json(model_view(server, model)) for model in models}}
 

@@ -59,7 +59,8 @@ class RestoreOperations:
         whose stored active version is gone, activates its highest version in
         natural order (``v10`` after ``v9``). A canary in progress resumes at
         its stored step, judged on a fresh step window: counters, breakers and
-        rollout history start anew.
+        rollout history start anew. Unless the repository is read-only, it is
+        locked first: StoreError if another server holds it.
         """
         if self._store is None or self._store.enabled:
             return
@@ -71,6 +72,14 @@ class RestoreOperations:
                 found.extend(await self._restore_model(record))
         finally:
             self._store.enabled = True
+        if not self._store.read_only:
+            await self._record_restored(records, found)
+
+    async def _record_restored(
+        self, records: list[ModelRecord], found: list[tuple[Deployment, str]]
+    ) -> None:
+        """Store what restore replaced, and the deployment.json of versions found bare."""
+        assert self._store is not None
         for record in records:
             # What no longer fits was replaced; a model none of whose versions
             # could be restored is left on disk as it is, not deleted.

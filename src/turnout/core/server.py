@@ -108,7 +108,10 @@ class ModelServer(RestoreOperations, RolloutOperations):
     points (``entry_points=False`` skips those); ``seed`` makes routing
     draws repeatable. With ``repository`` (a directory) deployments, active
     versions, routing and fallbacks are stored there as they change, and
-    restored on entering the block (see :meth:`restore`).
+    restored on entering the block (see :meth:`restore`); while the block
+    runs, the server holds the repository's lock, so no second server opens
+    it. ``repository_read_only`` only reads it: no lock, no repairs, and any
+    change raises StoreError once it has taken effect in memory.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class ModelServer(RestoreOperations, RolloutOperations):
         seed: int | None = None,
         clock: Clock | None = None,
         repository: str | os.PathLike[str] | None = None,
+        repository_read_only: bool = False,
     ) -> None:
         if repository is not None and mock_mode:
             raise InvalidConfigError(
@@ -160,7 +164,9 @@ class ModelServer(RestoreOperations, RolloutOperations):
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         self._store = (
-            StoreWriter(ModelStore(repository), self._model_record)
+            StoreWriter(
+                ModelStore(repository, read_only=bool(repository_read_only)), self._model_record
+            )
             if repository is not None
             else None
         )

@@ -20,13 +20,17 @@ deployed, gets its ``deployment.json``. Symlinks are never followed, so
 nothing outside the directory is read or written through one.
 
 The methods here block on the disk: the server calls them in a thread. One
-process writes a repository at a time.
+process writes a repository at a time: a server holds an exclusive lock on
+``<dir>/.lock`` (see :meth:`ModelStore.lock`). A store opened read-only
+takes no lock, repairs nothing and refuses every write, so it can look at a
+repository a running server is writing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -48,6 +52,11 @@ from typing import Any
 import anyio
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: the repository is not locked
+    fcntl = None  # type: ignore[assignment]
+
 from turnout.core.batching import BatchingConfig
 from turnout.core.breaker import BreakerConfig
 from turnout.core.errors import InvalidConfigError, InvalidNameError, StoreError, TurnoutError
@@ -64,6 +73,7 @@ __all__ = [
     "VersionRecord",
     "atomic_write",
     "check_storable",
+    "check_unlocked",
     "fallback_from_dict",
     "fallback_to_dict",
     "natural_key",
@@ -76,6 +86,9 @@ logger = logging.getLogger("turnout")
 MODEL_FILE = "model.json"
 ONNX_FILE = "model.onnx"
 DEPLOYMENT_FILE = "deployment.json"
+# Hidden, so never read as a model; it stays when the server stops (removing a
+# lock file another process may be opening would let two servers in).
+LOCK_FILE = ".lock"
 
 # Suffixes of the hidden entries this module leaves while it writes.
 STAGED = "staged"  # a version being written, not yet swapped in
@@ -410,14 +423,74 @@ def _valid_name(kind: str, name: str) -> bool:
 
 
 class ModelStore:
-    """The repository directory: writes are atomic, reads skip what is broken."""
+    """The repository directory: writes are atomic, reads skip what is broken.
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    With ``read_only`` the directory must exist; nothing in it is created,
+    repaired or removed, and every write raises StoreError.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.root = Path(directory).resolve()
+        self.read_only = read_only
+        self._lock_fd: int | None = None
+        if read_only:
+            if not self.root.is_dir():
+                what = "is not a directory" if os.path.lexists(self.root) else "does not exist"
+                raise StoreError(f"the model repository {self.root} {what}")
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the model repository {self.root}: {exc}") from exc
+
+    # -- the lock --
+
+    def lock(self) -> None:
+        """Take the repository's exclusive lock; raise StoreError if another process holds it.
+
+        An advisory ``flock`` on ``<dir>/.lock``, held until :meth:`close` (or
+        the process ends, however it ends). A read-only store takes none, and
+        a repository on a read-only volume is served unlocked: no one can
+        write it anyway.
+        """
+        if self.read_only or self._lock_fd is not None or fcntl is None:
+            return
+        fd = self._open_lock_file()
+        if fd is None:
+            return
+        try:
+            _flock(self.root, fd)
+        except StoreError:
+            os.close(fd)
+            raise
+        with contextlib.suppress(OSError):  # the pid only names the holder in the refusals
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _open_lock_file(self) -> int | None:
+        path = self.root / LOCK_FILE
+        flags = _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StoreError(f"cannot lock the model repository {self.root}: {exc}") from exc
+        try:  # a read-only volume: lock its lock file if it has one
+            return os.open(path, os.O_RDONLY | flags)
+        except OSError:
+            logger.warning("the model repository %s is not writable; it is not locked", self.root)
+            return None
+
+    def close(self) -> None:
+        """Release the lock, if this store holds it."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the file releases the flock
+            self._lock_fd = None
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"the model repository {self.root} is open read-only")
 
     def path(self, model_id: str, version: str | None = None) -> Path:
         """Return the directory of a model or version; refuse one outside the repository."""
@@ -434,6 +507,7 @@ class ModelStore:
 
     def save_version(self, record: VersionRecord) -> None:
         """Store one version, replacing any stored copy: a crash leaves the old one or the new."""
+        self._check_writable()
         model_dir = self._make(record.model_id)
         target = self.path(record.model_id, record.version)
         self._discard_leftovers(model_dir, record.version)
@@ -471,6 +545,7 @@ class ModelStore:
 
         Skipped, with a warning, if model.onnx changed since it was read.
         """
+        self._check_writable()
         directory = self.path(record.model_id, record.version)
         try:
             current = hashlib.sha256(read_file(directory / ONNX_FILE)).hexdigest()
@@ -484,6 +559,7 @@ class ModelStore:
 
     def save_model(self, record: ModelRecord) -> None:
         """Store a model's active version, routing and fallback."""
+        self._check_writable()
         directory = self._make(record.model_id)
         data = {
             "active": record.active,
@@ -494,6 +570,7 @@ class ModelStore:
 
     def delete_version(self, model_id: str, version: str) -> None:
         """Remove a stored version (a no-op if it is not stored)."""
+        self._check_writable()
         path = self.path(model_id, version)
         if path.parent.is_dir():
             # A leftover of an earlier write must not bring the version back at the next load.
@@ -502,6 +579,7 @@ class ModelStore:
 
     def delete_model(self, model_id: str) -> None:
         """Remove a model and every stored version of it."""
+        self._check_writable()
         self._remove(self.path(model_id))
 
     def _make(self, model_id: str) -> Path:
@@ -536,7 +614,10 @@ class ModelStore:
         A version missing from its place while its old copy is parked
         (``.replaced``) was being swapped: the complete staged copy goes in,
         or else the old one goes back. Every other leftover is removed.
+        A read-only store leaves everything as it is.
         """
+        if self.read_only:
+            return
         groups: dict[str, dict[str, list[Path]]] = {}
         for entry in _entries(directory):
             parsed = _parse_hidden(entry.name)
@@ -569,7 +650,11 @@ class ModelStore:
     # -- reads --
 
     def load(self) -> list[ModelRecord]:
-        """Return every stored model, after :meth:`recover`; broken entries are logged, skipped."""
+        """Return every stored model, after :meth:`recover`; broken entries are logged, skipped.
+
+        Read-only, nothing is recovered: a write in progress (by a running
+        server) is not seen, as its hidden entries are never read.
+        """
         try:
             self.recover(self.root)
         except OSError as exc:  # a read-only repository can still be served
@@ -646,6 +731,49 @@ class ModelStore:
             return None
 
 
+def check_unlocked(directory: str | os.PathLike[str]) -> None:
+    """Raise StoreError if a running server holds the repository; create and lock nothing.
+
+    A quick check before slow work (converting a model) that would need the
+    lock; only taking the lock, as :meth:`ModelStore.lock` does, is sure.
+    """
+    if fcntl is None:
+        return
+    root = Path(directory).resolve()
+    try:
+        fd = os.open(root / LOCK_FILE, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return  # no lock file, so no server; anything else, taking the lock reports
+    try:
+        _flock(root, fd)
+    finally:
+        os.close(fd)  # releases the lock, if it was free and so taken
+
+
+def _flock(root: Path, fd: int) -> None:
+    """Lock the open lock file of the repository at ``root``, or say who holds it."""
+    assert fcntl is not None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StoreError(f"cannot lock the model repository {root}: {exc}") from exc
+        raise StoreError(
+            f"the model repository {root} is in use by a running server{_lock_holder(fd)};"
+            " only one server opens a repository at a time. Change its models through that"
+            " server instead: turnout deploy --server URL (its admin API), not --repository"
+        ) from None
+
+
+def _lock_holder(fd: int) -> str:
+    """' (pid N)' from a lock file its holder wrote its pid into, else ''."""
+    try:
+        pid = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
 def _default_state() -> dict[str, Any]:
     return {"active": None, "routing": {"strategy": "active"}, "fallback": None}
 
@@ -706,12 +834,25 @@ class StoreWriter:
         self._pending: dict[str, list[tuple[int, ModelRecord | None]]] = {}
         self._written: dict[str, int] = {}
 
+    @property
+    def read_only(self) -> bool:
+        """True if the store refuses writes (it was opened to look, not to serve)."""
+        return self.store.read_only
+
     async def load(self) -> list[ModelRecord]:
-        """Read every stored model, in a thread."""
-        records = await anyio.to_thread.run_sync(self.store.load)
+        """Lock the repository (unless read-only) and read every stored model, in a thread."""
+        records = await anyio.to_thread.run_sync(self._lock_and_load)
         for record in records:
             self._stored[record.model_id] = {v.version for v in record.versions}
         return records
+
+    def _lock_and_load(self) -> list[ModelRecord]:
+        self.store.lock()
+        try:
+            return self.store.load()
+        except BaseException:
+            self.store.close()
+            raise
 
     def save_version(self, deployment: Deployment) -> None:
         """Queue storing a deployed version and its model's state."""
@@ -804,6 +945,7 @@ class StoreWriter:
                     raise result
 
     async def close(self) -> None:
-        """Wait for every queued write; failures were logged when they happened."""
+        """Wait for every queued write (failures were logged), then release the lock."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.close()
