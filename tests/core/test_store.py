@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import tempfile
@@ -298,6 +299,49 @@ async def test_a_failed_write_is_raised_as_store_error(
         monkeypatch.undo()
     async with server(tmp_path) as second:
         assert dict(second.active_models) == {MODEL: "v1"}
+
+
+async def test_a_state_that_names_a_version_whose_write_failed_is_not_stored(
+    tmp_path: Path, binary_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stored_active() -> str:
+        return str(json.loads((tmp_path / MODEL / "model.json").read_bytes())["active"])
+
+    async with server(tmp_path) as first:
+        await first.deploy_model(MODEL, "v1", binary_model)
+
+        def full(self: ModelStore, record: object) -> None:
+            raise OSError("no space left on device")
+
+        monkeypatch.setattr(ModelStore, "save_version", full)
+        with pytest.raises(StoreError, match="no space"):
+            await first.deploy_model(MODEL, "v2", binary_model, set_active=True)
+        monkeypatch.undo()
+        assert first.active_models[MODEL] == "v2"  # in memory, as the error says
+        assert stored_active() == "v1"  # never a version a restart would not find
+        with pytest.raises(StoreError, match="v2 failed to be written"):
+            await first.set_fallback(MODEL, Fallback(value=0.5))
+        await first.deploy_model(MODEL, "v2", binary_model, replace=True)
+        assert stored_active() == "v2"
+    async with server(tmp_path) as second:
+        assert dict(second.active_models) == {MODEL: "v2"}
+        assert second.get_fallback(MODEL) == Fallback(value=0.5)
+
+
+async def test_a_stored_active_version_that_is_gone_gives_way_to_the_highest(
+    tmp_path: Path, binary_model: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with server(tmp_path) as first:
+        for version in ("v9", "v10", "v2"):
+            await first.deploy_model(MODEL, version, binary_model)
+        await first.set_active_version(MODEL, "v2")
+    (tmp_path / MODEL / "v2" / "model.onnx").write_bytes(b"changed")  # fails its checksum
+    caplog.set_level(logging.WARNING, logger="turnout")
+    async with server(tmp_path) as second:
+        assert dict(second.active_models) == {MODEL: "v10"}
+    assert "stored active version games:v2 is gone; its highest version v10" in caplog.text
+    async with server(tmp_path) as third:  # and that is what is stored now
+        assert dict(third.active_models) == {MODEL: "v10"}
 
 
 async def test_a_model_that_cannot_be_restored_stays_on_disk(
