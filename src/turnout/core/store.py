@@ -825,7 +825,8 @@ class StoreWriter:
         self.enabled = False
         self._state = state
         self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # A dict as an ordered set: flush raises the failure of the earliest write.
+        self._tasks: dict[asyncio.Task[None], None] = {}
         self._clock = itertools.count(1)
         # Per model: the versions stored on disk, the states queued but not yet
         # written (oldest first, with the clock reading when each was taken), and
@@ -920,8 +921,8 @@ class StoreWriter:
 
     def _queue(self, plan: WritePlan) -> None:
         task = asyncio.ensure_future(self._run(plan))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = None
+        task.add_done_callback(lambda done: self._tasks.pop(done, None))
         # Retrieved here so a failure nobody awaits is not reported again at exit: it was logged.
         task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
@@ -937,7 +938,7 @@ class StoreWriter:
                 raise StoreError(f"cannot write the model repository: {exc}") from exc
 
     async def flush(self) -> None:
-        """Wait for every queued write; raise the first failure as StoreError."""
+        """Wait for every queued write; raise the failure of the earliest as StoreError."""
         if self._tasks:
             results = await asyncio.gather(*self._tasks, return_exceptions=True)
             for result in results:
