@@ -14,7 +14,7 @@ import pytest
 from skl2onnx import to_onnx
 
 from turnout import ConversionError, InvalidConfigError, ModelServer, ModelServingManager
-from turnout.core.sources import is_mlflow_uri
+from turnout.core.sources import MlflowSource, is_mlflow_uri
 
 
 def _log_onnx(tracking: Any, model: Any, X: Any, name: str) -> str:
@@ -81,6 +81,25 @@ async def test_onnx_flavor_deploys_by_version_and_alias_with_equal_predictions(
         for version in ("v1", "v2"):
             got = await server.predict("cancer", binary_data.records(), version=version)
             np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+async def test_an_mlflow_source_resolves_strictly_through_the_python_api(
+    tracking: Any, binary_model: Any, binary_data: Any
+) -> None:
+    name = _registered_name(tracking, "strict")
+    run_id = _log_onnx(tracking, binary_model, binary_data.X_train, name)
+    tracking.client.set_registered_model_alias(name, "champion", "1")
+    expected = binary_model.predict_proba(binary_data.X_test)[:, 1]
+    async with ModelServer(entry_points=False) as server:
+        for version, uri in (("v1", f"models:/{name}@champion"), ("v2", f"runs:/{run_id}/model")):
+            source = MlflowSource(uri, registry_only=True, tracking_uri=tracking.uri)
+            deployment = await server.deploy_model("cancer", version, source)
+            assert deployment.loaded.source == f"{uri} (onnx)"
+            assert deployment.schema.feature_names == tuple(binary_data.features)
+            got = await server.predict("cancer", binary_data.records(), version=version)
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+        with pytest.raises(ConversionError, match="name a version number or an alias"):
+            await server.deploy_model("cancer", "v3", MlflowSource(f"models:/{name}/latest", True))
 
 
 async def test_sklearn_flavor_needs_allow_pickle(

@@ -31,7 +31,7 @@ from turnout.core.outputs import OutputDecoder, OutputMode
 from turnout.core.registry import Deployment, HealthCheckFn
 from turnout.core.runtime import ModelRuntime, OnnxRuntime, PythonRuntime
 from turnout.core.schema import InputSchema
-from turnout.core.sources import is_mlflow_uri, resolve
+from turnout.core.sources import as_source, resolve
 
 __all__ = [
     "DeploymentOptions",
@@ -69,18 +69,23 @@ def load_runtime(
 ) -> tuple[LoadedModel, ModelRuntime]:
     """Convert and load a model, then prove it runs on one row. Slow: call it in a thread.
 
-    An MLflow model URI is fetched first (see :mod:`turnout.core.sources`);
+    An MLflow model URI or MlflowSource is fetched first (see :mod:`turnout.core.sources`);
     ``allow_pickle`` lets it be a scikit-learn flavor.
     """
-    uri = model_instance if is_mlflow_uri(model_instance) else None
-    if uri is not None:
-        fetched = resolve(uri, allow_pickle=allow_pickle)
+    source = as_source(model_instance)
+    if source is not None:
+        fetched = resolve(
+            source.uri,
+            allow_pickle=allow_pickle,
+            registry_only=source.registry_only,
+            tracking_uri=source.tracking_uri,
+        )
         model_instance = fetched.model
         # Names given at deploy win over the signature's.
         features = features if features is not None else fetched.features
     loaded = load_model(model_instance, features=features, convert=not mock_mode)
-    if uri is not None:
-        loaded = replace(loaded, source=f"{uri} ({loaded.source})")
+    if source is not None:
+        loaded = replace(loaded, source=f"{source.uri} ({loaded.source})")
     runtime: ModelRuntime
     if loaded.onnx_bytes is None:
         runtime = PythonRuntime(loaded.estimator, loaded.signature)

@@ -44,6 +44,7 @@ from turnout.core.fallback import Fallback
 from turnout.core.names import check_name
 from turnout.core.routing import RoutingConfig
 from turnout.core.server import ModelServer
+from turnout.core.sources import MlflowSource
 from turnout.web.app import check_max_body_bytes
 from turnout.web.auth import check_token, loopback_only, require_token
 from turnout.web.body import (
@@ -189,8 +190,11 @@ async def deploy(request: web.Request) -> web.Response:
     server, model, version = _names(request)
     assert version is not None
     upload = read_upload(await _body(request))
+    source: bytes | MlflowSource = (
+        _registry_source(server, upload.source) if isinstance(upload.source, str) else upload.source
+    )
     # allow_pickle stays False: from a registry only the onnx flavor deploys.
-    await server.deploy_model(model, version, upload.source, allow_pickle=False, **upload.options)
+    await server.deploy_model(model, version, source, allow_pickle=False, **upload.options)
     view = model_view(server, model)
     return _json(
         {
@@ -202,6 +206,23 @@ async def deploy(request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+def _registry_source(server: ModelServer, uri: str) -> MlflowSource:
+    """``uri`` as a request may name it: the tracking server's own artifacts, and nothing else."""
+    from turnout.plugins.mlflow import MlflowTracker
+
+    # A tracker configured with a tracking URI names the server it logs to; without
+    # one, MLflow's own configuration must name it (see sources.resolve).
+    tracking_uri = next(
+        (
+            plugin.config.tracking_uri
+            for plugin in server.plugin_manager.get_plugins()
+            if isinstance(plugin, MlflowTracker) and plugin.config.tracking_uri
+        ),
+        None,
+    )
+    return MlflowSource(uri, registry_only=True, tracking_uri=tracking_uri)
 
 
 async def retire(request: web.Request) -> web.Response:
