@@ -518,3 +518,36 @@ async def test_onnx_bytes_that_point_at_external_files_are_refused(
     # From its own path, the data file beside it is the model's, and loads.
     await server.deploy_model("m", "path", path)
     assert await server.predict("m", [[1.0, 2.0, 3.0]]) == pytest.approx([6.0])
+
+
+async def test_external_data_inside_a_model_local_function_is_refused(server: ModelServer) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((3, 1), dtype=np.float32), "w")
+    weights.ClearField("raw_data")
+    weights.data_location = TensorProto.EXTERNAL
+    weights.external_data.add(key="location", value="../../etc/weights.bin")
+    function = helper.make_function(
+        "local",
+        "Linear",
+        ["X"],
+        ["y"],
+        [
+            helper.make_node("Constant", [], ["w"], value=weights),
+            helper.make_node("MatMul", ["X", "w"], ["y"]),
+        ],
+        [helper.make_opsetid("", 17)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Linear", ["X"], ["y"], domain="local")],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+    )
+    model = helper.make_model(
+        graph,
+        functions=[function],
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+    )
+    with pytest.raises(ConversionError, match="external data"):
+        await server.deploy_model("m", "v1", model.SerializeToString())

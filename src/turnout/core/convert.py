@@ -248,20 +248,40 @@ def _read_onnx(source: object) -> Any:
 
 
 def _uses_external_data(proto: Any) -> bool:
-    """True if any tensor of the model, subgraphs included, lives in an external file."""
+    """True if any tensor of the model lives in an external file.
+
+    Every place a tensor can be: initializers (dense and sparse), node
+    attributes, subgraphs, and the nodes of model-local functions.
+    """
     import onnx
 
-    def graph_uses(graph: Any) -> bool:
-        tensors = list(graph.initializer) + [s.values for s in graph.sparse_initializer]
-        for node in graph.node:
+    def tensors_of(attribute: Any) -> list[Any]:
+        sparse = [attribute.sparse_tensor, *attribute.sparse_tensors]
+        return [
+            attribute.t,
+            *attribute.tensors,
+            *(t.values for t in sparse),
+            *(t.indices for t in sparse),
+        ]
+
+    def nodes_use(nodes: Any) -> bool:
+        for node in nodes:
             for attribute in node.attribute:
-                tensors += [attribute.t, *attribute.tensors]
+                if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors_of(attribute)):
+                    return True
                 subgraphs = [attribute.g, *attribute.graphs]
                 if any(graph_uses(sub) for sub in subgraphs if sub.ByteSize()):
                     return True
-        return any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors)
+        return False
 
-    return graph_uses(proto.graph)
+    def graph_uses(graph: Any) -> bool:
+        sparse = list(graph.sparse_initializer)
+        tensors = [*graph.initializer, *(t.values for t in sparse), *(t.indices for t in sparse)]
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors):
+            return True
+        return nodes_use(graph.node)
+
+    return graph_uses(proto.graph) or any(nodes_use(f.node) for f in proto.functions)
 
 
 def _without_zipmap(proto: Any) -> Any:
