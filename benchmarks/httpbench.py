@@ -142,19 +142,29 @@ def baseline_spec(artifacts: Artifacts, loop: str, ref: str, workdir: Path) -> S
         check=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    name = f"{ADAPTIVE} @{ref}"
     argv = python_module(
         "benchmarks.serve_turnout",
         "--repository",
-        str(artifacts.adaptive_repo),
+        str(own_copy(artifacts.adaptive_repo, name)),
         "--port",
         "{port}",
         "--loop",
         loop,
     )
     # The exported sources come first on the path, before the installed (editable) turnout.
-    return ServerSpec(
-        f"{ADAPTIVE} @{ref}", argv, reports_batches=True, env={"PYTHONPATH": str(root / "src")}
-    )
+    return ServerSpec(name, argv, reports_batches=True, env={"PYTHONPATH": str(root / "src")})
+
+
+def own_copy(repo: Path, name: str) -> Path:
+    """Return a fresh copy of ``repo`` for one more server: one server opens a repository."""
+    import shutil
+
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower())
+    copy = repo.with_name(f"{repo.name}-{slug}")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(repo, copy)
+    return copy
 
 
 def routing_spec(artifacts: Artifacts, loop: str) -> ServerSpec:
@@ -356,8 +366,10 @@ def execute(settings: Settings) -> Run:
         if _SERVER_KEYS[spec.name] in settings.servers
     ]
     if settings.asyncio_too and "adaptive" in settings.servers and settings.loop != "asyncio":
-        (adaptive,) = [s for s in turnout_specs(artifacts, "asyncio") if s.name == ADAPTIVE]
-        specs.append(replace(adaptive, name=f"{ADAPTIVE} (asyncio loop)"))
+        name = f"{ADAPTIVE} (asyncio loop)"
+        copy = replace(artifacts, adaptive_repo=own_copy(artifacts.adaptive_repo, name))
+        (adaptive,) = [s for s in turnout_specs(copy, "asyncio") if s.name == ADAPTIVE]
+        specs.append(replace(adaptive, name=name))
     for ref in settings.baselines:
         specs.append(baseline_spec(artifacts, settings.loop, ref, workdir))
     version = mlserver_version() if "mlserver" in settings.servers else None
@@ -416,7 +428,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--quick", action="store_true", help="smoke run, under 2 minutes")
     add("--seconds", type=float, default=None, help="measured seconds per server per cell (4)")
     add("--rounds", type=int, default=None, help="round-robin slices per cell (2)")
-    add("--warmup", type=float, default=None, help="warm-up seconds per server and kind (1)")
+    add("--warmup", type=float, default=None, help="warm-up seconds per server (1)")
     add("--concurrency", type=int, nargs="+", default=None, help="closed loop (1 16 64 256)")
     add(
         "--rates",

@@ -67,13 +67,17 @@ MAX_INPUTS = 4096
 def setup_v2(app: web.Application) -> None:
     """Add the V2 routes to ``app``."""
     router = app.router
+    prefixes = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
+    # aiohttp tries the resources under /v2/models one after the other, in the
+    # order they were added: inference, nearly all the traffic, comes first.
+    for prefix in prefixes:
+        router.add_post(f"{prefix}/infer", infer)
     router.add_get("/v2", server_metadata)
     router.add_get("/v2/health/live", server_live)
     router.add_get("/v2/health/ready", server_ready)
-    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+    for prefix in prefixes:
         router.add_get(prefix, model_metadata)
         router.add_get(f"{prefix}/ready", model_ready)
-        router.add_post(f"{prefix}/infer", infer)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
