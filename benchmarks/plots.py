@@ -55,7 +55,7 @@ def _latency_figure(run: Run) -> object:
             series[(cell.server, cell.section)].append((cell.window.throughput, p99, cell.load))
     colours: dict[str, str] = {}
     for (server, section), points in sorted(series.items()):
-        points.sort()
+        points.sort(key=lambda point: point[2])  # along the load, as the curve is traced
         colour = colours.setdefault(server, f"C{len(colours)}")
         style = "o-" if section == "closed" else "s--"
         label = f"{server} ({'closed loop' if section == 'closed' else 'open loop'})"
