@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import shlex
 import signal
 import socket
@@ -223,3 +224,18 @@ def test_demo_still_runs(capsys) -> None:
     out = capsys.readouterr().out
     assert "70/30 weighted A/B split" in out
     assert "Status:" in out
+
+
+def test_the_event_loop_is_uvloop_when_installed_unless_asked_otherwise() -> None:
+    from turnout.core.errors import InvalidConfigError
+    from turnout.web.eventloop import loop_factory
+
+    assert loop_factory("asyncio") is None
+    installed = importlib.util.find_spec("uvloop") is not None
+    assert (loop_factory("auto") is not None) is installed
+    with pytest.raises(InvalidConfigError):
+        loop_factory("trio")
+    if installed:
+        loop = loop_factory("uvloop")()  # type: ignore[misc]
+        assert type(loop).__module__.startswith("uvloop")
+        loop.close()

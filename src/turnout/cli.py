@@ -23,6 +23,7 @@ from typing import Any
 from turnout.core.errors import TurnoutError
 from turnout.core.outputs import OutputMode
 from turnout.web.auth import TOKEN_ENV
+from turnout.web.eventloop import EVENT_LOOPS
 
 __all__ = ["build_parser", "main"]
 
@@ -110,6 +111,12 @@ def _add_serve(commands: Any) -> None:
         type=_seconds,
         default=30.0,
         help="how long requests in flight get to be answered at shutdown (30)",
+    )
+    serve.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default="auto",
+        help="auto: uvloop when installed (pip install 'turnout[uvloop]'), else asyncio's",
     )
     serve.add_argument(
         "--mlflow-experiment",
@@ -261,20 +268,22 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
     # Without models to serve, the demo's are served; a repository's models win.
     demo = True if args.demo is None else args.demo
+    from turnout.web.eventloop import loop_factory
     from turnout.web.launch import run_serve
 
     try:
-        asyncio.run(
-            run_serve(
-                args.host,
-                args.port,
-                demo=demo,
-                repository=args.repository,
-                admin=admin,
-                shutdown_timeout=args.shutdown_timeout,
-                mlflow_experiment=args.mlflow_experiment,
+        with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+            runner.run(
+                run_serve(
+                    args.host,
+                    args.port,
+                    demo=demo,
+                    repository=args.repository,
+                    admin=admin,
+                    shutdown_timeout=args.shutdown_timeout,
+                    mlflow_experiment=args.mlflow_experiment,
+                )
             )
-        )
     except TurnoutError as exc:  # e.g. --mlflow-experiment without MLflow installed
         print(f"turnout serve: {exc}", file=sys.stderr)
         return 1
