@@ -43,6 +43,7 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 # Codes the web layer gives itself (RequestError, aiohttp's own errors), by status.
 WEB_CODES = {
+    "not_found": 404,
     "malformed_json": 400,
     "invalid_request": 400,
     "body_too_large": 413,

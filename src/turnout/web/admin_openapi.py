@@ -49,7 +49,7 @@ def admin_errors(*, body: bool) -> ErrorCodes:
         400: ("invalid_name", "invalid_request", "invalid_config", "invalid_routing"),
         401: ("unauthorized",),
         403: ("forbidden",),
-        404: ("model_not_found", "version_not_found"),
+        404: ("model_not_found", "version_not_found", "not_found"),
         500: ("internal_error", "store_failed"),
         503: ("server_closed", "unavailable"),
     }

@@ -52,7 +52,12 @@ def model_errors(*, pinned: bool, serving: bool = False) -> ErrorCodes:
 
     A ``serving`` route also reads a JSON body and runs the model.
     """
-    not_found = ("model_not_found", "version_not_found") if pinned else ("model_not_found",)
+    # not_found: a name the route's pattern cannot hold (a ':' or '/') matches no route.
+    not_found = (
+        ("model_not_found", "version_not_found", "not_found")
+        if pinned
+        else ("model_not_found", "not_found")
+    )
     if not serving:
         return {400: ("invalid_name",), 404: not_found, 500: ("internal_error",)}
     return {
