@@ -282,6 +282,25 @@ async def test_a_full_mirror_queue_drops_copies_and_every_primary_request_succee
     assert (metrics.request_count, metrics.error_count, metrics.shed_count) == (40, 0, 0)
 
 
+async def test_a_shadow_that_cannot_keep_up_sheds_copies_instead_of_queueing_seconds(
+    server, primary, binary_model_v2, binary_data, expected
+):
+    # A large queue, but a shadow holds at most four full batches of copies.
+    few = BatchingConfig(max_batch_rows=4)
+    shadow = await deploy_shadow(server, binary_model_v2, batching=few)
+    records = binary_data.records()
+    with inject_faults(shadow) as fault:
+        fault.hang()
+        results = [await server.infer("bc", [records[i % len(records)]]) for i in range(60)]
+        for i, result in enumerate(results):
+            assert_primary(result, slice(i % len(records), i % len(records) + 1), expected)
+        await eventually(lambda: stats(server).dropped > 0)
+        assert shadow.batcher.queued_rows <= 4 * few.max_batch_rows
+        fault.release()
+        await eventually(lambda: stats(server).compared + stats(server).dropped == 60)
+    assert stats(server).errors == 0
+
+
 async def test_a_failing_primary_is_not_compared(
     server, primary, binary_model_v2, binary_data, events
 ):

@@ -254,6 +254,35 @@ class AdaptiveBatcher(Generic[R]):
 
         ``deadline`` and ``started`` are times on the batcher's clock.
         """
+        pending = self._queue_request(rows, deadline, started)
+        try:
+            return await pending.future  # type: ignore[no-any-return]
+        finally:
+            # A caller that expired or was cancelled while queued stays in the
+            # deque until the next batch forms, but stops counting at once:
+            # its rows must not shed live requests nor inflate the queue depth.
+            self._unqueue(pending)
+
+    def enqueue(
+        self,
+        rows: np.ndarray[Any, Any],
+        *,
+        deadline: float | None = None,
+        started: float | None = None,
+    ) -> asyncio.Future[BatchSlice[R]]:
+        """Queue ``rows`` now; return the future of this request's slice (see :meth:`submit`).
+
+        For callers that follow many requests with callbacks rather than a
+        task each: cancelling the future withdraws the request. Refusals
+        (overload, closing) raise here, before anything is queued.
+        """
+        pending = self._queue_request(rows, deadline, started)
+        pending.future.add_done_callback(lambda _: self._unqueue(pending))
+        return pending.future
+
+    def _queue_request(
+        self, rows: np.ndarray[Any, Any], deadline: float | None, started: float | None
+    ) -> _Pending:
         if self._closing:
             raise ServerClosedError(f"{self.name} is shutting down and admits no new requests")
         size = len(rows)
@@ -281,13 +310,7 @@ class AdaptiveBatcher(Generic[R]):
             pending.timer = loop.call_later(max(0.0, deadline - now), self._expire, pending)
         if len(self._in_flight) < self.config.max_concurrent_batches and self._delay_handle is None:
             self._launch()
-        try:
-            return await pending.future  # type: ignore[no-any-return]
-        finally:
-            # A caller that expired or was cancelled while queued stays in the
-            # deque until the next batch forms, but stops counting at once:
-            # its rows must not shed live requests nor inflate the queue depth.
-            self._unqueue(pending)
+        return pending
 
     def _unqueue(self, pending: _Pending) -> None:
         if pending.queued:
@@ -670,6 +693,11 @@ class AdaptiveBatcher(Generic[R]):
     def closing(self) -> bool:
         """True once :meth:`close` has been called."""
         return self._closing
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting for a batch now (cheaper than :meth:`statistics` per request)."""
+        return self._queued_rows
 
     def statistics(self) -> BatcherStatistics:
         """Return a frozen snapshot of the queue, the batches in flight and the counters."""

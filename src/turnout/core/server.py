@@ -20,7 +20,7 @@ import anyio
 import numpy as np
 
 from turnout.core.batching import BatchingConfig, BatchReport, BatchSlice
-from turnout.core.breaker import BreakerConfig, BreakerSnapshot, BreakerState
+from turnout.core.breaker import BreakerConfig, BreakerSnapshot, BreakerState, Permit
 from turnout.core.clock import Clock, MonotonicClock
 from turnout.core.deployer import (
     DeploymentOptions,
@@ -61,7 +61,7 @@ from turnout.core.restoring import RestoreOperations
 from turnout.core.rollout import RolloutController
 from turnout.core.rollouts import RolloutOperations, SmokeTest
 from turnout.core.routing import RoutingConfig, RoutingContext
-from turnout.core.shadow import ShadowStatistics, compare_outputs
+from turnout.core.shadow import ShadowRecorder, ShadowStatistics, compare_outputs
 from turnout.core.store import (
     ModelRecord,
     ModelStore,
@@ -74,6 +74,9 @@ from turnout.core.traffic import ACTIVE, ModelTraffic, Router
 __all__ = ["FIXED_VALUE", "InferenceResult", "ModelServer", "SmokeTest"]
 
 logger = logging.getLogger("turnout")
+
+# Full batches' worth of mirrored rows a shadow version may have waiting.
+SHADOW_BACKLOG_BATCHES = 4
 
 # What outcome feedback records as the server of a fixed fallback value.
 FIXED_VALUE = "fallback-value"
@@ -528,16 +531,15 @@ class ModelServer(RestoreOperations, RolloutOperations):
             timeout = deployment.batcher.config.timeout_ms / 1e3
         deadline = None if timeout is None else started + timeout
         try:
-            submission: Awaitable[BatchSlice[BatchOutput]] = deployment.batcher.submit(
-                rows, deadline=deadline, started=started
-            )
             if route is not None and route.mirrors:
-                primary = asyncio.ensure_future(submission)
+                primary = deployment.batcher.enqueue(rows, deadline=deadline, started=started)
+                loop = asyncio.get_running_loop()
                 for mirror in route.mirrors:
-                    # Started after the primary was queued; they never delay it.
-                    self._spawn(self._shadow(model_id, deployment, mirror, inputs, primary))
-                submission = primary
-            piece = await submission
+                    # Queued after the primary, from the next loop turn: never before it.
+                    loop.call_soon(self._mirror, model_id, deployment, mirror, inputs, primary)
+                piece = await primary
+            else:
+                piece = await deployment.batcher.submit(rows, deadline=deadline, started=started)
         except OverloadedError:
             deployment.metrics.record_shed()
             raise
@@ -545,7 +547,7 @@ class ModelServer(RestoreOperations, RolloutOperations):
             deployment.breaker.release(permit)
         return deployment, piece, used_fallback
 
-    async def _shadow(
+    def _mirror(
         self,
         model_id: str,
         primary: Deployment,
@@ -553,36 +555,84 @@ class ModelServer(RestoreOperations, RolloutOperations):
         inputs: object,
         primary_result: asyncio.Future[BatchSlice[BatchOutput]],
     ) -> None:
+        """Send a copy of a request to a shadow version, followed by callbacks, not a task.
+
+        A task per mirrored request cost more than the mirror's own batching.
+        """
         if primary_result.done() and (
             primary_result.cancelled() or primary_result.exception() is not None
         ):
             return  # the primary was refused: its copy would only add load
-        traffic = self._router.traffic(model_id)
-        recorder = traffic.shadow(primary.version, version)
+        recorder = self._router.traffic(model_id).shadow(primary.version, version)
         started = self._clock.now()
-        permit = None
+        shadow: Deployment | None = None
+        permit: Permit | None = None
         try:
             shadow = self._registry.get(model_id, version)
             encoded = shadow.schema.encode(inputs)
             if isinstance(inputs, np.ndarray) and np.shares_memory(encoded, inputs):
                 # The caller may reuse its array once the primary answers.
                 encoded = encoded.copy()
+            batcher = shadow.batcher
+            if batcher.queued_rows + len(encoded) > SHADOW_BACKLOG_BATCHES * (
+                batcher.config.max_batch_rows
+            ):
+                # A shadow that cannot keep up sheds copies rather than build a backlog
+                # of seconds: its answers would be stale and its queue memory the server's.
+                recorder.dropped += 1
+                return
             permit = shadow.breaker.admit()
-            piece = await shadow.batcher.submit(encoded, started=started)
+            copy = batcher.enqueue(encoded, started=started)
         except ServiceUnavailableError:
             recorder.dropped += 1
+            self._release(shadow, permit)
             return
         except TurnoutError:
             recorder.errors += 1
+            self._release(shadow, permit)
             return
-        finally:
-            if permit is not None:
-                shadow.breaker.release(permit)
-        latency = self._clock.now() - started
-        try:
-            mine = await primary_result
-        except BaseException:
+
+        breaker = shadow.breaker
+
+        def shadow_done(copy: asyncio.Future[BatchSlice[BatchOutput]]) -> None:
+            breaker.release(permit)
+            if copy.cancelled():
+                recorder.dropped += 1
+                return
+            error = copy.exception()
+            if error is not None:
+                if isinstance(error, ServiceUnavailableError):
+                    recorder.dropped += 1
+                else:
+                    recorder.errors += 1
+                return
+            latency = self._clock.now() - started
+            primary_result.add_done_callback(
+                lambda mine: self._compare_shadow(
+                    model_id, primary, version, recorder, mine, copy.result(), latency
+                )
+            )
+
+        copy.add_done_callback(shadow_done)
+
+    @staticmethod
+    def _release(deployment: Deployment | None, permit: Permit | None) -> None:
+        if deployment is not None and permit is not None:
+            deployment.breaker.release(permit)
+
+    def _compare_shadow(
+        self,
+        model_id: str,
+        primary: Deployment,
+        version: str,
+        recorder: ShadowRecorder,
+        mine_result: asyncio.Future[BatchSlice[BatchOutput]],
+        piece: BatchSlice[BatchOutput],
+        latency: float,
+    ) -> None:
+        if mine_result.cancelled() or mine_result.exception() is not None:
             return  # the primary failed or its caller went away: nothing to compare with
+        mine = mine_result.result()
         a, b = mine.result, piece.result
         ra, rb = slice(mine.start, mine.stop), slice(piece.start, piece.stop)
         total, largest, agreed = compare_outputs(
