@@ -530,3 +530,18 @@ async def test_a_client_that_leaves_mid_body_is_no_error_in_the_log(cancer, capl
     finally:
         await runner.cleanup()
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_a_100_mb_body_is_refused_from_its_headers_alone(http, cancer) -> None:
+    # Nothing of the body is sent: the declared length is enough to refuse it.
+    reader, writer = await asyncio.open_connection(http.server.host, http.server.port)
+    writer.write(
+        b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert b"application/json" in head
+    assert (await http.get("/v2/health/ready")).status == 200
