@@ -20,7 +20,7 @@ import anyio
 import numpy as np
 
 from turnout.core.batching import BatchingConfig, BatchReport, BatchSlice
-from turnout.core.breaker import BreakerConfig, BreakerSnapshot, BreakerState, Permit
+from turnout.core.breaker import BreakerConfig, BreakerSnapshot, BreakerState
 from turnout.core.clock import Clock, MonotonicClock
 from turnout.core.deployer import (
     DeploymentOptions,
@@ -39,7 +39,6 @@ from turnout.core.errors import (
     InvalidRoutingError,
     OverloadedError,
     ServerClosedError,
-    ServiceUnavailableError,
     TurnoutError,
     VersionExistsError,
 )
@@ -61,7 +60,8 @@ from turnout.core.restoring import RestoreOperations
 from turnout.core.rollout import RolloutController
 from turnout.core.rollouts import RolloutOperations, SmokeTest
 from turnout.core.routing import RoutingConfig, RoutingContext
-from turnout.core.shadow import ShadowRecorder, ShadowStatistics, compare_outputs
+from turnout.core.shadow import ShadowStatistics
+from turnout.core.shadows import ShadowOperations
 from turnout.core.store import (
     ModelRecord,
     ModelStore,
@@ -74,9 +74,6 @@ from turnout.core.traffic import ACTIVE, ModelTraffic, Router
 __all__ = ["FIXED_VALUE", "InferenceResult", "ModelServer", "SmokeTest"]
 
 logger = logging.getLogger("turnout")
-
-# Full batches' worth of mirrored rows a shadow version may have waiting.
-SHADOW_BACKLOG_BATCHES = 4
 
 # What outcome feedback records as the server of a fixed fallback value.
 FIXED_VALUE = "fallback-value"
@@ -102,7 +99,7 @@ class InferenceResult:
     fallback: bool = False
 
 
-class ModelServer(RestoreOperations, RolloutOperations):
+class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
     """Deploys versions of models and serves predictions through adaptive batchers.
 
     Use it as ``async with ModelServer() as server:``; leaving the block
@@ -546,112 +543,6 @@ class ModelServer(RestoreOperations, RolloutOperations):
         finally:
             deployment.breaker.release(permit)
         return deployment, piece, used_fallback
-
-    def _mirror(
-        self,
-        model_id: str,
-        primary: Deployment,
-        version: str,
-        inputs: object,
-        primary_result: asyncio.Future[BatchSlice[BatchOutput]],
-    ) -> None:
-        """Send a copy of a request to a shadow version, followed by callbacks, not a task.
-
-        A task per mirrored request cost more than the mirror's own batching.
-        """
-        if primary_result.done() and (
-            primary_result.cancelled() or primary_result.exception() is not None
-        ):
-            return  # the primary was refused: its copy would only add load
-        recorder = self._router.traffic(model_id).shadow(primary.version, version)
-        started = self._clock.now()
-        shadow: Deployment | None = None
-        permit: Permit | None = None
-        try:
-            shadow = self._registry.get(model_id, version)
-            encoded = shadow.schema.encode(inputs)
-            if isinstance(inputs, np.ndarray) and np.shares_memory(encoded, inputs):
-                # The caller may reuse its array once the primary answers.
-                encoded = encoded.copy()
-            batcher = shadow.batcher
-            if batcher.queued_rows + len(encoded) > SHADOW_BACKLOG_BATCHES * (
-                batcher.config.max_batch_rows
-            ):
-                # A shadow that cannot keep up sheds copies rather than build a backlog
-                # of seconds: its answers would be stale and its queue memory the server's.
-                recorder.dropped += 1
-                return
-            permit = shadow.breaker.admit()
-            copy = batcher.enqueue(encoded, started=started)
-        except ServiceUnavailableError:
-            recorder.dropped += 1
-            self._release(shadow, permit)
-            return
-        except TurnoutError:
-            recorder.errors += 1
-            self._release(shadow, permit)
-            return
-
-        breaker = shadow.breaker
-
-        def shadow_done(copy: asyncio.Future[BatchSlice[BatchOutput]]) -> None:
-            breaker.release(permit)
-            if copy.cancelled():
-                recorder.dropped += 1
-                return
-            error = copy.exception()
-            if error is not None:
-                if isinstance(error, ServiceUnavailableError):
-                    recorder.dropped += 1
-                else:
-                    recorder.errors += 1
-                return
-            latency = self._clock.now() - started
-            primary_result.add_done_callback(
-                lambda mine: self._compare_shadow(
-                    model_id, primary, version, recorder, mine, copy.result(), latency
-                )
-            )
-
-        copy.add_done_callback(shadow_done)
-
-    @staticmethod
-    def _release(deployment: Deployment | None, permit: Permit | None) -> None:
-        if deployment is not None and permit is not None:
-            deployment.breaker.release(permit)
-
-    def _compare_shadow(
-        self,
-        model_id: str,
-        primary: Deployment,
-        version: str,
-        recorder: ShadowRecorder,
-        mine_result: asyncio.Future[BatchSlice[BatchOutput]],
-        piece: BatchSlice[BatchOutput],
-        latency: float,
-    ) -> None:
-        if mine_result.cancelled() or mine_result.exception() is not None:
-            return  # the primary failed or its caller went away: nothing to compare with
-        mine = mine_result.result()
-        a, b = mine.result, piece.result
-        ra, rb = slice(mine.start, mine.stop), slice(piece.start, piece.stop)
-        total, largest, agreed = compare_outputs(
-            a.primary[ra],
-            b.primary[rb],
-            None if a.labels is None else a.labels[ra],
-            None if b.labels is None else b.labels[rb],
-        )
-        rows = mine.stop - mine.start
-        recorder.record(rows, total, largest, agreed, latency)
-        if self._events.has_listeners("shadow_compared"):
-            self._events.emit(
-                "shadow_compared",
-                model_id=model_id,
-                primary=primary.version,
-                shadow=version,
-                difference=total / rows,
-                agreed=None if agreed is None else agreed == rows,
-            )
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
