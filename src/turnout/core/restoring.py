@@ -16,11 +16,11 @@ from turnout.core.registry import Deployment, ModelRegistry
 from turnout.core.routing import RoutingConfig, RoutingContext
 from turnout.core.store import (
     ModelRecord,
-    StoreWriter,
     VersionRecord,
     natural_key,
     restore_fallback,
 )
+from turnout.core.store_writer import StoreWriter
 from turnout.core.traffic import ACTIVE, Router
 
 if TYPE_CHECKING:

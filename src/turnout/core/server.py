@@ -65,10 +65,10 @@ from turnout.core.shadows import ShadowOperations
 from turnout.core.store import (
     ModelRecord,
     ModelStore,
-    StoreWriter,
     check_storable,
     fallback_to_dict,
 )
+from turnout.core.store_writer import StoreWriter
 from turnout.core.traffic import ACTIVE, ModelTraffic, Router
 
 __all__ = ["FIXED_VALUE", "InferenceResult", "ModelServer", "SmokeTest"]

@@ -1,0 +1,173 @@
+"""Writing a server's changes to its model repository: in order, in a thread, never ahead.
+
+:class:`StoreWriter` is the event loop's side of :mod:`turnout.core.store`:
+it queues each change when it happens and writes it when its turn comes, so
+that model.json never names a version a crash could lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from functools import partial
+
+import anyio
+
+from turnout.core.errors import StoreError
+from turnout.core.registry import Deployment
+from turnout.core.store import ModelRecord, ModelStore, VersionRecord, version_record
+
+__all__ = ["StoreWriter"]
+
+logger = logging.getLogger("turnout")
+
+# -- writing from the event loop ----------------------------------------------------------
+
+Write = Callable[[], None]
+WritePlan = Callable[[], Write | None]
+
+
+class StoreWriter:
+    """Queues a server's changes and writes them to a ModelStore in a thread, in order.
+
+    A model's state is snapshotted each time it changes, and written when
+    its turn comes: the newest state that names only versions already stored
+    (the live one if it does, so a burst of changes costs few writes). A
+    version's own write is queued the moment it is deployed, before any state
+    that names it, so model.json never names a version a crash could lose.
+    Disabled (every call a no-op) until the server has restored what the
+    store holds.
+    """
+
+    def __init__(self, store: ModelStore, state: Callable[[str], ModelRecord | None]) -> None:
+        self.store = store
+        self.enabled = False
+        self._state = state
+        self._lock = asyncio.Lock()
+        # A dict as an ordered set: flush raises the failure of the earliest write.
+        self._tasks: dict[asyncio.Task[None], None] = {}
+        self._clock = itertools.count(1)
+        # Per model: the versions stored on disk, the states queued but not yet
+        # written (oldest first, with the clock reading when each was taken), and
+        # the reading of the state written last.
+        self._stored: dict[str, set[str]] = {}
+        self._pending: dict[str, list[tuple[int, ModelRecord | None]]] = {}
+        self._written: dict[str, int] = {}
+
+    @property
+    def read_only(self) -> bool:
+        """True if the store refuses writes (it was opened to look, not to serve)."""
+        return self.store.read_only
+
+    async def load(self) -> list[ModelRecord]:
+        """Lock the repository (unless read-only) and read every stored model, in a thread."""
+        records = await anyio.to_thread.run_sync(self._lock_and_load)
+        for record in records:
+            self._stored[record.model_id] = {v.version for v in record.versions}
+        return records
+
+    def _lock_and_load(self) -> list[ModelRecord]:
+        self.store.lock()
+        try:
+            return self.store.load()
+        except BaseException:
+            self.store.close()
+            raise
+
+    def save_version(self, deployment: Deployment) -> None:
+        """Queue storing a deployed version and its model's state."""
+        if self.enabled:
+            record = version_record(deployment)
+            self._queue(lambda: partial(self._save_version, record))
+            self.model_changed(deployment.model_id)
+
+    def _save_version(self, record: VersionRecord) -> None:
+        self.store.save_version(record)
+        # In the write's thread, but under the writer's lock, which every reader holds.
+        self._stored.setdefault(record.model_id, set()).add(record.version)
+
+    def record_found(self, deployment: Deployment, sha256: str) -> None:
+        """Queue writing the deployment.json of a version found as a bare model.onnx."""
+        if self.enabled:
+            write = partial(self.store.save_found, version_record(deployment), sha256)
+            self._queue(lambda: write)
+
+    def delete_version(self, model_id: str, version: str) -> None:
+        """Queue removing a retired version and storing its model's state."""
+        if self.enabled:
+            self._queue(partial(self._delete_version, model_id, version))
+            self.model_changed(model_id)
+
+    def _delete_version(self, model_id: str, version: str) -> Write:
+        # Not stored from the moment its removal starts: no state may name it after.
+        self._stored.get(model_id, set()).discard(version)
+        return partial(self.store.delete_version, model_id, version)
+
+    def model_changed(self, model_id: str) -> None:
+        """Queue storing the model's state (or removing it, once it has no versions)."""
+        if self.enabled:
+            taken = next(self._clock)
+            self._pending.setdefault(model_id, []).append((taken, self._state(model_id)))
+            self._queue(partial(self._model_write, model_id, taken))
+
+    def _model_write(self, model_id: str, taken: int) -> Write | None:
+        """The write of the newest state, no older than the one taken at ``taken``, to store."""
+        if self._written.get(model_id, 0) >= taken:
+            return None  # a write of a later state ran already
+        pending = self._pending.get(model_id, [])
+        live = (next(self._clock), self._state(model_id))
+        candidates = [live, *reversed([p for p in pending if p[0] >= taken])]
+        chosen = next((c for c in candidates if not self._unstored(model_id, c[1])), None)
+        written = taken if chosen is None else chosen[0]
+        self._pending[model_id] = [p for p in pending if p[0] > written]
+        if chosen is None:
+            # Only when a version's own write failed: storing the state would lose it.
+            missing = ", ".join(sorted(self._unstored(model_id, live[1])))
+            message = f"cannot store the state of {model_id}: {missing} failed to be written"
+            logger.error("%s", message)
+            raise StoreError(message)
+        self._written[model_id] = written
+        record = chosen[1]
+        if record is None:
+            self._stored.pop(model_id, None)
+            return partial(self.store.delete_model, model_id)
+        return partial(self.store.save_model, record)
+
+    def _unstored(self, model_id: str, record: ModelRecord | None) -> set[str]:
+        if record is None:
+            return set()
+        return set(record.named) - self._stored.get(model_id, set())
+
+    def _queue(self, plan: WritePlan) -> None:
+        task = asyncio.ensure_future(self._run(plan))
+        self._tasks[task] = None
+        task.add_done_callback(lambda done: self._tasks.pop(done, None))
+        # Retrieved here so a failure nobody awaits is not reported again at exit: it was logged.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    async def _run(self, plan: WritePlan) -> None:
+        async with self._lock:  # FIFO: writes land in the order they were queued
+            write = plan()  # on the loop: reads the live state
+            if write is None:
+                return
+            try:
+                await anyio.to_thread.run_sync(write)
+            except OSError as exc:
+                logger.error("cannot write the model repository: %s", exc)
+                raise StoreError(f"cannot write the model repository: {exc}") from exc
+
+    async def flush(self) -> None:
+        """Wait for every queued write; raise the failure of the earliest as StoreError."""
+        if self._tasks:
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+    async def close(self) -> None:
+        """Wait for every queued write (failures were logged), then release the lock."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.close()
