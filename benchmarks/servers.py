@@ -1,10 +1,14 @@
 """Server processes under test: started pinned to one core, probed, measured, stopped.
 
-Every server runs in its own process group pinned to ``SERVER_CPU`` (set
-with ``os.sched_setaffinity`` before it starts, so its threads and the
-processes it forks inherit it); the load generator keeps the other core. All
-servers of a run stay up together and take turns, so each is measured in the
-same conditions as the others.
+Every server runs in its own process group pinned to ``SERVER_CPU``, the
+first core this process may use (set with ``os.sched_setaffinity`` before it
+starts, so its threads and the processes it forks inherit it); the load
+generator keeps another usable core, ``GENERATOR_CPU``. All servers of a run
+stay up together and take turns, so each is measured in the same conditions
+as the others. After each turn the harness waits until the server measured
+is idle again (:meth:`RunningServer.settle`): a server still working through
+requests queued when its load stopped would otherwise take the core from the
+next one.
 """
 
 from __future__ import annotations
@@ -29,25 +33,30 @@ __all__ = [
     "ServerSpec",
     "free_port",
     "pin_generator",
+    "usable_cores",
 ]
 
-SERVER_CPU = 0
-GENERATOR_CPU = 1
+_USABLE = sorted(os.sched_getaffinity(0))  # read at import, before this process is pinned
+SERVER_CPU = _USABLE[0]
+GENERATOR_CPU = _USABLE[1] if len(_USABLE) > 1 else _USABLE[0]
+_SPLIT = len(_USABLE) > 1
+IDLE_WINDOW = 0.2  # seconds over which a server's CPU time is watched while settling
+IDLE_SHARE = 0.05  # a server using at most this share of a core over the window is idle
 _TICKS = os.sysconf("SC_CLK_TCK")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cores() -> set[int]:
-    return set(os.sched_getaffinity(0))
+def usable_cores() -> list[int]:
+    """Return the cores this process could use when it started (before any pinning)."""
+    return list(_USABLE)
 
 
 def pin_generator() -> str:
     """Pin this process (the load generator) to its core; say how the cores are split."""
-    cores = _cores()
-    if {SERVER_CPU, GENERATOR_CPU} <= cores:
+    if _SPLIT:
         os.sched_setaffinity(0, {GENERATOR_CPU})
         return f"servers on CPU {SERVER_CPU}, load generator on CPU {GENERATOR_CPU}"
-    return f"fewer than 2 usable cores ({sorted(cores)}): servers and load generator share them"
+    return f"fewer than 2 usable cores ({_USABLE}): servers and load generator share them"
 
 
 def free_port() -> int:
@@ -92,7 +101,7 @@ class RunningServer:
                 env=env,
                 cwd=spec.cwd or REPO_ROOT,
                 start_new_session=True,  # its own group: workers it forks are stopped with it
-                preexec_fn=_pin_server if {SERVER_CPU, GENERATOR_CPU} <= _cores() else None,
+                preexec_fn=_pin_server if _SPLIT else None,
             )
 
     def _fill(self, text: str) -> str:
@@ -140,6 +149,24 @@ class RunningServer:
             if int(fields[2]) == group:  # field 5 of stat, the process group
                 total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / _TICKS
+
+    def settle(self, cap: float) -> tuple[float, bool]:
+        """Wait until the server is idle, at most ``cap`` seconds; return (waited, cap hit).
+
+        Idle: its process group used at most ``IDLE_SHARE`` of a core over the
+        last ``IDLE_WINDOW`` seconds, so no queued request is still being worked on.
+        """
+        began = time.monotonic()
+        before = self.cpu_seconds()
+        while True:
+            time.sleep(IDLE_WINDOW)
+            now = self.cpu_seconds()
+            waited = time.monotonic() - began
+            if now - before <= IDLE_SHARE * IDLE_WINDOW + 1e-9:
+                return waited, False
+            if waited >= cap or self.process.poll() is not None:
+                return waited, True
+            before = now
 
     def batch_counters(self, model: str) -> tuple[int, int] | None:
         """Return (rows, batches) executed so far for ``model``, from turnout's /metrics."""
