@@ -44,6 +44,7 @@ class Window:
     batch_rows: int | None = None
     batches: int | None = None
     sent_late: int = 0  # open loop: requests the generator itself sent late (> 1 ms)
+    tail_seconds: float = 0.0  # open loop: last due time to last reply (max over slices)
 
     @property
     def throughput(self) -> float:
@@ -95,6 +96,7 @@ def merge(windows: Iterable[Window]) -> Window:
         total.errors += w.errors
         total.seconds += w.seconds
         total.sent_late += w.sent_late
+        total.tail_seconds = max(total.tail_seconds, w.tail_seconds)
         latencies.append(w.latencies)
         weights.append(w.weights)
         total.cpu_seconds = _add_opt(total.cpu_seconds, w.cpu_seconds)
