@@ -36,10 +36,18 @@ def _command(name: str) -> Callable[[Sequence[str]], int] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to a benchmark command."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
     command = _command(args[0]) if args else None
     if command is None:
-        print(USAGE, file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if args and args[0] in ("-h", "--help") else 2
+        print(USAGE, file=sys.stderr)
+        problem = f"unknown command {args[0]!r}" if args else "a command is required"
+        print(
+            f"python -m benchmarks: error: {problem} (choose from core, http, peers)",
+            file=sys.stderr,
+        )
+        return 2
     return command(args[1:])
 
 

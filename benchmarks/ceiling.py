@@ -1,9 +1,12 @@
 """The ceiling: a bare aiohttp server that parses each request and returns a fixed answer.
 
 It reads the same requests turnout does (V2 JSON, V2 binary, V1 instances)
-into a float32 array, and answers with a precomputed body of the size turnout
-would send for that many rows. No validation beyond what parsing needs, no
-model, no routing: what any aiohttp server could reach on this machine.
+into a float32 array, and answers with a fixed body. The harness records
+turnout's own answer to each request kind and hands it over
+(``PUT /ceiling/answers/{kind}``), so the ceiling replays a body of exactly
+the size and type turnout sends; without one it falls back to a built-in
+body of the same shape. No validation beyond what parsing needs, no model,
+no routing: what any aiohttp server could reach on this machine.
 
 Run: ``python -m benchmarks.ceiling --port 8000 [--loop uvloop|asyncio]``.
 """
@@ -32,6 +35,9 @@ except ImportError:  # pragma: no cover - orjson is a turnout dependency
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _answers: dict[tuple[str, int], bytes] = {}
+# Recorded answers by request kind ("v2-json-32", "v1-1", ...): body and headers.
+_recorded: dict[str, tuple[bytes, dict[str, str]]] = {}
+_REPLAYED_HEADERS = ("Content-Type", HEADER_LENGTH)
 
 
 def _v2_answer(rows: int) -> bytes:
@@ -73,6 +79,21 @@ def _respond(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+def _replay(kind: str, fallback: Callable[[], bytes]) -> web.Response:
+    recorded = _recorded.get(kind)
+    if recorded is None:
+        return _respond(fallback())
+    body, headers = recorded
+    return web.Response(body=body, headers=headers)
+
+
+async def record(request: web.Request) -> web.Response:
+    """PUT /ceiling/answers/{kind}: the answer to replay for that kind of request."""
+    headers = {k: request.headers[k] for k in _REPLAYED_HEADERS if k in request.headers}
+    _recorded[request.match_info["kind"]] = (await request.read(), headers)
+    return _respond(b"{}")
+
+
 async def infer(request: web.Request) -> web.Response:
     """POST /v2/models/{model}/infer: parse the tensor, answer with a fixed body."""
     data = await request.read()
@@ -84,14 +105,16 @@ async def infer(request: web.Request) -> web.Response:
         split = int(length)
         tensor = _loads(data[:split])["inputs"][0]
         array = np.frombuffer(data, dtype="<f4", offset=split).reshape(tensor["shape"])
-    return _respond(_v2_answer(len(array)))
+    rows = len(array)
+    kind = f"v2-{'json' if length is None else 'binary'}-{rows}"
+    return _replay(kind, lambda: _v2_answer(rows))
 
 
 async def predict(request: web.Request) -> web.Response:
     """POST /v1/models/{model}:predict: parse the instances, answer with a fixed body."""
     instances = _loads(await request.read())["instances"]
-    array = np.asarray(instances, dtype=np.float32)
-    return _respond(_v1_answer(len(array)))
+    rows = len(np.asarray(instances, dtype=np.float32))
+    return _replay(f"v1-{rows}", lambda: _v1_answer(rows))
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -105,6 +128,7 @@ def create_app() -> web.Application:
     app.router.add_post("/v2/models/{model}/infer", infer)
     app.router.add_post("/v1/models/{model:[^{}/:]+}:predict", predict)
     app.router.add_get("/v2/health/ready", ready)
+    app.router.add_put("/ceiling/answers/{kind}", record)
     return app
 
 

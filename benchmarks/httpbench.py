@@ -11,6 +11,11 @@ of them alike. Sections:
 * ``routing``: one turnout server holding a model per routing setup (active,
   50/50 weighted, sticky, 100% shadow, shadow to a slow version, shadow to a
   failing version), measured side by side.
+
+The server that goes first rotates from one round to the next, across cells
+and sections. After every slice the harness waits until the server measured
+is idle again (capped; see ``servers.RunningServer.settle``), so work still
+queued in one server never runs while the next one is measured.
 """
 
 from __future__ import annotations
@@ -28,9 +33,16 @@ from benchmarks.eventloop import LOOPS, default_loop
 from benchmarks.loadgen import closed_loop, open_loop
 from benchmarks.payloads import KINDS, Payload, build_payload
 from benchmarks.peers import mlserver_specs, mlserver_version
-from benchmarks.servers import RunningServer, ServerSpec, pin_generator, python_module, start_all
+from benchmarks.servers import (
+    RunningServer,
+    ServerSpec,
+    pin_generator,
+    python_module,
+    start_all,
+    usable_cores,
+)
 from benchmarks.stats import Window, merge
-from benchmarks.wrk import INSTALL_HINT, WrkRunner, wrk_path
+from benchmarks.wrk import INSTALL_HINT, WrkRunner, wrk_path, wrk_version
 
 __all__ = ["CEILING", "Cell", "Run", "Settings", "main", "parse_args"]
 
@@ -44,6 +56,9 @@ WORKDIR = Path(__file__).resolve().parent / ".work"
 SLOW_SHADOW_SECONDS = 0.05  # per batch: far slower than the primary's ~0.3 ms
 SECTIONS = ("closed", "open", "routing")
 SERVERS = ("ceiling", "off", "adaptive", "mlserver")
+SETTLE_CAP = 30.0  # seconds a server may take to go idle after a slice
+QUICK_SETTLE_CAP = 3.0  # quick mode, after a slice; between sections it is SECTION_SETTLE_CAP
+SECTION_SETTLE_CAP = 30.0
 _SERVER_KEYS = {CEILING: "ceiling", OFF: "off", ADAPTIVE: "adaptive"}
 
 
@@ -71,6 +86,7 @@ class Settings:
     workdir: Path
     quick: bool
     profile: bool
+    settle_cap: float = SETTLE_CAP
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,14 @@ class Run:
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     profile: str | None = None  # py-spy summary of turnout adaptive at concurrency 64
+    usable_cores: int | None = None  # before the generator pinned itself
+    turns: int = 0  # rounds started so far: who goes first rotates with it
+
+    def order(self, items: list[T]) -> list[T]:
+        """Return ``items`` in this round's order, the first one moving on each round."""
+        ordered = _rotated(items, self.turns)
+        self.turns += 1
+        return ordered
 
 
 def turnout_specs(artifacts: Artifacts, loop: str) -> list[ServerSpec]:
@@ -192,6 +216,8 @@ class Measurer:
         self.settings = settings
         self.workdir = workdir
         self._runners: dict[tuple[str, str, str], WrkRunner] = {}
+        self.settled: dict[str, list[float]] = {}  # server -> seconds waited after each slice
+        self.capped: dict[str, int] = {}  # server -> slices after which it never went idle
 
     def closed(
         self,
@@ -236,7 +262,79 @@ class Measurer:
         if batches is not None and after is not None:
             window.batch_rows = after[0] - batches[0]
             window.batches = after[1] - batches[1]
+        self.settle(server)
         return window
+
+    def settle_all(self, servers: list[RunningServer]) -> None:
+        """Between sections: wait until every server is idle (the long cap, even when quick)."""
+        for server in servers:
+            self.settle(server, SECTION_SETTLE_CAP)
+
+    def settle(self, server: RunningServer, cap: float | None = None) -> None:
+        """Wait for ``server`` to finish what it still has queued before anyone is measured."""
+        cap = self.settings.settle_cap if cap is None else cap
+        waited, capped = server.settle(cap)
+        self.settled.setdefault(server.spec.name, []).append(waited)
+        if capped:
+            self.capped[server.spec.name] = self.capped.get(server.spec.name, 0) + 1
+            _say(f"  {server.spec.name} still busy after {waited:.1f} s: going on")
+
+    def settle_notes(self) -> list[str]:
+        """Say how long servers took to go idle after their slices, where it mattered."""
+        notes = []
+        for name, waits in self.settled.items():
+            total, worst = sum(waits), max(waits)
+            capped = self.capped.get(name, 0)
+            if worst < 1.0 and not capped:
+                continue
+            note = (
+                f"Settling: {name} took up to {worst:.1f} s ({total:.0f} s in all, over"
+                f" {len(waits)} slices) to go idle after a slice; the next server waited."
+            )
+            if capped:
+                note += f" {capped} time(s) it was still busy at the cap (seconds above)."
+            notes.append(note)
+        return notes
+
+
+def hand_answers(run: Run, servers: list[RunningServer], artifacts: Artifacts) -> None:
+    """Give the ceiling turnout's own answer to each request kind, to replay byte for byte."""
+    import urllib.request
+
+    ceiling = next((srv for srv in servers if srv.spec.name == CEILING), None)
+    if ceiling is None:
+        return
+    named = {srv.spec.name: srv for srv in servers}
+    source = named.get(ADAPTIVE) or named.get(OFF)
+    if source is None:
+        run.notes.append(
+            "The ceiling answers with its built-in bodies (no turnout server ran to record"
+            " turnout's answers from): they are smaller than turnout's."
+        )
+        return
+    sizes = []
+    for kind in KINDS.values():
+        payload = build_payload(kind, MODEL, artifacts.rows)
+        assert payload is not None
+        headers, body = payload.requests[0]
+        ask = urllib.request.Request(source.url + payload.path, body, headers, method="POST")
+        with urllib.request.urlopen(ask, timeout=10) as reply:
+            answer = reply.read()
+            kept = {
+                k: reply.headers[k]
+                for k in ("Content-Type", "Inference-Header-Content-Length")
+                if reply.headers.get(k) is not None
+            }
+        put = urllib.request.Request(
+            f"{ceiling.url}/ceiling/answers/{kind.name}", answer, kept, method="PUT"
+        )
+        with urllib.request.urlopen(put, timeout=10):
+            pass
+        sizes.append(f"{kind.name} {len(answer)}")
+    run.notes.append(
+        f"The ceiling replays {source.spec.name}'s recorded answer to each request kind, so it"
+        f" sends the same bytes turnout does (body bytes: {', '.join(sizes)})."
+    )
 
 
 def _say(text: str) -> None:
@@ -278,8 +376,8 @@ def run_closed(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: 
         for concurrency in s.concurrency:
             _say(f"closed loop: {kind_name}, concurrency {concurrency}")
             windows: dict[str, list[Window]] = {srv.spec.name: [] for srv in able}
-            for r in range(s.rounds):
-                for srv in _rotated(able, len(run.cells) + r):
+            for _ in range(s.rounds):
+                for srv in run.order(able):
                     payload = payloads[srv.spec.name]
                     assert payload is not None
                     windows[srv.spec.name].append(
@@ -296,8 +394,8 @@ def run_open(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: Me
     for rate in s.rates:
         _say(f"open loop: {rate:g} requests/s")
         windows: dict[str, list[Window]] = {srv.spec.name: [] for srv in servers}
-        for r in range(s.rounds):
-            for srv in _rotated(servers, len(run.cells) + r):
+        for _ in range(s.rounds):
+            for srv in run.order(servers):
                 payload = build_payload(kind, MODEL, artifacts.rows, flavour=srv.spec.flavour)
                 assert payload is not None
                 windows[srv.spec.name].append(m.open(srv, MODEL, payload, rate, _slices(s)))
@@ -319,8 +417,8 @@ def run_routing(run: Run, server: RunningServer, artifacts: Artifacts, m: Measur
     for concurrency in s.routing_concurrency:
         _say(f"routing: concurrency {concurrency}")
         windows: dict[str, list[Window]] = {model: [] for model in ROUTING_MODELS}
-        for r in range(s.rounds):
-            for model, payload in _rotated(list(payloads.items()), len(run.cells) + r):
+        for _ in range(s.rounds):
+            for model, payload in run.order(list(payloads.items())):
                 assert payload is not None
                 windows[model].append(
                     m.closed(server, model, payload, model, concurrency, _slices(s))
@@ -355,7 +453,7 @@ def execute(settings: Settings) -> Run:
     """Build the model, start the servers, measure every section, stop them."""
     from benchmarks.machine import package_version
 
-    run = Run(settings)
+    run = Run(settings, usable_cores=len(usable_cores()))
     run.notes.append(pin_generator())
     workdir = settings.workdir
     _say(f"fitting the model ({settings.trees} trees, depth {settings.depth}); writing its copies")
@@ -378,7 +476,7 @@ def execute(settings: Settings) -> Run:
     }
     run.versions["event loop (all servers)"] = settings.loop
     run.versions["load generator"] = (
-        f"wrk ({wrk_path()})"
+        f"{wrk_version()} ({wrk_path()}) closed loop; built-in client open loop"
         if settings.generator == "wrk"
         else "built-in (a lean HTTP/1.1 client)"
     )
@@ -386,10 +484,10 @@ def execute(settings: Settings) -> Run:
         specs += mlserver_specs(artifacts.joblib_path, workdir / "peers")
         run.versions["MLServer"] = f"{version} (own virtualenv, its stock sklearn runtime)"
     elif "mlserver" in settings.servers:
-        run.notes.append(
-            "MLServer is not set up, so it is not measured: run `python -m benchmarks peers"
-            " --setup` to install it in its own virtualenv."
-        )
+        hint = "run `python -m benchmarks peers --setup` to install it in its own virtualenv"
+        if not specs and set(settings.sections) - {"routing"}:
+            raise SystemExit(f"MLServer is the only server asked for, and it is not set up: {hint}")
+        run.notes.append(f"MLServer is not set up, so it is not measured: {hint}.")
     if settings.generator != "wrk":
         run.notes.append(f"Closed loop with the built-in generator: {INSTALL_HINT}.")
     measurer = Measurer(settings, workdir)
@@ -404,18 +502,47 @@ def execute(settings: Settings) -> Run:
     servers = start_all(specs, workdir / "logs", _say)
     try:
         compared = [srv for srv in servers if srv.spec.name != ROUTER]
+        hand_answers(run, compared, artifacts)
         if "closed" in settings.sections:
             run_closed(run, compared, artifacts, measurer)
         if "open" in settings.sections:
+            measurer.settle_all(servers)
             run_open(run, compared, artifacts, measurer)
         if "routing" in settings.sections:
+            measurer.settle_all(servers)
             run_routing(run, servers[-1], artifacts, measurer)
         if settings.profile:
+            measurer.settle_all(servers)
             run_profile(run, compared, artifacts, measurer)
     finally:
         for server in servers:
             server.stop()
+    run.notes += measurer.settle_notes()
     return run
+
+
+def _positive(kind: Callable[[str], T], *, zero: bool = False) -> Callable[[str], T]:
+    """Return an argparse type: ``kind`` of the text, which must be > 0 (or >= 0)."""
+
+    def parse(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0 or (value == 0 and not zero):  # type: ignore[operator]
+            raise argparse.ArgumentTypeError(f"must be {'>= 0' if zero else '> 0'}: {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _known_ref(ref: str) -> bool:
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    check = ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"]
+    return subprocess.run(check, capture_output=True).returncode == 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -426,13 +553,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--quick", action="store_true", help="smoke run, under 2 minutes")
-    add("--seconds", type=float, default=None, help="measured seconds per server per cell (4)")
-    add("--rounds", type=int, default=None, help="round-robin slices per cell (2)")
-    add("--warmup", type=float, default=None, help="warm-up seconds per server (1)")
-    add("--concurrency", type=int, nargs="+", default=None, help="closed loop (1 16 64 256)")
+    add("--seconds", type=_positive(float), default=None, help="measured s per server per cell (4)")
+    add("--rounds", type=_positive(int), default=None, help="round-robin slices per cell (2)")
+    add("--warmup", type=_positive(float, zero=True), default=None, help="warm-up s per server (1)")
+    add(
+        "--concurrency",
+        type=_positive(int),
+        nargs="+",
+        default=None,
+        help="closed loop (1 16 64 256); also the routing section's (1 64)",
+    )
     add(
         "--rates",
-        type=float,
+        type=_positive(float),
         nargs="+",
         default=None,
         help="open loop req/s (500 1000 2000 3000)",
@@ -457,8 +590,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--profile", action="store_true", help="also sample turnout adaptive with py-spy")
     add("--asyncio-too", action="store_true", help="also run turnout adaptive on asyncio's loop")
-    add("--trees", type=int, default=100, help="trees in the forest (100)")
-    add("--depth", type=int, default=12, help="depth of each tree (12)")
+    add("--trees", type=_positive(int), default=100, help="trees in the forest (100)")
+    add("--depth", type=_positive(int), default=12, help="depth of each tree (12)")
     add("--no-save", action="store_true", help="print the report only")
     add(
         "--out",
@@ -477,8 +610,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str]) -> Settings:
     """Read the command line into Settings (quick mode changes the defaults, not given values)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     quick = args.quick
+    servers = tuple(s for s in args.servers if not (args.no_peers and s == "mlserver"))
+    if not servers and set(args.sections) - {"routing"}:
+        parser.error(
+            f"no server left to measure: --servers {' '.join(args.servers)} with --no-peers"
+            " (the closed and open sections need at least one)"
+        )
+    for ref in args.baseline:
+        if not _known_ref(ref):
+            parser.error(f"--baseline {ref}: not a commit in this git repository")
 
     def pick(value: object, full: object, fast: object) -> object:
         return value if value is not None else (fast if quick else full)
@@ -497,11 +640,11 @@ def parse_args(argv: Sequence[str]) -> Settings:
         concurrency=tuple(pick(args.concurrency, [1, 16, 64, 256], [1, 64])),  # type: ignore[arg-type]
         rates=tuple(pick(args.rates, [500, 1000, 2000, 3000], [1000])),  # type: ignore[arg-type]
         kinds=tuple(pick(args.kinds, list(KINDS), list(KINDS))),  # type: ignore[arg-type]
-        routing_concurrency=(1, 64) if not quick else (64,),
+        routing_concurrency=tuple(args.concurrency or ((64,) if quick else (1, 64))),
         sections=tuple(args.sections),
         loop=args.loop,
         generator=generator,
-        servers=tuple(s for s in args.servers if not (args.no_peers and s == "mlserver")),
+        servers=servers,
         baselines=tuple(args.baseline),
         asyncio_too=args.asyncio_too,
         trees=args.trees,
@@ -511,6 +654,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         workdir=args.workdir,
         quick=quick,
         profile=args.profile,
+        settle_cap=QUICK_SETTLE_CAP if quick else SETTLE_CAP,
     )
 
 

@@ -28,9 +28,18 @@ def load_average() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def machine_info(load_at_start: str, packages: Sequence[str] = PACKAGES) -> list[tuple[str, str]]:
-    """Return the facts about this machine and its software that the numbers depend on."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+def machine_info(
+    load_at_start: str, packages: Sequence[str] = PACKAGES, usable: int | None = None
+) -> list[tuple[str, str]]:
+    """Return the facts about this machine and its software that the numbers depend on.
+
+    ``usable``: the cores this process could use, counted before it pinned itself
+    to one (counted now if not given).
+    """
+    if usable is None:
+        usable = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        )
     return [
         ("CPU", _cpu_model()),
         ("Cores", f"{os.cpu_count()} logical, {usable} usable by this process"),

@@ -92,13 +92,15 @@ def closed_table(cells: Sequence[Cell]) -> list[str]:
 
 
 def open_table(cells: Sequence[Cell]) -> list[str]:
-    """Return the open-loop table (its req/s is what was answered; 'late' = sent late)."""
-    lines = [_HEADER.format(load="rate").replace(" errors |", " errors | late |"), _RULE + "--:|"]
+    """Return the open-loop table: req/s over the scheduled window, 'late' = sent late, 'tail'."""
+    header = _HEADER.format(load="rate").replace(" errors |", " errors | late | tail s |")
+    lines = [header, _RULE + "--:|--:|"]
     for c in cells:
         if c.section == "open":
             row = _row(c, cells, f"{c.load:g}/s")
             parts = row.split(" | ")
             parts.insert(11, str(c.window.sent_late))
+            parts.insert(12, f"{c.window.tail_seconds:.2f}")
             lines.append(" | ".join(parts))
     return lines
 
@@ -236,7 +238,7 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
         "",
         "| machine | |",
         "|---|---|",
-        *(f"| {name} | {value} |" for name, value in machine_info(load)),
+        *(f"| {name} | {value} |" for name, value in machine_info(load, usable=run.usable_cores)),
         *(f"| {name} | {value} |" for name, value in run.versions.items()),
         "",
         f"Model: {model_text(s.trees, s.depth)}."
@@ -259,9 +261,13 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
         lines += [
             "## Open loop (V2 JSON, one row)",
             "",
-            "Requests due at a fixed rate, latency timed from each one's due time; 'late' counts"
-            " requests the generator itself sent over 1 ms late: where that is over 1% of them,"
-            " the row measures the generator as much as the server (and the plot leaves it out).",
+            "Requests due at a fixed rate, latency timed from each one's due time. req/s is the"
+            " requests answered over the scheduled window (answered / window length), whatever"
+            " the wait for the last replies; 'tail s' is that wait, from the last request's due"
+            " time to the last reply (longest slice). 'late' counts requests the generator itself"
+            " sent over 1 ms after their due time, for whatever reason (busy loop, late wake-up):"
+            " where that is over 1% of them, the row measures the generator as much as the"
+            " server (and the plot leaves it out).",
             "",
             *open_table(run.cells),
             "",

@@ -19,7 +19,7 @@ import numpy as np
 from benchmarks.payloads import Payload
 from benchmarks.stats import QUANTILE_GRID, Window
 
-__all__ = ["INSTALL_HINT", "WrkRunner", "wrk_path"]
+__all__ = ["INSTALL_HINT", "WrkRunner", "wrk_path", "wrk_version"]
 
 INSTALL_HINT = "install wrk for faster closed-loop load: apt-get install wrk (or brew install wrk)"
 MARK = "TURNOUT-BENCH "
@@ -60,6 +60,19 @@ end
 def wrk_path() -> str | None:
     """Return the wrk executable, or None if it is not installed."""
     return shutil.which("wrk")
+
+
+def wrk_version() -> str:
+    """Return wrk's version line, e.g. "wrk 4.1.0" (wrk -v prints it, then its usage)."""
+    wrk = wrk_path()
+    if wrk is None:
+        return "wrk not installed"
+    try:
+        out = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "wrk (version unknown)"
+    first = (out.stdout or out.stderr).strip().splitlines()
+    return " ".join(first[0].split()[:2]) if first else "wrk (version unknown)"
 
 
 def _lua_string(text: str) -> str:
