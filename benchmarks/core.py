@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,7 @@ class Settings:
     max_batch_rows: tuple[int, ...]
     save: bool
     profile: bool
+    out: Path = RESULTS_DIR
 
 
 @dataclass(frozen=True)
@@ -351,7 +353,7 @@ async def group_cells(target: Target, concurrency: int, settings: Settings) -> l
     measures = group_measures(target, concurrency, settings)
     tallies = await measure_side_by_side(measures, settings)
     if settings.profile and ADAPTIVE in measures:
-        await profile_adaptive(target, concurrency, settings.duration)
+        await profile_adaptive(target, concurrency, settings.duration, settings.out)
     return [_cell(target.key, concurrency, mode, tally) for mode, tally in tallies.items()]
 
 
@@ -375,7 +377,7 @@ def _cell(key: Key, concurrency: int, mode: str, tally: Tally) -> Cell:
     )
 
 
-async def profile_adaptive(target: Target, concurrency: int, duration: float) -> None:
+async def profile_adaptive(target: Target, concurrency: int, duration: float, out: Path) -> None:
     """Run one more adaptive window under pyinstrument and save its text report."""
     from pyinstrument import Profiler
 
@@ -385,7 +387,7 @@ async def profile_adaptive(target: Target, concurrency: int, duration: float) ->
     await closed_loop(server.predict, work.name, work.rows, concurrency, duration)
     profiler.stop()
     model, threads, max_rows = target.key
-    path = RESULTS_DIR / f"profile-{model}-c{concurrency}-t{threads}-b{max_rows}-{stamp()}.txt"
+    path = out / f"profile-{model}-c{concurrency}-t{threads}-b{max_rows}-{stamp()}.txt"
     write_atomic(path, profiler.output_text(unicode=False, color=False, show_all=False))
     print(f"profile written to {path}", file=sys.stderr)
 
@@ -644,6 +646,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--no-save", action="store_true", help="print the report only; write no file")
     add("--profile", action="store_true", help="also profile each adaptive cell (pyinstrument)")
+    add(
+        "--out",
+        type=Path,
+        default=RESULTS_DIR,
+        help="directory for the report and profiles (benchmarks/results)",
+    )
     return parser
 
 
@@ -664,6 +672,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         max_batch_rows=tuple(args.max_batch_rows),
         save=not args.no_save,
         profile=args.profile,
+        out=args.out,
     )
 
 
@@ -685,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = render(settings, argv, cells, load)
     print(report)
     if settings.save:
-        path = RESULTS_DIR / f"core-{stamp()}.md"
+        path = settings.out / f"core-{stamp()}.md"
         write_atomic(path, report)
         print(f"report written to {path}", file=sys.stderr)
     return 0

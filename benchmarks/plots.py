@@ -85,12 +85,23 @@ def _batch_figure(run: Run) -> object:
     for cell in run.cells:
         if cell.section == "closed" and cell.window.mean_batch is not None:
             series[f"{cell.server}, {cell.kind}"].append((cell.load, cell.window.mean_batch))
-    for label, points in sorted(series.items()):
+    markers = "osD^v<>Px*"
+    for i, (label, points) in enumerate(sorted(series.items())):
         points.sort()
         xs, ys = zip(*points, strict=True)
-        axes.plot(xs, ys, "o-", label=label, markersize=4)
+        # Series that coincide (batching off is one row per batch at every load) would
+        # hide one another: each gets its own marker and a small sideways shift.
+        shift = 2 ** (0.04 * (i - (len(series) - 1) / 2))
+        axes.plot(
+            [x * shift for x in xs],
+            ys,
+            f"{markers[i % len(markers)]}-",
+            label=label,
+            markersize=5,
+            alpha=0.8,
+        )
     axes.set_xscale("log", base=2)
-    axes.set_xlabel("concurrency (closed loop)")
+    axes.set_xlabel("concurrency (closed loop; series shifted slightly sideways to stay visible)")
     axes.set_ylabel("mean rows per batch")
     axes.set_title("Batch size vs load")
     axes.grid(True, which="both", alpha=0.3)
