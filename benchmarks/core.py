@@ -657,9 +657,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str]) -> Settings:
     """Read the command line into Settings."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.rounds < 1 or min(args.concurrency) < 1:
-        raise SystemExit("need --duration > 0, --warmup >= 0, --rounds >= 1, --concurrency >= 1")
+        parser.error("need --duration > 0, --warmup >= 0, --rounds >= 1, --concurrency >= 1")
     quick = args.quick
     return Settings(
         duration=0.3 if quick else args.duration,
