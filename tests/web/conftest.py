@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from web_helpers import ADMIN_TOKEN
 
@@ -18,20 +19,33 @@ from turnout.web.admin import create_admin_app
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
+AppStarter = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+
+
 @pytest.fixture
-async def make_client(server: ModelServer) -> AsyncIterator[ClientFactory]:
-    """Start the app for ``server`` on 127.0.0.1, on a free port; kwargs go to ``create_app``."""
+async def start_app() -> AsyncIterator[AppStarter]:
+    """Serve an aiohttp app on 127.0.0.1, on a free port; every one is closed after the test."""
     clients: list[TestClient[Any, Any]] = []
 
-    async def make(**options: Any) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(server, **options)))
+    async def start(app: web.Application) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return client
 
-    yield make
+    yield start
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+def make_client(server: ModelServer, start_app: AppStarter) -> ClientFactory:
+    """Start the app for ``server``; kwargs go to ``create_app``."""
+
+    async def make(**options: Any) -> TestClient[Any, Any]:
+        return await start_app(create_app(server, **options))
+
+    return make
 
 
 @pytest.fixture
@@ -49,21 +63,14 @@ async def cancer(server: ModelServer, binary_model: Any, binary_model_v2: Any) -
 
 
 @pytest.fixture
-async def make_admin(server: ModelServer) -> AsyncIterator[ClientFactory]:
-    """Start the admin API for ``server`` on 127.0.0.1; kwargs go to ``create_admin_app``."""
-    clients: list[TestClient[Any, Any]] = []
+def make_admin(server: ModelServer, start_app: AppStarter) -> ClientFactory:
+    """Start the admin API for ``server``; kwargs go to ``create_admin_app``."""
 
     async def make(**options: Any) -> TestClient[Any, Any]:
         options.setdefault("token", ADMIN_TOKEN)
-        app = create_admin_app(server, **options)
-        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await start_app(create_admin_app(server, **options))
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 @pytest.fixture

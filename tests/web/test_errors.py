@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import web
-from web_helpers import expect_error, tensor
+from web_helpers import expect_error, send_head, tensor
 
 from turnout import BatchingConfig, BreakerConfig, TurnoutError
 from turnout.core import errors as core_errors
@@ -496,12 +496,7 @@ async def test_hostile_shapes_and_inputs_are_400(http, cancer, body, words) -> N
 
 async def test_a_body_that_never_arrives_is_408(http, cancer, monkeypatch) -> None:
     monkeypatch.setattr("turnout.web.body.BODY_READ_TIMEOUT", 0.2)
-    reader, writer = await asyncio.open_connection(http.server.host, http.server.port)
-    writer.write(
-        b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\n"
-        b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs": ['
-    )
-    await writer.drain()
+    reader, writer = await send_head(http.server.host, http.server.port, 1000, b'{"inputs": [')
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
     assert head.startswith(b"HTTP/1.1 408"), head
     assert b"application/json" in head
@@ -517,12 +512,7 @@ async def test_a_client_that_leaves_mid_body_is_no_error_in_the_log(cancer, capl
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
-        _reader, writer = await asyncio.open_connection(host, port)
-        writer.write(
-            b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\n"
-            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs": ['
-        )
-        await writer.drain()
+        _reader, writer = await send_head(host, port, 1000, b'{"inputs": [')
         await asyncio.sleep(0.2)  # the handler is reading the body
         writer.close()
         await writer.wait_closed()
@@ -534,12 +524,7 @@ async def test_a_client_that_leaves_mid_body_is_no_error_in_the_log(cancer, capl
 
 async def test_a_100_mb_body_is_refused_from_its_headers_alone(http, cancer) -> None:
     # Nothing of the body is sent: the declared length is enough to refuse it.
-    reader, writer = await asyncio.open_connection(http.server.host, http.server.port)
-    writer.write(
-        b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
-    )
-    await writer.drain()
+    reader, writer = await send_head(http.server.host, http.server.port, 100 * 1024 * 1024)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
     writer.close()
     assert head.startswith(b"HTTP/1.1 413"), head

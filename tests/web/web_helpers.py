@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,21 @@ async def expect_error(response: ClientResponse, status: int, code: str) -> dict
 def assert_close(actual: Any, expected: Any) -> None:
     """Compare predictions that went through JSON (float32 values printed as doubles)."""
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=1e-6, atol=1e-7)
+
+
+async def send_head(
+    host: str, port: int, content_length: int, body: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a raw connection and send a V2 infer request's headers and ``body``, maybe short."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST /v2/models/cancer/infer HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\n"
+        + f"Content-Length: {content_length}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    return reader, writer
 
 
 def tensor(name: str, values: Any, datatype: str = "FP32") -> dict[str, Any]:

@@ -120,7 +120,7 @@ async def load(request: web.Request) -> web.Response:
     if not files:
         if "config" in parameters:
             raise bad_request("config without files: send the model as file:<version>/model.onnx")
-        _versions(server, model)  # 404 unless the model is loaded
+        # Loaded already (404 unless it is): nothing to do.
         return _json({"name": model, "versions": sorted(_versions(server, model))})
     await _deploy_all(server, model, files, options)
     return _json({"name": model, "versions": sorted(_versions(server, model))})
