@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from turnout.core.server import ModelServer
 
-__all__ = ["DEMO_MODEL", "deploy_demo_models", "run_demo"]
+__all__ = ["DEMO_MODEL", "HeldOut", "deploy_demo_models", "run_demo"]
 
 DEMO_MODEL = "breast_cancer"
 
 
-def _train() -> tuple[Any, Any, Any, np.ndarray[Any, Any]]:
-    """Train two classifiers on scikit-learn's breast cancer data; return them with test data."""
+@dataclass(frozen=True)
+class HeldOut:
+    """The demo's held-out test data: rows keyed by feature name, and their true labels."""
+
+    rows: list[dict[str, float]]
+    labels: np.ndarray[Any, Any]
+
+
+def _train() -> tuple[Any, Any, list[str], HeldOut]:
+    """Train two classifiers on scikit-learn's breast cancer data; return them and test data."""
+    # NumPy arrays, not as_frame=True: that needs pandas, which serving does not.
     from sklearn.datasets import load_breast_cancer
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -23,35 +33,46 @@ def _train() -> tuple[Any, Any, Any, np.ndarray[Any, Any]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
+    data = load_breast_cancer()
+    features = [str(name) for name in data.feature_names]
+    X_train, X_test, y_train, y_test = train_test_split(data.data, data.target, random_state=0)
     baseline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     candidate = RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0)
+    rows = [dict(zip(features, map(float, row), strict=True)) for row in X_test]
     return (
         baseline.fit(X_train, y_train),
         candidate.fit(X_train, y_train),
-        X_test,
-        y_test.to_numpy(),
+        features,
+        HeldOut(rows, y_test),
     )
 
 
-async def deploy_demo_models(server: ModelServer) -> tuple[Any, np.ndarray[Any, Any]]:
+async def deploy_demo_models(server: ModelServer) -> HeldOut:
     """Deploy the demo's v1 (active) and v2; return the held-out rows and labels."""
-    baseline, candidate, X_test, y_test = await asyncio.to_thread(_train)
+    baseline, candidate, features, held_out = await asyncio.to_thread(_train)
     await server.deploy_model(
-        DEMO_MODEL, "v1", baseline, metadata={"algorithm": "logistic regression"}
+        DEMO_MODEL,
+        "v1",
+        baseline,
+        features=features,
+        metadata={"algorithm": "logistic regression"},
     )
     await server.deploy_model(
-        DEMO_MODEL, "v2", candidate, set_active=False, metadata={"algorithm": "random forest"}
+        DEMO_MODEL,
+        "v2",
+        candidate,
+        features=features,
+        set_active=False,
+        metadata={"algorithm": "random forest"},
     )
-    return X_test, y_test
+    return held_out
 
 
 async def run_demo() -> None:
     """Deploy two versions behind a 70/30 A/B split, send traffic, print predictions and status."""
     async with ModelServer(seed=0) as server:
-        X_test, y_test = await deploy_demo_models(server)
-        rows = X_test.to_dict("records")
+        held_out = await deploy_demo_models(server)
+        rows, y_test = held_out.rows, held_out.labels
         await server.setup_ab_test(DEMO_MODEL, ["v1", "v2"], [0.7, 0.3])
         print(f"Deployed {DEMO_MODEL} v1 and v2 behind a 70/30 weighted A/B split.\n")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any
 
 from turnout.core.server import ModelServer
 from turnout.web.auth import TOKEN_ENV
@@ -101,10 +100,9 @@ async def _deploy_demo(server: ModelServer) -> dict[str, float]:
     from turnout.demo import DEMO_MODEL, deploy_demo_models
 
     print("turnout: training the demo models...", file=sys.stderr, flush=True)
-    X_test, _ = await deploy_demo_models(server)
+    held_out = await deploy_demo_models(server)
     await server.setup_ab_test(DEMO_MODEL, ["v1", "v2"], [0.7, 0.3])
-    row: dict[str, Any] = X_test.iloc[0].to_dict()
-    return {str(name): float(value) for name, value in row.items()}
+    return held_out.rows[0]
 
 
 def _print_banner(server: ModelServer, url: str, row: dict[str, float] | None) -> None:
