@@ -132,8 +132,9 @@ class BatchReport:
 
     ``error`` is the batch's own failure, if it failed; ``failed_requests``
     how many requests were finally answered with an error (after bisection,
-    often fewer than the batch held); ``overran`` whether a request's
-    deadline passed while the batch was executing.
+    often fewer than the batch held), and ``failed_latency`` the sum of their
+    latencies; ``overran`` whether a request's deadline passed while the
+    batch was executing.
     """
 
     rows: int
@@ -143,6 +144,7 @@ class BatchReport:
     error: TurnoutError | None
     failed_requests: int = 0
     overran: bool = False
+    failed_latency: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -444,9 +446,10 @@ class AdaptiveBatcher(Generic[R]):
         del self._running[token]
         latencies: list[float] = []
         self._deliver(batch, result, error, finished, latencies)
-        self._report(
-            rows, latencies, finished - started, error, len(latencies) if error else 0, token
-        )
+        if error is None:
+            self._report(rows, latencies, [], finished - started, None, token)
+        else:
+            self._report(rows, [], latencies, finished - started, error, token)
         self._schedule_next()
 
     def _deliver(
@@ -456,9 +459,8 @@ class AdaptiveBatcher(Generic[R]):
         error: TurnoutError | None,
         finished: float,
         latencies: list[float],
-    ) -> int:
-        """Answer each still-waiting request of ``batch``; return how many were answered."""
-        answered = 0
+    ) -> None:
+        """Answer each still-waiting request of ``batch``, adding its latency to ``latencies``."""
         offset = 0
         for pending in batch:
             if pending.timer is not None:
@@ -469,31 +471,31 @@ class AdaptiveBatcher(Generic[R]):
                 else:
                     pending.future.set_exception(_copy_error(error))
                 latencies.append(finished - pending.started)
-                answered += 1
             offset += pending.size
-        return answered
 
     def _report(
         self,
         rows: int,
-        latencies: list[float],
+        succeeded: list[float],
+        failed: list[float],
         duration: float,
         error: TurnoutError | None,
-        failed: int,
         token: object,
     ) -> None:
+        """Tell ``on_batch`` of a batch: the latencies of its requests that succeeded and failed."""
         overran = token in self._overran
         self._overran.discard(token)
         if self._on_batch is None:
             return
         report = BatchReport(
             rows=rows,
-            requests=len(latencies),
-            latencies=tuple(latencies),
+            requests=len(succeeded) + len(failed),
+            latencies=tuple(succeeded + failed) if failed else tuple(succeeded),
             duration=duration,
             error=error,
-            failed_requests=failed,
+            failed_requests=len(failed),
             overran=overran,
+            failed_latency=sum(failed),
         )
         try:
             self._on_batch(report)
@@ -519,7 +521,7 @@ class AdaptiveBatcher(Generic[R]):
         two. The batch is reported once, as one failure.
         """
         latencies: list[float] = []
-        failed = 0
+        failures: list[float] = []
 
         async def attempt(group: list[_Pending]) -> TurnoutError | None:
             group = [p for p in group if not p.future.done()]
@@ -534,10 +536,9 @@ class AdaptiveBatcher(Generic[R]):
             return None
 
         async def split(group: list[_Pending], cause: TurnoutError) -> None:
-            nonlocal failed
             group = [p for p in group if not p.future.done()]
             if len(group) <= 1:
-                failed += self._deliver(group, None, cause, self._clock.now(), latencies)
+                self._deliver(group, None, cause, self._clock.now(), failures)
                 return
             half = len(group) // 2
             left, right = group[:half], group[half:]
@@ -545,8 +546,8 @@ class AdaptiveBatcher(Generic[R]):
             right_error = await attempt(right)
             if left_error is not None and right_error is not None:
                 now = self._clock.now()
-                failed += self._deliver(left, None, left_error, now, latencies)
-                failed += self._deliver(right, None, right_error, now, latencies)
+                self._deliver(left, None, left_error, now, failures)
+                self._deliver(right, None, right_error, now, failures)
                 return
             if left_error is not None:
                 await split(left, left_error)
@@ -557,10 +558,10 @@ class AdaptiveBatcher(Generic[R]):
             await split(batch, error)
         finally:
             # Whatever happened, nobody admitted is left waiting.
-            failed += self._deliver(batch, None, error, self._clock.now(), latencies)
+            self._deliver(batch, None, error, self._clock.now(), failures)
             del self._in_flight[token]
             del self._running[token]
-            self._report(rows, latencies, self._clock.now() - started, error, failed, token)
+            self._report(rows, latencies, failures, self._clock.now() - started, error, token)
             self._schedule_next()
 
     def _execute_async(self, rows: np.ndarray[Any, Any]) -> asyncio.Future[Any]:

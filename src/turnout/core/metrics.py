@@ -109,14 +109,26 @@ class VersionMetrics:
         self.shed = 0
         self.rows = 0
         self.batches = 0
+        # Seconds: of batches executing, and of the requests answered with an error.
+        self.compute_seconds = 0.0
+        self.failed_latency_seconds = 0.0
         self.last_request_time: datetime | None = None
 
     def record_batch(
-        self, *, rows: int, latencies: Iterable[float], requests: int, errors: int = 0
+        self,
+        *,
+        rows: int,
+        latencies: Iterable[float],
+        requests: int,
+        errors: int = 0,
+        duration: float = 0.0,
+        failed_latency: float = 0.0,
     ) -> None:
-        """Count one executed batch: its rows, its requests' latencies, how many failed."""
+        """Count one executed batch: its rows, duration, requests' latencies, how many failed."""
         self.batches += 1
         self.rows += rows
+        self.compute_seconds += duration
+        self.failed_latency_seconds += failed_latency
         self.batch_sizes[bisect.bisect_left(BATCH_SIZE_BOUNDS, rows)] += 1
         self.requests += requests
         self.errors += errors

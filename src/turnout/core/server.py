@@ -555,6 +555,8 @@ class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
             latencies=report.latencies,
             requests=report.requests,
             errors=report.failed_requests,
+            duration=report.duration,
+            failed_latency=report.failed_latency,
         )
         if not report.overran:  # an overrun was counted when its deadline passed
             deployment.breaker.record(report.error is not None, report.duration)
