@@ -101,7 +101,7 @@ def test_messages_are_scrubbed_of_paths_and_secrets(message: str, expected: str)
 
 async def test_an_unknown_endpoint_is_404_json(http) -> None:
     await expect_error(await http.get("/v3/anything"), 404, "not_found")
-    await expect_error(await http.get("/"), 404, "not_found")
+    await expect_error(await http.get("/v2/nothing"), 404, "not_found")
 
 
 async def test_a_wrong_method_is_405_json_with_allow(http, cancer) -> None:
@@ -123,16 +123,33 @@ async def test_an_unsafe_model_name_is_400(http) -> None:
         ("text/plain", b"{}"),
         ("application/x-www-form-urlencoded", b"inputs=1"),
         ("application/jsonx", b"{}"),
-        (None, b"{}"),
     ],
 )
 async def test_a_body_that_is_not_json_is_415(http, cancer, content_type, data) -> None:
     # application/octet-stream is the binary tensor extension's type on V2: see test_binary.py.
-    headers = {} if content_type is None else {"Content-Type": content_type}
-    skip = ["Content-Type"] if content_type is None else []
     for path in (INFER, "/v1/models/cancer:predict"):
-        response = await http.post(path, data=data, headers=headers, skip_auto_headers=skip)
-        await expect_error(response, 415, "unsupported_media_type")
+        response = await http.post(path, data=data, headers={"Content-Type": content_type})
+        body = await expect_error(response, 415, "unsupported_media_type")
+        assert content_type in body["error"]
+
+
+async def test_a_json_body_without_a_content_type_is_read_as_json(
+    http, cancer, binary_data
+) -> None:
+    # As tritonclient sends its JSON requests: no Content-Type header at all.
+    X = binary_data.X_test.iloc[:2].to_numpy()
+    requests = {
+        INFER: {"inputs": [tensor("input", X, "FP64")]},
+        "/v1/models/cancer:predict": {"instances": X.tolist()},
+    }
+    for path, body in requests.items():
+        response = await http.post(
+            path, data=json.dumps(body).encode(), skip_auto_headers=["Content-Type"]
+        )
+        assert "Content-Type" not in response.request_info.headers
+        assert response.status == 200, await response.text()
+    response = await http.post(INFER, data=b"{", skip_auto_headers=["Content-Type"])
+    await expect_error(response, 400, "malformed_json")
 
 
 @pytest.mark.parametrize(
@@ -230,7 +247,12 @@ async def test_a_request_the_protocol_does_not_allow_is_400(
     [
         (body_with(shape=[0, 30], data=[]), "empty"),
         (body_with(shape=[2, 29], data=np.ones((2, 29)).tolist()), "expected 30 columns, got 29"),
-        (body_with(shape=[2], data=[1.0, 2.0]), "not a feature of this model"),
+        (body_with(shape=[2], data=[1.0, 2.0]), "inputs[0].shape must be [rows, 30]"),
+        (body_with(name="x"), "this model has no input 'x'"),
+        (
+            {"inputs": [tensor("input", np.ones((1, 30))), tensor("mean radius", [1.0])]},
+            "comes alone",
+        ),
         (body_with(name="mean radius", shape=[2], data=[1.0, 2.0]), "missing"),
         (
             {"inputs": [tensor("mean radius", [1.0]), tensor("mean radiuss", [1.0])]},
@@ -274,7 +296,7 @@ async def test_per_feature_tensors_must_agree(http, cancer, binary_data) -> None
 
 
 async def test_a_number_beyond_float64_is_400(http, cancer) -> None:
-    raw = b'{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [1e400]}]}'
+    raw = b'{"inputs": [{"name": "input", "shape": [1, 1], "datatype": "FP64", "data": [1e400]}]}'
     response = await http.post(INFER, data=raw, headers={"Content-Type": "application/json"})
     error = await expect_error(response, 400, "invalid_request")
     assert "too large" in error["error"]

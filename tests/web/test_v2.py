@@ -20,7 +20,7 @@ async def test_server_metadata_liveness_and_readiness(http, server, binary_model
     metadata = await response.json()
     assert metadata["name"] == "turnout"
     assert metadata["version"]
-    assert metadata["extensions"] == ["binary_tensor_data"]
+    assert metadata["extensions"] == ["binary_tensor_data", "model_configuration", "statistics"]
 
     assert await (await http.get("/v2/health/live")).json() == {"live": True}
     # Live, but with nothing to serve not ready: a balancer must send it no traffic yet.
@@ -130,8 +130,8 @@ async def test_infer_with_one_2d_tensor_equals_predict(http, cancer, binary_data
     assert_close(np.reshape(probabilities["data"], (7, 2))[:, 1], expected)
     assert label["data"] == (expected > 0.5).astype(int).tolist()
 
-    # Nested data, FP64, any tensor name: the same answer.
-    nested = {"name": "x", "shape": [7, 30], "datatype": "FP64", "data": X.to_numpy().tolist()}
+    # Nested data, FP64: the same answer.
+    nested = {"name": "input", "shape": [7, 30], "datatype": "FP64", "data": X.to_numpy().tolist()}
     again = await (await http.post(INFER, json={"inputs": [nested]})).json()
     assert again["outputs"][1]["data"] == probabilities["data"]
 

@@ -12,6 +12,7 @@ from turnout.web.errors import error_middleware
 from turnout.web.keys import DRAINING_KEY, MAX_BODY_KEY, SERVER_KEY
 from turnout.web.metrics import setup_metrics
 from turnout.web.openapi import setup_openapi
+from turnout.web.triton import setup_triton
 from turnout.web.v1 import setup_v1
 from turnout.web.v2 import setup_v2
 
@@ -36,6 +37,7 @@ def create_app(
     app[MAX_BODY_KEY] = max_body_bytes
     app[DRAINING_KEY] = asyncio.Event()
     setup_v2(app)
+    setup_triton(app)
     setup_v1(app)
     setup_metrics(app)
     setup_openapi(app)

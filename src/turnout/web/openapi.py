@@ -18,6 +18,7 @@ from turnout.core.names import MAX_NAME_LENGTH
 from turnout.web.binary import BINARY_CONTENT_TYPE, HEADER_LENGTH
 from turnout.web.jsonio import dumps
 from turnout.web.tensors import INPUT_DATATYPES
+from turnout.web.v1 import VERSION_HEADER
 
 __all__ = ["OPENAPI_PATH", "add_document_route", "openapi_document", "setup_openapi"]
 
@@ -277,6 +278,58 @@ def _schemas() -> dict[str, Schema]:
         "PredictResponse": obj(
             {"predictions": array({"anyOf": [SCALAR, array(SCALAR)]}, "One per instance.")}
         ),
+        "Alive": obj({"status": string(const="alive")}),
+        **_triton_schemas(),
+    }
+
+
+def _triton_schemas() -> dict[str, Schema]:
+    """Triton's model configuration and statistics answers (turnout.web.triton)."""
+    count: Schema = {"type": "integer", "minimum": 0}
+    tensor = obj(
+        {
+            "name": string(),
+            "data_type": string("TYPE_FP32, TYPE_INT64, TYPE_STRING, ..."),
+            "dims": array({"type": "integer"}, "Dimensions after the batch one; -1 varies."),
+        }
+    )
+    return {
+        "DurationStat": obj({"count": count, "ns": {**count, "description": "Nanoseconds."}}),
+        "ModelConfig": obj(
+            {
+                "name": string(),
+                "platform": string(enum=["onnxruntime_onnx", "python"]),
+                "backend": string(enum=["onnxruntime", "python"]),
+                "max_batch_size": {**count, "description": "The version's max_batch_rows."},
+                "input": array(tensor),
+                "output": array(tensor),
+                "dynamic_batching": obj({"max_queue_delay_microseconds": count}),
+                "parameters": obj(
+                    {
+                        "version": obj({"string_value": string()}),
+                        "active": obj({"string_value": string(enum=["true", "false"])}),
+                    }
+                ),
+            }
+        ),
+        "ModelStat": obj(
+            {
+                "name": string(),
+                "version": string(),
+                "last_inference": {**count, "description": "Milliseconds since the epoch."},
+                "inference_count": {**count, "description": "Rows run through the model."},
+                "execution_count": {**count, "description": "Batches executed."},
+                "inference_stats": obj(
+                    {
+                        "success": ref("DurationStat"),
+                        "fail": ref("DurationStat"),
+                        "compute_infer": ref("DurationStat"),
+                    }
+                ),
+                "batch_stats": {**array({"type": "object"}), "maxItems": 0},
+            }
+        ),
+        "ModelStatistics": obj({"model_stats": array(ref("ModelStat"))}),
     }
 
 
@@ -382,6 +435,22 @@ def _v2_model_paths(prefix: str, parameters: list[dict[str, Any]]) -> dict[str, 
         },
         f"{prefix}/ready": {"get": readiness(f"Model ready{which}", _V2, parameters)},
         f"{prefix}/infer": {"post": _binary_tensors(_infer_operation(which, pinned, parameters))},
+        f"{prefix}/config": {
+            "get": operation(
+                f"Model configuration (Triton){which}",
+                _V2,
+                {"200": ok("ModelConfig"), **errors(model_errors(pinned=pinned))},
+                parameters=parameters,
+            )
+        },
+        f"{prefix}/stats": {
+            "get": operation(
+                f"Model statistics (Triton){which}",
+                _V2,
+                {"200": ok("ModelStatistics"), **errors(model_errors(pinned=pinned))},
+                parameters=parameters,
+            )
+        },
     }
 
 
@@ -433,6 +502,17 @@ def _binary_tensors(op: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
+def _version_header(op: dict[str, Any]) -> dict[str, Any]:
+    """Document the header that names the version which answered a V1 prediction."""
+    op["responses"]["200"]["headers"] = {
+        VERSION_HEADER: {
+            "description": "The version that served this request (V1 bodies have no field).",
+            "schema": string(),
+        }
+    }
+    return op
+
+
 def _paths() -> dict[str, Any]:
     plain = errors({500: ("internal_error",)})
     return {
@@ -455,15 +535,28 @@ def _paths() -> dict[str, Any]:
         },
         **_v2_model_paths("/v2/models/{model}", [MODEL]),
         **_v2_model_paths("/v2/models/{model}/versions/{version}", [MODEL, VERSION]),
+        "/v2/models/stats": {
+            "get": operation(
+                "Statistics of every version of every model (Triton)",
+                _V2,
+                {"200": ok("ModelStatistics"), **plain},
+            )
+        },
+        "/": {"get": operation("Server live (KServe V1)", _V1, {"200": ok("Alive"), **plain})},
         "/v1/models": {"get": operation("Deployed models", _V1, {"200": ok("ModelList"), **plain})},
         "/v1/models/{model}": {"get": readiness("Model ready", _V1, [MODEL])},
         "/v1/models/{model}:predict": {
-            "post": operation(
-                "Predict, one prediction per instance",
-                _V1,
-                {"200": ok("PredictResponse"), **errors(model_errors(pinned=False, serving=True))},
-                parameters=[MODEL],
-                body="PredictRequest",
+            "post": _version_header(
+                operation(
+                    "Predict, one prediction per instance",
+                    _V1,
+                    {
+                        "200": ok("PredictResponse"),
+                        **errors(model_errors(pinned=False, serving=True)),
+                    },
+                    parameters=[MODEL],
+                    body="PredictRequest",
+                )
             )
         },
         "/metrics": {

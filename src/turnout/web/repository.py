@@ -31,14 +31,14 @@ from turnout.core.names import check_name
 from turnout.core.routing import RoutingConfig
 from turnout.core.server import ModelServer
 from turnout.web.body import (
-    JSON_CONTENT_TYPE,
     bad_request,
+    check_json_type,
     get_object,
+    parse_json,
     read_bytes,
     require_object,
     type_name,
 )
-from turnout.web.errors import RequestError
 from turnout.web.jsonio import JSONError, dumps, loads
 from turnout.web.keys import SERVER_KEY
 from turnout.web.models import is_ready
@@ -65,15 +65,8 @@ async def _optional_body(request: web.Request) -> dict[str, Any]:
     raw = await read_bytes(request)
     if not raw:
         return {}
-    # Clients of the extension (tritonclient among them) send JSON without a Content-Type.
-    if "Content-Type" in request.headers and request.content_type != JSON_CONTENT_TYPE:
-        raise RequestError(
-            415, "unsupported_media_type", f"send the body as {JSON_CONTENT_TYPE}, or no body"
-        )
-    try:
-        return require_object(loads(raw), None)
-    except JSONError as exc:
-        raise RequestError(400, "malformed_json", str(exc)) from None
+    check_json_type(request)
+    return require_object(parse_json(raw), None)
 
 
 async def index(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ https://kserve.github.io/website/docs/concepts/architecture/data-plane/v1-protoc
 
 Endpoints::
 
+    GET  /                             {"status": "alive"}: liveness, as KServe's server answers
     GET  /v1/models                    {"models": [names]}
     GET  /v1/models/{model}            {"name": model, "ready": bool}
     POST /v1/models/{model}:predict    {"instances": [...]} -> {"predictions": [...]}
@@ -12,7 +13,9 @@ Endpoints::
 Instances are rows: objects keyed by feature name, or lists of values in the
 model's feature order. Predictions are what :meth:`ModelServer.predict`
 returns, one per instance. Like V2, ``parameters.key`` and
-``parameters.timeout`` may go with the instances.
+``parameters.timeout`` may go with the instances. V1 answers have no field
+for it, so the version that served is named in the ``Model-Version``
+header.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from turnout.web.keys import SERVER_KEY
 from turnout.web.models import is_ready
 from turnout.web.params import call_options
 
-__all__ = ["setup_v1"]
+__all__ = ["VERSION_HEADER", "setup_v1"]
+
+VERSION_HEADER = "Model-Version"
 
 # A model name never holds ":" (check_name refuses it), so ":predict" cannot be part of one.
 _MODEL = "{model:[^{}/:]+}"
@@ -36,16 +41,26 @@ _MODEL = "{model:[^{}/:]+}"
 
 def setup_v1(app: web.Application) -> None:
     """Add the V1 routes to ``app``."""
+    app.router.add_get("/", server_live)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get(f"/v1/models/{_MODEL}", model_ready)
     app.router.add_post(f"/v1/models/{_MODEL}:predict", predict)
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     # Bytes straight from orjson: json_response would encode a str to UTF-8 again.
     return web.Response(
-        body=dumps_bytes(body), status=status, content_type="application/json", charset="utf-8"
+        body=dumps_bytes(body),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
     )
+
+
+async def server_live(request: web.Request) -> web.Response:
+    """GET /: 200 while the process answers at all (the KServe SDK's V1 ``is_server_live``)."""
+    return _json({"status": "alive"})
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -70,5 +85,8 @@ async def predict(request: web.Request) -> web.Response:
     if not instances:
         raise bad_request("instances is empty: send at least one instance", "instances")
     options = call_options(body)
-    predictions = await server.predict(model, instances, key=options.key, timeout=options.timeout)
-    return _json({"predictions": array_to_json(predictions, flat=False)})
+    result = await server.infer(model, instances, key=options.key, timeout=options.timeout)
+    return _json(
+        {"predictions": array_to_json(result.outputs, flat=False)},
+        headers={VERSION_HEADER: result.version},
+    )

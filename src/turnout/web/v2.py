@@ -35,6 +35,7 @@ from aiohttp import web
 import turnout
 from turnout.core.names import check_name
 from turnout.core.server import ModelServer
+from turnout.web import triton
 from turnout.web.binary import binary_chunks, binary_outputs, binary_response, read_infer_body
 from turnout.web.body import bad_request, get_list, get_string, require_object
 from turnout.web.jsonio import dumps_bytes
@@ -59,7 +60,7 @@ from turnout.web.v2_inputs import rows_from_inputs
 __all__ = ["setup_v2"]
 
 SERVER_NAME = "turnout"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", *triton.EXTENSIONS]
 # Input tensors a request may hold when no version is in hand to say how many features.
 MAX_INPUTS = 4096
 
