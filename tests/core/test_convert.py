@@ -6,6 +6,7 @@ runs, and predictions are compared with the estimator's on held-out rows.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -485,6 +486,68 @@ async def test_mock_mode_still_refuses_unfitted_estimators(mock_server: ModelSer
     with pytest.raises(ConversionError, match="not fitted"):
         await mock_server.deploy_model("broken", "v1", LogisticRegression())
     await assert_nothing_deployed(mock_server, "broken")
+
+
+class Threshold:
+    """A hand-written classifier, no scikit-learn in it: class 1 when the first feature is > 0."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        self.batches.append(len(X))
+        positive = (np.asarray(X)[:, 0] > 0).astype(float)
+        return np.column_stack([1 - positive, positive])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return (np.asarray(X)[:, 0] > 0).astype(int)
+
+
+class Doubler:
+    """A hand-written regressor that says how many features it takes."""
+
+    n_features_in_ = 2
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X).sum(axis=1) * 2
+
+
+async def test_mock_mode_serves_a_hand_written_model_batched(mock_server: ModelServer) -> None:
+    model = Threshold()
+    deployment = await mock_server.deploy_model("fake", "v1", model, features=["x", "y"])
+    model.batches.clear()  # deploying tried the model on one row
+
+    rows = [{"x": float(i - 5), "y": 0.0} for i in range(10)]
+    results = await asyncio.gather(*(mock_server.infer("fake", [row]) for row in rows))
+
+    assert deployment.loaded.onnx_bytes is None
+    assert [r.labels.tolist() for r in results] == [[int(row["x"] > 0)] for row in rows]
+    assert [float(r.outputs[0]) for r in results] == [float(row["x"] > 0) for row in rows]
+    assert sum(model.batches) == 10
+    assert len(model.batches) < 10  # concurrent requests shared batches
+
+
+async def test_mock_mode_hand_written_regressor_and_bad_input(mock_server: ModelServer) -> None:
+    await mock_server.deploy_model("double", "v1", Doubler())
+
+    np.testing.assert_allclose(await mock_server.predict("double", [[1.0, 2.0]]), [6.0])
+    with pytest.raises(InvalidInputError, match="expected 2"):
+        await mock_server.predict("double", [[1.0, 2.0, 3.0]])
+
+
+async def test_mock_mode_needs_to_know_a_hand_written_models_features(
+    mock_server: ModelServer,
+) -> None:
+    with pytest.raises(ConversionError, match="pass features="):
+        await mock_server.deploy_model("fake", "v1", Threshold())
+    with pytest.raises(ConversionError, match="3 feature names given, but Doubler takes 2"):
+        await mock_server.deploy_model("double", "v1", Doubler(), features=["a", "b", "c"])
+    await assert_nothing_deployed(mock_server, "fake")
+
+
+async def test_without_mock_mode_a_hand_written_model_is_refused(server: ModelServer) -> None:
+    with pytest.raises(ConversionError, match="mock_mode=True serves any object with a predict"):
+        await server.deploy_model("fake", "v1", Threshold(), features=["x", "y"])
 
 
 def matmul_model(n_features: int) -> onnx.ModelProto:

@@ -280,6 +280,26 @@ def test_mock_mode_serves_the_estimator_itself(model, games):
     assert status["source"].startswith("python:RandomForestClassifier")
 
 
+def test_mock_mode_serves_a_test_double(games):
+    class AlwaysHome:
+        """A test double: no scikit-learn, just the two methods the guide calls."""
+
+        def predict(self, X):
+            return np.ones(len(X), dtype=int)
+
+        def predict_proba(self, X):
+            return np.tile([0.25, 0.75], (len(X), 1))
+
+    rows = games.iloc[:3].to_dict("records")
+    with ModelServingManager(mock_mode=True) as manager:
+        assert manager.deploy_model("nba_model", "v1.0", AlwaysHome(), features=list(games.columns))
+        result = manager.predict("nba_model", rows)
+        status = manager.get_all_models_status()["nba_model"]["v1.0"]
+
+    np.testing.assert_allclose(result, [0.75, 0.75, 0.75])
+    assert status["source"] == "python:AlwaysHome"
+
+
 def test_enable_mlflow_without_mlflow_says_which_extra_to_install(monkeypatch):
     find_spec = importlib.util.find_spec
 

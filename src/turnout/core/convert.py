@@ -66,13 +66,14 @@ def load_model(
 ) -> LoadedModel:
     """Return ``model_instance`` as a LoadedModel, converting scikit-learn models to ONNX.
 
-    With ``convert=False`` (mock mode) an estimator is kept as it is and run
-    through its own Python methods.
+    With ``convert=False`` (mock mode) an estimator, or any object with a
+    ``predict`` method (a test double, a hand-written model), is kept as it
+    is and run through its own Python methods.
     """
     feature_names = _feature_names(features)
+    if not convert and (_is_estimator(model_instance) or _has_predict(model_instance)):
+        return _python_model(model_instance, feature_names)
     if _is_estimator(model_instance):
-        if not convert:
-            return _python_model(model_instance, feature_names)
         return _sklearn_model(model_instance, feature_names)
     proto = _read_onnx(model_instance)
     # Read the class labels before the ZipMap goes: it may be the only node holding them.
@@ -97,6 +98,10 @@ def _feature_names(features: Sequence[str] | None) -> tuple[str, ...] | None:
 
 def _is_estimator(value: object) -> bool:
     return hasattr(value, "fit") and (hasattr(value, "predict") or hasattr(value, "transform"))
+
+
+def _has_predict(value: object) -> bool:
+    return callable(getattr(value, "predict", None))
 
 
 def _describe(estimator: object) -> str:
@@ -147,10 +152,16 @@ def _classes(estimator: Any) -> tuple[Any, ...] | None:
 
 
 def _python_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedModel:
-    from sklearn.base import is_classifier
+    from sklearn.base import BaseEstimator, is_classifier
 
-    n_features = _check_fitted(estimator)
-    classifier = is_classifier(estimator) or hasattr(estimator, "predict_proba")
+    if isinstance(estimator, BaseEstimator):
+        n_features = _check_fitted(estimator)
+        names = _estimator_names(estimator, n_features, features)
+        classifier = is_classifier(estimator) or hasattr(estimator, "predict_proba")
+    else:
+        # Not scikit-learn's: no fitted state to check, and its tags mean nothing.
+        n_features, names = _declared_features(estimator, features)
+        classifier = hasattr(estimator, "predict_proba") or hasattr(estimator, "classes_")
     # There is no graph, but OutputDecoder checks output modes against these
     # names: they say what PythonRuntime returns (labels and probabilities, or values).
     label_output, score_output = (
@@ -163,12 +174,33 @@ def _python_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedMod
         n_features=n_features,
         input_dtype=np.dtype(np.float64),
         task=Task.CLASSIFIER if classifier else Task.REGRESSOR,
-        feature_names=_estimator_names(estimator, n_features, features),
+        feature_names=names,
         classes=_classes(estimator),
         label_output=label_output,
         score_output=score_output,
     )
     return LoadedModel(signature, None, estimator, f"python:{_describe(estimator)}")
+
+
+def _declared_features(
+    model: Any, features: tuple[str, ...] | None
+) -> tuple[int, tuple[str, ...] | None]:
+    """The feature count and names of a model that is not scikit-learn's: given, or its own."""
+    own = getattr(model, "feature_names_in_", None)
+    names = features if features is not None else None if own is None else tuple(map(str, own))
+    count = getattr(model, "n_features_in_", None)
+    if count is None and names is not None:
+        count = len(names)
+    if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 1:
+        raise ConversionError(
+            f"{_describe(model)} does not say how many features it takes: pass"
+            " features=[...] to deploy_model, or give it an n_features_in_ attribute"
+        )
+    if names is not None and len(names) != count:
+        raise ConversionError(
+            f"{len(names)} feature names given, but {_describe(model)} takes {count} features"
+        )
+    return int(count), names
 
 
 def _sklearn_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedModel:
@@ -232,6 +264,7 @@ def _read_onnx(source: object) -> Any:
         raise ConversionError(
             "model_instance must be a fitted scikit-learn estimator or Pipeline, an"
             f" onnx.ModelProto, ONNX bytes or a .onnx path, not {type(source).__name__}"
+            " (mock_mode=True serves any object with a predict method)"
         )
     if not isinstance(source, str | os.PathLike) and _uses_external_data(proto):
         # Without a file of its own, such a model would make ONNX Runtime read paths

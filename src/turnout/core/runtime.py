@@ -85,7 +85,7 @@ class OnnxRuntime:
 
 
 class PythonRuntime:
-    """Runs a scikit-learn estimator through its own ``predict``/``predict_proba``."""
+    """Runs a model in Python through its own ``predict``/``predict_proba`` (mock mode)."""
 
     def __init__(self, estimator: Any, signature: ModelSignature) -> None:
         self._estimator = estimator
