@@ -123,7 +123,7 @@ async def test_shutdown_answers_the_requests_in_flight(server, binary_model, bin
         serve(server, "127.0.0.1", 0, on_started=started.set_result, stop=stop)
     )
     url = await started
-    request = {"inputs": [{"name": "x", "shape": [1, 30], "datatype": "FP64", "data": X.tolist()}]}
+    request = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": X.tolist()}]}
 
     async def infer(session: aiohttp.ClientSession) -> tuple[int, Any]:
         async with session.post(f"{url}/v2/models/cancer/infer", json=request) as response:
@@ -199,6 +199,25 @@ def test_serve_says_so_when_the_port_is_taken(capsys) -> None:
     err = capsys.readouterr().err
     assert "cannot listen" in err
     assert str(port) in err
+
+
+@pytest.mark.parametrize("which", ["--port", "--admin-port"])
+def test_a_taken_port_fails_before_the_demo_trains_or_the_repository_is_written(
+    which: str, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("TURNOUT_ADMIN_TOKEN", "a-token-of-sixteen-chars")
+    repository = tmp_path / "models"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = "--admin-port" if which == "--port" else "--port"
+        argv = ["serve", "--demo", "--repository", str(repository), which, str(port), other, "0"]
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert "training" not in err
+    assert not repository.exists()
 
 
 def test_serve_help_lists_the_flags(capsys) -> None:

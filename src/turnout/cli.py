@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -288,7 +289,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"turnout serve: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the address is taken, or not this machine's
-        print(f"turnout: cannot listen: {exc}", file=sys.stderr)
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = "; another program listens there: stop it, or choose --port/--admin-port"
+        print(f"turnout serve: {exc.strerror or exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before the server took over the signal, e.g. while training
         return 130

@@ -9,6 +9,7 @@ import sys
 from turnout.core.server import ModelServer
 from turnout.web.auth import TOKEN_ENV
 from turnout.web.examples import admin_example, curl, v1_predict_example, v2_infer_example
+from turnout.web.listeners import Listeners
 from turnout.web.serve import DEFAULT_ADMIN_PORT, SHUTDOWN_TIMEOUT, AdminSettings, serve
 from turnout.web.tensors import datatype_of
 
@@ -34,7 +35,10 @@ async def run_serve(
     ServerClosedError. With ``mlflow_experiment``, deployments and serving
     metrics are tracked in that MLflow experiment (docs/mlflow.md).
     """
+    # Bound before the repository is opened or the demo trained: a port in use fails at once.
+    listeners = Listeners.bind(host, port, None if admin is None else (admin.host, admin.port))
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(listeners.close)
         plugins: list[object] = []
         if mlflow_experiment is not None:
             from turnout.plugins.mlflow import MlflowConfig, MlflowTracker
@@ -46,14 +50,13 @@ async def run_serve(
         server = await stack.enter_async_context(
             ModelServer(repository=repository, plugins=plugins)
         )
-        await _run(server, host, port, demo, repository, admin, shutdown_timeout)
+        await _run(server, listeners, demo, repository, admin, shutdown_timeout)
     print("turnout: stopped", file=sys.stderr, flush=True)
 
 
 async def _run(
     server: ModelServer,
-    host: str,
-    port: int,
+    listeners: Listeners,
     demo: bool,
     repository: str | os.PathLike[str] | None,
     admin: AdminSettings | None,
@@ -84,9 +87,8 @@ async def _run(
 
     await serve(
         server,
-        host,
-        port,
         admin=admin,
+        listeners=listeners,
         on_started=started,
         on_admin_started=admin_started,
         shutdown_timeout=shutdown_timeout,

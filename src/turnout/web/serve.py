@@ -22,8 +22,16 @@ from turnout.web.app import DEFAULT_MAX_BODY_BYTES, check_max_body_bytes, create
 from turnout.web.auth import check_token
 from turnout.web.hosts import is_loopback
 from turnout.web.keys import DRAINING_KEY
+from turnout.web.listeners import Listeners
 
-__all__ = ["DEFAULT_ADMIN_PORT", "SHUTDOWN_TIMEOUT", "AdminSettings", "is_loopback", "serve"]
+__all__ = [
+    "DEFAULT_ADMIN_PORT",
+    "SHUTDOWN_TIMEOUT",
+    "AdminSettings",
+    "Listeners",
+    "is_loopback",
+    "serve",
+]
 
 # How long in-flight requests get to finish once shutdown begins.
 SHUTDOWN_TIMEOUT = 30.0
@@ -89,14 +97,48 @@ async def serve(
     on_admin_started: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    listeners: Listeners | None = None,
 ) -> None:
     """Serve ``server`` over HTTP until SIGINT/SIGTERM (or ``stop`` is set).
 
     ``on_started`` gets the base URL once the socket listens (port 0 picks a
-    free one), ``on_admin_started`` the admin API's. On shutdown the listening
+    free one), ``on_admin_started`` the admin API's. ``listeners`` are
+    sockets bound beforehand (:meth:`Listeners.bind`), for a caller that must
+    know the ports are free before it does anything slow; without them
+    ``host``, ``port`` and ``admin`` are bound here. On shutdown the listening
     sockets close first, then requests already in flight are answered (for up
     to ``shutdown_timeout`` seconds); closing ``server`` is left to the caller.
     """
+    if listeners is None:
+        listeners = Listeners.bind(host, port, None if admin is None else (admin.host, admin.port))
+    if admin is not None and not listeners.admin:
+        listeners.close()
+        raise InvalidConfigError("admin settings were given, but no admin socket was bound")
+    try:
+        await _serve(
+            server,
+            listeners,
+            max_body_bytes,
+            admin,
+            on_started,
+            on_admin_started,
+            stop,
+            shutdown_timeout,
+        )
+    finally:
+        listeners.close()
+
+
+async def _serve(
+    server: ModelServer,
+    listeners: Listeners,
+    max_body_bytes: int,
+    admin: AdminSettings | None,
+    on_started: Callable[[str], None] | None,
+    on_admin_started: Callable[[str], None] | None,
+    stop: asyncio.Event | None,
+    shutdown_timeout: float,
+) -> None:
     runners = [
         web.AppRunner(
             create_app(server, max_body_bytes=max_body_bytes),
@@ -118,9 +160,11 @@ async def serve(
     try:
         for runner in runners:
             await runner.setup()
-        await web.TCPSite(runners[0], host, port).start()
+        for sock in listeners.inference:
+            await web.SockSite(runners[0], sock).start()
         if admin is not None:
-            await web.TCPSite(runners[1], admin.host, admin.port).start()
+            for sock in listeners.admin:
+                await web.SockSite(runners[1], sock).start()
         for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, stop.set)
