@@ -123,7 +123,9 @@ async def test_shutdown_answers_the_requests_in_flight(server, binary_model, bin
         serve(server, "127.0.0.1", 0, on_started=started.set_result, stop=stop)
     )
     url = await started
-    request = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": X.tolist()}]}
+    request = {
+        "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": X.tolist()}]
+    }
 
     async def infer(session: aiohttp.ClientSession) -> tuple[int, Any]:
         async with session.post(f"{url}/v2/models/cancer/infer", json=request) as response:
@@ -218,6 +220,30 @@ def test_a_taken_port_fails_before_the_demo_trains_or_the_repository_is_written(
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
     assert "training" not in err
     assert not repository.exists()
+
+
+def test_version_and_bare_turnout(capsys) -> None:
+    import turnout
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"turnout {turnout.__version__}\n"
+
+    assert main([]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("usage: turnout")
+    assert "serve" in out
+    assert err == ""
+
+
+def test_top_level_help_is_plain_text(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "turnout serve" in out
+    assert "``" not in out
+    assert "::" not in out
 
 
 def test_serve_help_lists_the_flags(capsys) -> None:

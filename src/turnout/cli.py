@@ -1,12 +1,4 @@
-"""The ``turnout`` command line: serve models, deploy them, and see what is served.
-
-Examples::
-
-    turnout serve                                   the demo, on 127.0.0.1:8080
-    TURNOUT_ADMIN_TOKEN=... turnout serve --repository models/
-    turnout deploy model.joblib --model-id churn --version v2 --server http://127.0.0.1:8081
-    turnout status --server http://127.0.0.1:8081
-"""
+"""The ``turnout`` command line: serve models, deploy them, and see what is served."""
 
 from __future__ import annotations
 
@@ -21,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import turnout
 from turnout.core.errors import TurnoutError
 from turnout.core.outputs import OutputMode
 from turnout.web.auth import TOKEN_ENV
@@ -65,14 +58,28 @@ def _metadata(text: str) -> tuple[str, str]:
     return key, value
 
 
+# Plain text, as a terminal shows it: docstrings here are reStructuredText.
+DESCRIPTION = """\
+Serve scikit-learn and ONNX models, deploy them, and see what is served.
+
+examples:
+  turnout serve                                   the demo, on 127.0.0.1:8080
+  TURNOUT_ADMIN_TOKEN=... turnout serve --repository models/
+  turnout deploy model.joblib --model-id churn --version v2 --server http://127.0.0.1:8081
+  turnout status --server http://127.0.0.1:8081
+
+'turnout COMMAND --help' tells more of each command."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``turnout`` command."""
     parser = argparse.ArgumentParser(
         prog="turnout",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"turnout {turnout.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("demo", help="serve two versions of a demo model in-process")
     _add_serve(commands)
     _add_deploy(commands)
@@ -227,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``turnout`` command line and return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # a bare "turnout": show what it can do
+        parser.print_help()
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         from turnout.demo import run_demo
