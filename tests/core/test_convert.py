@@ -411,6 +411,18 @@ async def test_unknown_output_mode(server: ModelServer, forest_model: Any) -> No
         await server.deploy_model("cancer", "v1", forest_model, output="logits")
 
 
+async def test_numpy_feature_names_read_as_plain_strings(
+    server: ModelServer, binary_data: Dataset, forest_model: Any
+) -> None:
+    # scikit-learn's datasets give feature_names as a NumPy array of np.str_.
+    names = list(np.asarray(binary_data.features))
+    deployment = await server.deploy_model("cancer", "v1", forest_model, features=names)
+
+    assert all(type(name) is str for name in deployment.schema.feature_names or ())
+    with pytest.raises(InvalidInputError, match=r"feature 'mean radius': expected a number"):
+        await server.predict("cancer", [{**binary_data.records(1)[0], "mean radius": "big"}])
+
+
 async def test_feature_names_that_do_not_fit(server: ModelServer, forest_model: Any) -> None:
     with pytest.raises(ConversionError, match="2 feature names given"):
         await server.deploy_model("cancer", "v1", forest_model, features=["a", "b"])

@@ -93,7 +93,8 @@ def _feature_names(features: Sequence[str] | None) -> tuple[str, ...] | None:
         return None
     if isinstance(features, str) or not all(isinstance(name, str) for name in features):
         raise ConversionError("features must be a list of feature-name strings")
-    return tuple(features)
+    # str(): NumPy's str_ (scikit-learn's feature_names) would show as np.str_('x') in messages.
+    return tuple(str(name) for name in features)
 
 
 def _is_estimator(value: object) -> bool:
