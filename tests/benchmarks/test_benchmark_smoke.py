@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("matplotlib")
-
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ("aiohttp ceiling", "turnout batching off", "turnout adaptive")
 

@@ -6,16 +6,13 @@ import asyncio
 import json
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
+import tritonclient.http as triton
 from web_helpers import assert_close, expect_error, tensor
 
 from turnout.web.openapi import openapi_document
-
-try:
-    import jsonschema
-except ImportError:  # pragma: no cover - it comes with openapi-spec-validator, in the test extra
-    jsonschema = None
 
 INFER = "/v2/models/cancer/infer"
 HEADER = "Inference-Header-Content-Length"
@@ -118,10 +115,10 @@ async def test_binary_outputs_round_trip(
     length = int(response.headers[HEADER])
     header, arrays = parse_binary_response(await response.read(), length)
     assert header["model_version"] == "v1"
-    if jsonschema is not None:  # the JSON header is the documented InferResponse
-        components = openapi_document()["components"]
-        schema = {"$ref": "#/components/schemas/InferResponse", "components": components}
-        jsonschema.Draft202012Validator(schema).validate(header)
+    # The JSON header is the documented InferResponse.
+    components = openapi_document()["components"]
+    schema = {"$ref": "#/components/schemas/InferResponse", "components": components}
+    jsonschema.Draft202012Validator(schema).validate(header)
     for output in header["outputs"]:
         assert ("data" not in output) == (output["name"] in binary)
         if output["name"] in binary:
@@ -309,10 +306,6 @@ async def test_a_binary_body_over_the_limit_is_413(make_client, cancer) -> None:
 
 
 async def test_tritonclient_with_default_settings(http, cancer, binary_data) -> None:
-    try:
-        import tritonclient.http as triton
-    except ImportError:  # pragma: no cover - it comes with the test extra
-        pytest.skip("tritonclient is not importable: pip install 'tritonclient[http]'")
     X = binary_data.X_test.iloc[:8].to_numpy().astype(np.float32)
     expected = await cancer.predict("cancer", X)
     url = f"{http.server.host}:{http.server.port}"

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+import tritonclient.http as triton
 from web_helpers import ADMIN_TOKEN, expect_error
 
 from turnout import ModelServer
@@ -91,10 +92,6 @@ async def test_a_load_of_an_unknown_model_without_files_is_404(admin) -> None:
 
 
 async def test_tritonclient_drives_the_repository(make_admin, server, cancer_onnx) -> None:
-    try:
-        import tritonclient.http as triton
-    except ImportError:  # pragma: no cover - it comes with the test extra
-        pytest.skip("tritonclient is not importable: pip install 'tritonclient[http]'")
     client_app = await make_admin()
     url = f"{client_app.server.host}:{client_app.server.port}"
     await server.deploy_model("cancer", "v1", base64.b64decode(cancer_onnx))

@@ -15,21 +15,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
+import schemathesis
+from aiohttp import web
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi import checks
+from web_helpers import ADMIN_TOKEN
 
-schemathesis = pytest.importorskip("schemathesis")
-checks = pytest.importorskip("schemathesis.specs.openapi.checks")
-
-import requests  # noqa: E402
-from aiohttp import web  # noqa: E402
-from web_helpers import ADMIN_TOKEN  # noqa: E402
-
-from turnout import ModelServer  # noqa: E402
-from turnout.core.convert import load_model  # noqa: E402
-from turnout.web import create_app  # noqa: E402
-from turnout.web.admin import create_admin_app  # noqa: E402
-from turnout.web.admin_openapi import admin_openapi_document  # noqa: E402
-from turnout.web.openapi import openapi_document  # noqa: E402
+from turnout import ModelServer
+from turnout.core.convert import load_model
+from turnout.web import create_app
+from turnout.web.admin import create_admin_app
+from turnout.web.admin_openapi import admin_openapi_document
+from turnout.web.openapi import openapi_document
 
 inference_schema = schemathesis.openapi.from_dict(openapi_document())
 admin_schema = schemathesis.openapi.from_dict(admin_openapi_document())
