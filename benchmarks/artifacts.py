@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from turnout import BatchingConfig, ModelServer
-from turnout.core.routing import RoutingConfig
+from turnout import BatchingConfig, ModelServer, RoutingConfig
 
 __all__ = [
     "MODEL",

@@ -81,7 +81,7 @@ def _queue_wait_line() -> int:
     """Return the line of BatchWorkers._serve where the thread waits for its next job."""
     import inspect
 
-    from turnout.core.worker import BatchWorkers
+    from turnout.core.execution.worker import BatchWorkers
 
     lines, first = inspect.getsourcelines(BatchWorkers._serve)
     for offset, text in enumerate(lines):

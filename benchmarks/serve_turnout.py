@@ -56,7 +56,7 @@ async def _serve_with_faults(
     repository: str, port: int, faults: list[tuple[str, str, str, float]]
 ) -> None:
     from turnout import ModelServer
-    from turnout.core.faults import inject_faults
+    from turnout.core.deployments.faults import inject_faults
     from turnout.web.serve import serve
 
     async with ModelServer(repository=repository) as server:

@@ -15,7 +15,7 @@ import pytest
 
 from support import read_banner, turnout_serve
 from turnout.cli import main
-from turnout.core.faults import FaultInjectingRuntime
+from turnout.core.deployments.faults import FaultInjectingRuntime
 from turnout.web import is_loopback, serve
 
 

@@ -6,14 +6,6 @@ synchronous one.
 """
 
 from turnout.admin_client import AdminClient
-from turnout.core.batching import BatchingConfig
-from turnout.core.breaker import (
-    BreakerConfig,
-    BreakerPolicy,
-    BreakerPolicyFactory,
-    BreakerSnapshot,
-    BreakerState,
-)
 from turnout.core.errors import (
     CircuitOpenError,
     ConversionError,
@@ -35,21 +27,27 @@ from turnout.core.errors import (
     VersionExistsError,
     VersionNotFoundError,
 )
-from turnout.core.fallback import Fallback
-from turnout.core.health import (
+from turnout.core.execution.batching import BatchingConfig
+from turnout.core.execution.metrics import MetricsSnapshot
+from turnout.core.execution.outputs import OutputMode
+from turnout.core.hookspecs import hookimpl, hookspec
+from turnout.core.resilience.breaker import (
+    BreakerConfig,
+    BreakerPolicy,
+    BreakerPolicyFactory,
+    BreakerSnapshot,
+    BreakerState,
+)
+from turnout.core.resilience.fallback import Fallback
+from turnout.core.resilience.health import (
     HealthCheck,
     HealthFacts,
     HealthReport,
     HealthStatus,
     HealthVerdict,
 )
-from turnout.core.hookspecs import hookimpl, hookspec
-from turnout.core.manager import ModelServingManager
-from turnout.core.metrics import MetricsSnapshot
-from turnout.core.outcomes import ABComparison, OutcomeStatistics
-from turnout.core.outputs import OutputMode
-from turnout.core.rollout import RolloutEvent
-from turnout.core.routing import (
+from turnout.core.routing.canary_controller import RolloutEvent
+from turnout.core.routing.config import (
     Route,
     RouteRequest,
     RoutingConfig,
@@ -57,8 +55,10 @@ from turnout.core.routing import (
     RoutingStrategy,
     RoutingStrategyFactory,
 )
-from turnout.core.server import InferenceResult, ModelServer
-from turnout.core.shadow import ShadowStatistics
+from turnout.core.routing.outcomes import ABComparison, OutcomeStatistics
+from turnout.core.routing.shadow_stats import ShadowStatistics
+from turnout.core.service.manager import ModelServingManager
+from turnout.core.service.server import InferenceResult, ModelServer
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import turnout
 from turnout.core.errors import TurnoutError
-from turnout.core.outputs import OutputMode
+from turnout.core.execution.outputs import OutputMode
 from turnout.web.auth import TOKEN_ENV
 from turnout.web.eventloop import EVENT_LOOPS
 

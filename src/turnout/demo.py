@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from turnout.core.server import ModelServer
+from turnout.core.service.server import ModelServer
 
 __all__ = ["DEMO_MODEL", "HeldOut", "deploy_demo_models", "run_demo"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from turnout.admin_client import AdminClient
-from turnout.core.server import ModelServer
-from turnout.core.store import check_unlocked
+from turnout.core.service.server import ModelServer
+from turnout.core.state.repository import check_unlocked
 from turnout.model_files import ModelFile, read_model_file
 
 __all__ = ["run_deploy"]

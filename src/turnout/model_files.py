@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from turnout.core.convert import load_model
 from turnout.core.errors import ConversionError
+from turnout.core.execution.convert import load_model
 
 __all__ = ["PICKLE_SUFFIXES", "ModelFile", "read_model_file"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from turnout.admin_client import AdminClient
-from turnout.core.server import ModelServer
+from turnout.core.service.server import ModelServer
 from turnout.web.records import model_view, to_json
 
 __all__ = ["collect_status", "format_status"]

@@ -26,9 +26,9 @@ from turnout import (
     OverloadedError,
     ServerClosedError,
 )
-from turnout.core.batching import AdaptiveBatcher, BatchingConfig, BatchReport, BatchSlice
 from turnout.core.clock import FakeClock
-from turnout.core.costmodel import LinearCostModel
+from turnout.core.execution.batching import AdaptiveBatcher, BatchingConfig, BatchReport, BatchSlice
+from turnout.core.execution.costmodel import LinearCostModel
 
 Array = np.ndarray[Any, Any]
 

@@ -22,8 +22,8 @@ from turnout import (
     RoutingConfig,
     SmokeTestError,
 )
-from turnout.core.faults import inject_faults
-from turnout.core.registry import Deployment
+from turnout.core.deployments.faults import inject_faults
+from turnout.core.deployments.registry import Deployment
 
 TOLERANCE = 1e-4  # ONNX Runtime computes in float32, scikit-learn in float64
 LIVE_GREEN = RoutingConfig("blue_green", {"blue": "v1", "green": "v2", "live": "green"})

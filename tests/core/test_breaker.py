@@ -35,8 +35,8 @@ from turnout import (
     InvalidConfigError,
     ServiceUnavailableError,
 )
-from turnout.core.breaker import CircuitBreaker, Permit
 from turnout.core.clock import FakeClock
+from turnout.core.resilience.breaker import CircuitBreaker, Permit
 from turnout.plugins.breaker_policies import ConsecutiveFailuresPolicy, ErrorRatePolicy
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN

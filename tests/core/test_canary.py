@@ -24,8 +24,8 @@ from turnout import (
     RoutingConfig,
     hookimpl,
 )
-from turnout.core.faults import inject_faults
-from turnout.core.registry import Deployment
+from turnout.core.deployments.faults import inject_faults
+from turnout.core.deployments.registry import Deployment
 
 ACTIVE = RoutingConfig("active")
 STEPS = [0.05, 0.25, 0.5, 1.0]

@@ -28,7 +28,7 @@ from turnout import (
     ModelNotFoundError,
     ModelServer,
 )
-from turnout.core.onnx_model import OnnxModel
+from turnout.core.execution.onnx_model import OnnxModel
 
 if TYPE_CHECKING:
     from conftest import Dataset

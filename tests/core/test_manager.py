@@ -25,7 +25,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 from turnout import InvalidConfigError, ModelServingManager, ServerClosedError
-from turnout.core.faults import FaultInjectingRuntime
+from turnout.core.deployments.faults import FaultInjectingRuntime
 
 GAME = {"home_ppg": 112.5, "away_ppg": 108.3, "home_def_rating": 105.2, "away_def_rating": 110.8}
 

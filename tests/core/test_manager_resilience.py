@@ -35,8 +35,8 @@ from turnout import (
     ModelNotFoundError,
     ModelServingManager,
 )
-from turnout.core.faults import FaultInjectingRuntime
-from turnout.core.onnx_model import OnnxModel
+from turnout.core.deployments.faults import FaultInjectingRuntime
+from turnout.core.execution.onnx_model import OnnxModel
 
 GAME = {"home_ppg": 112.5, "away_ppg": 108.3, "home_def_rating": 105.2, "away_def_rating": 110.8}
 FEATURES = list(GAME)

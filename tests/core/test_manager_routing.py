@@ -32,7 +32,7 @@ from turnout import (
     RoutingConfig,
     SmokeTestError,
 )
-from turnout.core.faults import FaultInjectingRuntime
+from turnout.core.deployments.faults import FaultInjectingRuntime
 
 ACTIVE = RoutingConfig("active")
 

@@ -22,7 +22,7 @@ from turnout import (
     RoutingConfig,
     VersionNotFoundError,
 )
-from turnout.core.outcomes import OutcomeStatistics, OutcomeTracker, compare
+from turnout.core.routing.outcomes import OutcomeStatistics, OutcomeTracker, compare
 
 
 @pytest.fixture

@@ -34,10 +34,10 @@ from turnout import (
     hookimpl,
 )
 from turnout.core import hookspecs
-from turnout.core.batching import BatchReport
-from turnout.core.plugins import DEFAULT_PLUGINS, collect_strategies, make_plugin_manager
-from turnout.core.registry import Deployment
-from turnout.core.routing import check_versions
+from turnout.core.deployments.registry import Deployment
+from turnout.core.execution.batching import BatchReport
+from turnout.core.routing.config import check_versions
+from turnout.core.service.plugins import DEFAULT_PLUGINS, collect_strategies, make_plugin_manager
 
 BUILT_IN_STRATEGIES = {
     "active",

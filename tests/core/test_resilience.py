@@ -41,12 +41,12 @@ from turnout import (
     VersionNotFoundError,
     hookimpl,
 )
-from turnout.core import monitor
 from turnout.core.clock import FakeClock
-from turnout.core.faults import FaultInjectingRuntime, inject_faults
-from turnout.core.health import HealthReport
-from turnout.core.registry import Deployment
-from turnout.core.server import FIXED_VALUE
+from turnout.core.deployments.faults import FaultInjectingRuntime, inject_faults
+from turnout.core.deployments.registry import Deployment
+from turnout.core.resilience.health import HealthReport
+from turnout.core.service import monitor
+from turnout.core.service.server import FIXED_VALUE
 
 OPEN_MESSAGE = "Circuit breaker is open for model bc:v1"
 # A breaker that trips on the third failed execution in a row.
@@ -173,7 +173,7 @@ def _no_loop_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     broken = [
         r
         for r in caplog.records
-        if r.name in ("asyncio", "turnout.core.batching") and r.levelno >= logging.ERROR
+        if r.name in ("asyncio", "turnout.core.execution.batching") and r.levelno >= logging.ERROR
     ]
     assert not broken, [r.getMessage() for r in broken]
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from turnout import InvalidConfigError, InvalidInputError
-from turnout.core.schema import InputSchema
+from turnout.core.execution.schema import InputSchema
 
 NAMES = ("age", "income", "score")
 

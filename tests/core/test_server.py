@@ -29,8 +29,8 @@ from turnout import (
     VersionExistsError,
     VersionNotFoundError,
 )
-from turnout.core.faults import inject_faults
-from turnout.core.registry import Deployment
+from turnout.core.deployments.faults import inject_faults
+from turnout.core.deployments.registry import Deployment
 
 
 def positive(model: Any, frame: Any) -> np.ndarray[Any, Any]:

@@ -25,8 +25,8 @@ from turnout import (
     ShadowStatistics,
     hookimpl,
 )
-from turnout.core.faults import inject_faults
-from turnout.core.registry import Deployment
+from turnout.core.deployments.faults import inject_faults
+from turnout.core.deployments.registry import Deployment
 
 SHADOW = RoutingConfig("shadow", {"mirrors": {"v2": 1.0}})
 

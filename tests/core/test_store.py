@@ -26,8 +26,8 @@ from turnout import (
     StoreError,
     TurnoutError,
 )
-from turnout.core.convert import load_model
-from turnout.core.store import ModelStore, atomic_write
+from turnout.core.execution.convert import load_model
+from turnout.core.state.repository import ModelStore, atomic_write
 
 MODEL = "games"
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from turnout.core import store as store_module
-from turnout.core.store import ModelRecord, ModelStore, VersionRecord
+from turnout.core.state import repository as store_module
+from turnout.core.state.repository import ModelRecord, ModelStore, VersionRecord
 
 MODEL = "games"
 

@@ -39,7 +39,7 @@ import pytest
 
 import turnout
 from turnout import Fallback, ModelServer, RoutingConfig, TurnoutError, hookimpl
-from turnout.core.store import fallback_to_dict
+from turnout.core.state.repository import fallback_to_dict
 
 # Another seed explores other schedules: TURNOUT_CRASH_SEED=7 pytest tests/core/test_store_crash.py
 SEED = int(os.environ.get("TURNOUT_CRASH_SEED", "20250605"))
@@ -265,7 +265,7 @@ async def check_consistent(repository: Path, rows: np.ndarray[Any, Any]) -> Stat
 def test_a_killed_server_restarts_into_a_consistent_durable_state(
     tmp_path: Path, logistic_model: Any, forest_model: Any, binary_data: Any
 ) -> None:
-    from turnout.core.convert import load_model
+    from turnout.core.execution.convert import load_model
 
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
@@ -370,7 +370,7 @@ async def restored_burst(repository: Path) -> tuple[set[str], str | None]:
 def test_a_burst_of_activating_deploys_keeps_an_acknowledged_active_version(
     tmp_path: Path, logistic_model: Any, forest_model: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from turnout.core.convert import load_model
+    from turnout.core.execution.convert import load_model
 
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()

@@ -18,7 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from turnout import ModelServer
-from turnout.core.store import natural_key
+from turnout.core.state.repository import natural_key
 
 MODEL = "found"
 
@@ -199,7 +199,7 @@ async def test_a_read_only_repository_is_served_all_the_same(
     def read_only(path: Path, data: bytes) -> None:
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr("turnout.core.store.atomic_write", read_only)
+    monkeypatch.setattr("turnout.core.state.repository.atomic_write", read_only)
     caplog.set_level(logging.WARNING, logger="turnout")
     async with server(tmp_path) as first:
         assert dict(first.active_models) == {MODEL: "v1"}

@@ -19,8 +19,8 @@ import pytest
 
 import turnout
 from turnout import ModelServer, StoreError
-from turnout.core.convert import load_model
-from turnout.core.store import check_unlocked
+from turnout.core.execution.convert import load_model
+from turnout.core.state.repository import check_unlocked
 from turnout.status_report import collect_status
 
 

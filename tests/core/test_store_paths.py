@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from turnout import InvalidNameError, ModelServer, StoreError
-from turnout.core.convert import load_model
+from turnout.core.execution.convert import load_model
 from turnout.core.names import MAX_NAME_LENGTH
-from turnout.core.store import ModelStore, check_path_name
+from turnout.core.state.repository import ModelStore, check_path_name
 
 MODEL = "games"
 

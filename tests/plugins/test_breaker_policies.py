@@ -29,11 +29,11 @@ from turnout import (
     PluginError,
     hookimpl,
 )
-from turnout.core.breaker import BreakerPolicyFactory
-from turnout.core.deployer import load_runtime
-from turnout.core.faults import FaultInjectingRuntime
-from turnout.core.plugins import collect_breaker_policies, make_plugin_manager
-from turnout.core.registry import Deployment
+from turnout.core.deployments.builder import load_runtime
+from turnout.core.deployments.faults import FaultInjectingRuntime
+from turnout.core.deployments.registry import Deployment
+from turnout.core.resilience.breaker import BreakerPolicyFactory
+from turnout.core.service.plugins import collect_breaker_policies, make_plugin_manager
 from turnout.plugins.breaker_policies import (
     ConsecutiveFailuresPolicy,
     ErrorRatePolicy,
@@ -433,7 +433,7 @@ async def test_a_bad_policy_at_deploy_leaves_nothing_half_deployed(
         runtimes.append(FaultInjectingRuntime(runtime))  # to see that it gets closed
         return loaded, runtimes[-1]
 
-    monkeypatch.setattr("turnout.core.server.load_runtime", spy)
+    monkeypatch.setattr("turnout.core.service.server.load_runtime", spy)
     events = Deployed()
     async with ModelServer(plugins=[events], entry_points=False) as server:
         with pytest.raises(InvalidConfigError, match=message):

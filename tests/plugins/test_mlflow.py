@@ -22,7 +22,7 @@ from turnout import (
     ModelServingManager,
     RoutingConfig,
 )
-from turnout.core.faults import inject_faults
+from turnout.core.deployments.faults import inject_faults
 from turnout.plugins.mlflow import MlflowConfig, MlflowTracker
 from turnout.plugins.mlflow_records import tag_key
 from turnout.plugins.mlflow_worker import Job, RetryPolicy, Worker

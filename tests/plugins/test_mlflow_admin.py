@@ -22,8 +22,8 @@ from test_mlflow_sources import _log_onnx, _log_sklearn, _registered_name
 
 from support import read_banner, turnout_serve
 from turnout import ModelServer
-from turnout.core import sources
-from turnout.core.convert import load_model
+from turnout.core.execution import model_uris as sources
+from turnout.core.execution.convert import load_model
 from turnout.plugins.mlflow import MlflowConfig, MlflowTracker
 from turnout.web.admin import create_admin_app
 

@@ -14,7 +14,7 @@ import pytest
 from skl2onnx import to_onnx
 
 from turnout import ConversionError, InvalidConfigError, ModelServer, ModelServingManager
-from turnout.core.sources import MlflowSource, is_mlflow_uri
+from turnout.core.execution.model_uris import MlflowSource, is_mlflow_uri
 
 
 def _log_onnx(tracking: Any, model: Any, X: Any, name: str) -> str:

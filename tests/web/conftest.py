@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from web_helpers import ADMIN_TOKEN
 
 from turnout import ModelServer
-from turnout.core.convert import load_model
+from turnout.core.execution.convert import load_model
 from turnout.web import create_app
 from turnout.web.admin import create_admin_app
 

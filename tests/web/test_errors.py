@@ -19,7 +19,7 @@ from web_helpers import expect_error, send_head, tensor
 
 from turnout import BatchingConfig, BreakerConfig, TurnoutError
 from turnout.core import errors as core_errors
-from turnout.core.faults import inject_faults
+from turnout.core.deployments.faults import inject_faults
 from turnout.web import ERROR_CODES, create_app
 from turnout.web.errors import scrub
 

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from turnout import BatchingConfig, ModelServer, OverloadedError, RoutingConfig
-from turnout.core.faults import FaultInjectingRuntime
+from turnout.core.deployments.faults import FaultInjectingRuntime
 from turnout.web.metrics import routing_weights
 
 

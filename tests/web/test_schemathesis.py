@@ -23,7 +23,7 @@ from schemathesis.specs.openapi import checks
 from web_helpers import ADMIN_TOKEN
 
 from turnout import ModelServer
-from turnout.core.convert import load_model
+from turnout.core.execution.convert import load_model
 from turnout.web import create_app
 from turnout.web.admin import create_admin_app
 from turnout.web.admin_openapi import admin_openapi_document

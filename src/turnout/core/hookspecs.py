@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from turnout.core.batching import BatchReport
-    from turnout.core.breaker import BreakerPolicyFactory, BreakerState
-    from turnout.core.health import HealthCheck, HealthReport
-    from turnout.core.outcomes import ABComparison
-    from turnout.core.registry import Deployment
-    from turnout.core.routing import RoutingConfig, RoutingStrategyFactory
+    from turnout.core.deployments.registry import Deployment
+    from turnout.core.execution.batching import BatchReport
+    from turnout.core.resilience.breaker import BreakerPolicyFactory, BreakerState
+    from turnout.core.resilience.health import HealthCheck, HealthReport
+    from turnout.core.routing.config import RoutingConfig, RoutingStrategyFactory
+    from turnout.core.routing.outcomes import ABComparison
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 

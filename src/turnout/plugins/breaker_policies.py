@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from turnout.core.breaker import BreakerPolicyFactory
 from turnout.core.errors import InvalidConfigError
 from turnout.core.hookspecs import hookimpl
+from turnout.core.resilience.breaker import BreakerPolicyFactory
 
 __all__ = ["ConsecutiveFailuresPolicy", "ErrorRatePolicy", "SlowCallPolicy"]
 

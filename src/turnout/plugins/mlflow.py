@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from turnout.core.breaker import BreakerState
+from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import InvalidConfigError
-from turnout.core.health import HealthReport
+from turnout.core.execution.model_uris import require_mlflow
 from turnout.core.hookspecs import hookimpl
-from turnout.core.outcomes import ABComparison
-from turnout.core.registry import Deployment
-from turnout.core.routing import RoutingConfig
-from turnout.core.sources import require_mlflow
+from turnout.core.resilience.breaker import BreakerState
+from turnout.core.resilience.health import HealthReport
+from turnout.core.routing.config import RoutingConfig
+from turnout.core.routing.outcomes import ABComparison
 from turnout.plugins.mlflow_records import (
     RunRecord,
     comparison_metrics,

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from turnout.core.metrics import MetricsSnapshot
-from turnout.core.outcomes import ABComparison
-from turnout.core.registry import Deployment
+from turnout.core.deployments.registry import Deployment
+from turnout.core.execution.metrics import MetricsSnapshot
+from turnout.core.routing.outcomes import ABComparison
 
 __all__ = [
     "MAX_PARAM_LENGTH",

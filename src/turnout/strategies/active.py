@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from turnout.core.errors import InvalidRoutingError, ModelNotFoundError
 from turnout.core.hookspecs import hookimpl
-from turnout.core.routing import Route, RouteRequest, RoutingContext, RoutingStrategyFactory
+from turnout.core.routing.config import Route, RouteRequest, RoutingContext, RoutingStrategyFactory
 
 __all__ = ["ActiveRouting"]
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from turnout.core.errors import InvalidInputError, InvalidRoutingError
 from turnout.core.hookspecs import hookimpl
-from turnout.core.routing import (
+from turnout.core.routing.config import (
     Route,
     RouteRequest,
     RoutingContext,

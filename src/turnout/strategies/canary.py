@@ -8,7 +8,7 @@ Params (every one but baseline and candidate has a default)::
      "max_error_rate": 0.05, "max_latency_ratio": 1.5}
 
 The strategy only routes by the current step's weight. The rollout
-controller (``turnout.core.rollout``) judges each step and moves ``step``
+controller (``turnout.core.routing.canary_controller``) judges each step and moves ``step``
 on, promotes the candidate after the last step, or rolls back at once.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from turnout.core.errors import InvalidRoutingError
 from turnout.core.hookspecs import hookimpl
-from turnout.core.routing import (
+from turnout.core.routing.config import (
     Route,
     RouteRequest,
     RoutingContext,

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from turnout.core.errors import InvalidRoutingError
 from turnout.core.hookspecs import hookimpl
-from turnout.core.routing import (
+from turnout.core.routing.config import (
     Route,
     RouteRequest,
     RoutingContext,

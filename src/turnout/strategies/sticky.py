@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from turnout.core.hookspecs import hookimpl
-from turnout.core.routing import Route, RouteRequest, RoutingContext, RoutingStrategyFactory
+from turnout.core.routing.config import Route, RouteRequest, RoutingContext, RoutingStrategyFactory
 from turnout.strategies.weighted import WeightedRouting, read_split
 
 __all__ = ["StickyRouting", "key_score"]

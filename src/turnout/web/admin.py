@@ -40,11 +40,11 @@ from typing import Any
 from aiohttp import web
 
 from turnout.core.errors import InvalidConfigError, TurnoutError
-from turnout.core.fallback import Fallback
+from turnout.core.execution.model_uris import MlflowSource
 from turnout.core.names import check_name
-from turnout.core.routing import RoutingConfig
-from turnout.core.server import ModelServer
-from turnout.core.sources import MlflowSource
+from turnout.core.resilience.fallback import Fallback
+from turnout.core.routing.config import RoutingConfig
+from turnout.core.service.server import ModelServer
 from turnout.web.app import check_max_body_bytes
 from turnout.web.auth import check_token, loopback_only, require_token
 from turnout.web.body import (

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 import turnout
-from turnout.core.outputs import OutputMode
+from turnout.core.execution.outputs import OutputMode
 from turnout.web.openapi import (
     BOOLEAN,
     OPENAPI_PATH,

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from turnout.core.errors import InvalidConfigError
-from turnout.core.server import ModelServer
+from turnout.core.service.server import ModelServer
 from turnout.web.errors import error_middleware
 from turnout.web.keys import DRAINING_KEY, MAX_BODY_KEY, SERVER_KEY
 from turnout.web.metrics import setup_metrics

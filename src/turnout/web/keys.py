@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from turnout.core.server import ModelServer
+from turnout.core.service.server import ModelServer
 
 __all__ = ["DRAINING_KEY", "MAX_BODY_KEY", "SERVER_KEY"]
 

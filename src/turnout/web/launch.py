@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 
-from turnout.core.server import ModelServer
+from turnout.core.service.server import ModelServer
 from turnout.web.auth import TOKEN_ENV
 from turnout.web.examples import admin_example, curl, v1_predict_example, v2_infer_example
 from turnout.web.listeners import Listeners

@@ -25,8 +25,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from turnout.core.metrics import BATCH_SIZE_BOUNDS, LatencyHistogram
-from turnout.core.server import ModelServer
+from turnout.core.execution.metrics import BATCH_SIZE_BOUNDS, LatencyHistogram
+from turnout.core.service.server import ModelServer
 from turnout.web.keys import SERVER_KEY
 
 __all__ = ["LATENCY_BUCKETS", "ServerCollector", "routing_weights", "setup_metrics"]

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from turnout.core.breaker import BreakerState
-from turnout.core.convert import Task
+from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import ModelNotFoundError
-from turnout.core.outputs import OutputMode
-from turnout.core.registry import Deployment
-from turnout.core.server import InferenceResult, ModelServer
+from turnout.core.execution.convert import Task
+from turnout.core.execution.outputs import OutputMode
+from turnout.core.resilience.breaker import BreakerState
+from turnout.core.service.server import InferenceResult, ModelServer
 from turnout.web.tensors import datatype_of
 
 __all__ = [

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from turnout.core.fallback import Fallback
-from turnout.core.server import ModelServer
+from turnout.core.resilience.fallback import Fallback
+from turnout.core.service.server import ModelServer
 
 __all__ = ["fallback_json", "model_view", "to_json"]
 

@@ -25,11 +25,11 @@ from typing import Any
 import anyio
 from aiohttp import web
 
-from turnout.core.convert import load_model
 from turnout.core.errors import ModelNotFoundError, TurnoutError
+from turnout.core.execution.convert import load_model
 from turnout.core.names import check_name
-from turnout.core.routing import RoutingConfig
-from turnout.core.server import ModelServer
+from turnout.core.routing.config import RoutingConfig
+from turnout.core.service.server import ModelServer
 from turnout.web.body import (
     bad_request,
     check_json_type,

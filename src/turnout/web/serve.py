@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from turnout.core.errors import InvalidConfigError
-from turnout.core.server import ModelServer
+from turnout.core.service.server import ModelServer
 from turnout.web.admin import DEFAULT_ADMIN_MAX_BODY_BYTES, create_admin_app
 from turnout.web.app import DEFAULT_MAX_BODY_BYTES, check_max_body_bytes, create_app
 from turnout.web.auth import check_token

@@ -23,9 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
+from turnout.core.deployments.registry import Deployment
 from turnout.core.names import check_name
-from turnout.core.registry import Deployment
-from turnout.core.server import ModelServer
+from turnout.core.service.server import ModelServer
 from turnout.web.jsonio import dumps_bytes
 from turnout.web.keys import SERVER_KEY
 from turnout.web.models import TensorSpec, input_specs, model_versions, output_specs

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from turnout.core.batching import BatchingConfig
-from turnout.core.breaker import BreakerConfig
 from turnout.core.errors import InvalidConfigError
+from turnout.core.execution.batching import BatchingConfig
+from turnout.core.resilience.breaker import BreakerConfig
 from turnout.web.body import bad_request, get_list, get_object, get_string, type_name
 
 __all__ = [

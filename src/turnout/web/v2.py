@@ -34,7 +34,7 @@ from aiohttp import web
 
 import turnout
 from turnout.core.names import check_name
-from turnout.core.server import ModelServer
+from turnout.core.service.server import ModelServer
 from turnout.web import triton
 from turnout.web.binary import binary_chunks, binary_outputs, binary_response, read_infer_body
 from turnout.web.body import bad_request, get_list, get_string, require_object

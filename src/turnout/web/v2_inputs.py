@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from turnout.core.registry import Deployment
+from turnout.core.deployments.registry import Deployment
 from turnout.web.body import bad_request
 from turnout.web.errors import RequestError
 from turnout.web.tensors import InputTensor, decode

@@ -1,7 +1,7 @@
 """Restoring a ModelServer from its model repository at start: versions, then each model's state.
 
-A mixin of :class:`~turnout.core.server.ModelServer`, like
-:mod:`turnout.core.rollouts`: the state it fills (registry, router,
+A mixin of :class:`~turnout.core.service.server.ModelServer`, like
+:mod:`turnout.core.service.rollout_operations`: the state it fills (registry, router,
 fallbacks, the store writer) is the server's.
 """
 
@@ -10,21 +10,21 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, cast
 
+from turnout.core.deployments.registry import Deployment, ModelRegistry
 from turnout.core.errors import StoreError, TurnoutError
-from turnout.core.fallback import Fallback
-from turnout.core.registry import Deployment, ModelRegistry
-from turnout.core.routing import RoutingConfig, RoutingContext
-from turnout.core.store import (
+from turnout.core.resilience.fallback import Fallback
+from turnout.core.routing.config import RoutingConfig, RoutingContext
+from turnout.core.routing.router import ACTIVE, Router
+from turnout.core.state.repository import (
     ModelRecord,
     VersionRecord,
     natural_key,
     restore_fallback,
 )
-from turnout.core.store_writer import StoreWriter
-from turnout.core.traffic import ACTIVE, Router
+from turnout.core.state.write_queue import StoreWriter
 
 if TYPE_CHECKING:
-    from turnout.core.server import ModelServer
+    from turnout.core.service.server import ModelServer
 
 __all__ = ["RestoreOperations"]
 

@@ -17,11 +17,11 @@ from typing import Any
 import pluggy
 
 from turnout.core import hookspecs
-from turnout.core.breaker import BreakerPolicyFactory
 from turnout.core.errors import PluginError
-from turnout.core.health import HealthCheck
 from turnout.core.hookspecs import PROJECT_NAME
-from turnout.core.routing import RoutingStrategyFactory
+from turnout.core.resilience.breaker import BreakerPolicyFactory
+from turnout.core.resilience.health import HealthCheck
+from turnout.core.routing.config import RoutingStrategyFactory
 
 __all__ = [
     "DEFAULT_PLUGINS",

@@ -8,10 +8,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from turnout.core.batching import BatchSlice
 from turnout.core.errors import InvalidConfigError
+from turnout.core.execution.batching import BatchSlice
+from turnout.core.execution.outputs import BatchOutput
 from turnout.core.names import check_name
-from turnout.core.outputs import BatchOutput
 
 __all__ = ["Fallback"]
 

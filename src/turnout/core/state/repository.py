@@ -53,14 +53,14 @@ try:
 except ImportError:  # Windows: the repository is not locked
     fcntl = None  # type: ignore[assignment]
 
-from turnout.core.batching import BatchingConfig
-from turnout.core.breaker import BreakerConfig
+from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import InvalidConfigError, InvalidNameError, StoreError, TurnoutError
-from turnout.core.fallback import Fallback
+from turnout.core.execution.batching import BatchingConfig
+from turnout.core.execution.onnx_inputs import servable_onnx
 from turnout.core.names import check_name
-from turnout.core.onnx_inputs import servable_onnx
-from turnout.core.registry import Deployment
-from turnout.core.routing import RoutingConfig
+from turnout.core.resilience.breaker import BreakerConfig
+from turnout.core.resilience.fallback import Fallback
+from turnout.core.routing.config import RoutingConfig
 
 __all__ = [
     "ModelRecord",

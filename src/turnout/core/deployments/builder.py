@@ -14,24 +14,24 @@ from typing import Any
 
 import numpy as np
 
-from turnout.core.batching import AdaptiveBatcher, BatchingConfig, BatchReport
-from turnout.core.breaker import (
+from turnout.core.clock import Clock
+from turnout.core.deployments.registry import Deployment, HealthCheckFn
+from turnout.core.errors import ConversionError, InvalidConfigError, TurnoutError
+from turnout.core.execution.batching import AdaptiveBatcher, BatchingConfig, BatchReport
+from turnout.core.execution.convert import LoadedModel, load_model
+from turnout.core.execution.metrics import VersionMetrics
+from turnout.core.execution.model_uris import as_source, resolve
+from turnout.core.execution.onnx_model import wrap_onnx_model
+from turnout.core.execution.outputs import OutputDecoder, OutputMode
+from turnout.core.execution.runtime import ModelRuntime, OnnxRuntime, PythonRuntime
+from turnout.core.execution.schema import InputSchema
+from turnout.core.resilience.breaker import (
     BreakerConfig,
     BreakerPolicy,
     BreakerPolicyFactory,
     BreakerState,
     CircuitBreaker,
 )
-from turnout.core.clock import Clock
-from turnout.core.convert import LoadedModel, load_model
-from turnout.core.errors import ConversionError, InvalidConfigError, TurnoutError
-from turnout.core.metrics import VersionMetrics
-from turnout.core.onnx_model import wrap_onnx_model
-from turnout.core.outputs import OutputDecoder, OutputMode
-from turnout.core.registry import Deployment, HealthCheckFn
-from turnout.core.runtime import ModelRuntime, OnnxRuntime, PythonRuntime
-from turnout.core.schema import InputSchema
-from turnout.core.sources import as_source, resolve
 
 __all__ = [
     "DeploymentOptions",
@@ -69,8 +69,9 @@ def load_runtime(
 ) -> tuple[LoadedModel, ModelRuntime]:
     """Convert and load a model, then prove it runs on one row. Slow: call it in a thread.
 
-    An MLflow model URI or MlflowSource is fetched first (see :mod:`turnout.core.sources`);
-    ``allow_pickle`` lets it be a scikit-learn flavor.
+    An MLflow model URI or MlflowSource is fetched first (see
+    :mod:`turnout.core.execution.model_uris`); ``allow_pickle`` lets it be a
+    scikit-learn flavor.
     """
     source = as_source(model_instance)
     if source is not None:

@@ -2,7 +2,7 @@
 
 Two implementations: :class:`OnnxRuntime` (ONNX Runtime, the real one) and
 :class:`PythonRuntime` (the estimator's own methods, for ``mock_mode``).
-``turnout.core.faults`` wraps either to inject failures. Runtime errors are
+``turnout.core.deployments.faults`` wraps either to inject failures. Runtime errors are
 translated into :class:`InferenceError` here, so nothing above this seam sees
 an onnxruntime, numpy or scikit-learn exception.
 """
@@ -13,8 +13,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from turnout.core.convert import ModelSignature, Task
 from turnout.core.errors import ConversionError, InferenceError
+from turnout.core.execution.convert import ModelSignature, Task
 
 __all__ = ["ModelRuntime", "OnnxRuntime", "PythonRuntime", "RawOutput"]
 

@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from turnout.core.batching import AdaptiveBatcher
-from turnout.core.breaker import CircuitBreaker
-from turnout.core.convert import LoadedModel
 from turnout.core.errors import ModelNotFoundError, VersionExistsError, VersionNotFoundError
-from turnout.core.metrics import VersionMetrics
-from turnout.core.outputs import BatchOutput, OutputDecoder
-from turnout.core.runtime import ModelRuntime
-from turnout.core.schema import InputSchema
+from turnout.core.execution.batching import AdaptiveBatcher
+from turnout.core.execution.convert import LoadedModel
+from turnout.core.execution.metrics import VersionMetrics
+from turnout.core.execution.outputs import BatchOutput, OutputDecoder
+from turnout.core.execution.runtime import ModelRuntime
+from turnout.core.execution.schema import InputSchema
+from turnout.core.resilience.breaker import CircuitBreaker
 
 __all__ = ["Deployment", "HealthCheckFn", "ModelRegistry"]
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from turnout.core.clock import Clock
-from turnout.core.metrics import LatencyHistogram, VersionMetrics
+from turnout.core.execution.metrics import LatencyHistogram, VersionMetrics
 from turnout.strategies.canary import CanaryPlan
 
 __all__ = ["Judgement", "RolloutAction", "RolloutController", "RolloutEvent"]

@@ -21,19 +21,19 @@ import anyio
 import numpy as np
 from anyio.from_thread import BlockingPortal
 
-from turnout.core.batching import BatchingConfig
-from turnout.core.breaker import BreakerConfig, BreakerSnapshot
+from turnout.core.deployments.registry import HealthCheckFn
 from turnout.core.errors import InvalidConfigError, ServerClosedError, TurnoutError
-from turnout.core.fallback import Fallback
-from turnout.core.health import HealthReport
-from turnout.core.outcomes import ABComparison
-from turnout.core.outputs import OutputMode
-from turnout.core.registry import HealthCheckFn
-from turnout.core.rollout import RolloutEvent
-from turnout.core.routing import RoutingConfig
-from turnout.core.server import InferenceResult, ModelServer
-from turnout.core.shadow import ShadowStatistics
-from turnout.core.sources import require_mlflow
+from turnout.core.execution.batching import BatchingConfig
+from turnout.core.execution.model_uris import require_mlflow
+from turnout.core.execution.outputs import OutputMode
+from turnout.core.resilience.breaker import BreakerConfig, BreakerSnapshot
+from turnout.core.resilience.fallback import Fallback
+from turnout.core.resilience.health import HealthReport
+from turnout.core.routing.canary_controller import RolloutEvent
+from turnout.core.routing.config import RoutingConfig
+from turnout.core.routing.outcomes import ABComparison
+from turnout.core.routing.shadow_stats import ShadowStatistics
+from turnout.core.service.server import InferenceResult, ModelServer
 
 if TYPE_CHECKING:
     from turnout.plugins.mlflow import MlflowConfig, MlflowTracker

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from turnout.core.convert import ModelSignature, Task
 from turnout.core.errors import InvalidConfigError
-from turnout.core.runtime import RawOutput
+from turnout.core.execution.convert import ModelSignature, Task
+from turnout.core.execution.runtime import RawOutput
 
 __all__ = ["BatchOutput", "OutputDecoder", "OutputMode", "parse_output_mode"]
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from turnout.core.convert import ModelSignature, Task
-from turnout.core.runtime import ModelRuntime
-from turnout.core.schema import InputSchema
+from turnout.core.execution.convert import ModelSignature, Task
+from turnout.core.execution.runtime import ModelRuntime
+from turnout.core.execution.schema import InputSchema
 
 __all__ = ["OnnxClassifier", "OnnxModel", "wrap_onnx_model"]
 

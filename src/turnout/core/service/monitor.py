@@ -21,7 +21,8 @@ from typing import Any
 
 import anyio
 
-from turnout.core.health import (
+from turnout.core.deployments.registry import Deployment, ModelRegistry
+from turnout.core.resilience.health import (
     HealthCheck,
     HealthFacts,
     HealthReport,
@@ -30,8 +31,7 @@ from turnout.core.health import (
     assess,
     worst,
 )
-from turnout.core.plugins import EventEmitter
-from turnout.core.registry import Deployment, ModelRegistry
+from turnout.core.service.plugins import EventEmitter
 
 __all__ = ["HEALTH_CHECK_TIMEOUT", "HealthMonitor", "MonitorSettings"]
 

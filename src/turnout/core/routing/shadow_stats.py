@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from turnout.core.metrics import LatencyHistogram
+from turnout.core.execution.metrics import LatencyHistogram
 
 __all__ = ["ShadowRecorder", "ShadowStatistics", "compare_outputs"]
 

@@ -12,8 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from turnout.core.errors import InvalidRoutingError, ModelNotFoundError
-from turnout.core.outcomes import OutcomeTracker
-from turnout.core.routing import (
+from turnout.core.routing.config import (
     Route,
     RouteRequest,
     RoutingConfig,
@@ -21,7 +20,8 @@ from turnout.core.routing import (
     RoutingStrategy,
     RoutingStrategyFactory,
 )
-from turnout.core.shadow import ShadowRecorder
+from turnout.core.routing.outcomes import OutcomeTracker
+from turnout.core.routing.shadow_stats import ShadowRecorder
 
 __all__ = ["ACTIVE", "ModelTraffic", "Router"]
 

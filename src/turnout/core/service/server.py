@@ -19,10 +19,8 @@ from typing import Any
 import anyio
 import numpy as np
 
-from turnout.core.batching import BatchingConfig, BatchReport, BatchSlice
-from turnout.core.breaker import BreakerConfig, BreakerSnapshot, BreakerState
 from turnout.core.clock import Clock, MonotonicClock
-from turnout.core.deployer import (
+from turnout.core.deployments.builder import (
     DeploymentOptions,
     build_deployment,
     check_batching,
@@ -31,6 +29,7 @@ from turnout.core.deployer import (
     check_threshold,
     load_runtime,
 )
+from turnout.core.deployments.registry import Deployment, HealthCheckFn, ModelRegistry
 from turnout.core.errors import (
     CircuitOpenError,
     InvalidConfigError,
@@ -42,34 +41,35 @@ from turnout.core.errors import (
     TurnoutError,
     VersionExistsError,
 )
-from turnout.core.fallback import Fallback
-from turnout.core.health import HealthReport
-from turnout.core.monitor import HealthMonitor, MonitorSettings
+from turnout.core.execution.batching import BatchingConfig, BatchReport, BatchSlice
+from turnout.core.execution.outputs import BatchOutput, OutputMode, parse_output_mode
 from turnout.core.names import check_name
-from turnout.core.outcomes import ABComparison, compare
-from turnout.core.outputs import BatchOutput, OutputMode, parse_output_mode
-from turnout.core.plugins import (
+from turnout.core.resilience.breaker import BreakerConfig, BreakerSnapshot, BreakerState
+from turnout.core.resilience.fallback import Fallback
+from turnout.core.resilience.health import HealthReport
+from turnout.core.routing.canary_controller import RolloutController
+from turnout.core.routing.config import RoutingConfig, RoutingContext
+from turnout.core.routing.outcomes import ABComparison, compare
+from turnout.core.routing.router import ACTIVE, ModelTraffic, Router
+from turnout.core.routing.shadow_stats import ShadowStatistics
+from turnout.core.service.mirroring import ShadowOperations
+from turnout.core.service.monitor import HealthMonitor, MonitorSettings
+from turnout.core.service.plugins import (
     EventEmitter,
     collect_breaker_policies,
     collect_health_checks,
     collect_strategies,
     make_plugin_manager,
 )
-from turnout.core.registry import Deployment, HealthCheckFn, ModelRegistry
-from turnout.core.restoring import RestoreOperations
-from turnout.core.rollout import RolloutController
-from turnout.core.rollouts import RolloutOperations, SmokeTest
-from turnout.core.routing import RoutingConfig, RoutingContext
-from turnout.core.shadow import ShadowStatistics
-from turnout.core.shadows import ShadowOperations
-from turnout.core.store import (
+from turnout.core.service.restore import RestoreOperations
+from turnout.core.service.rollout_operations import RolloutOperations, SmokeTest
+from turnout.core.state.repository import (
     ModelRecord,
     ModelStore,
     check_storable,
     fallback_to_dict,
 )
-from turnout.core.store_writer import StoreWriter
-from turnout.core.traffic import ACTIVE, ModelTraffic, Router
+from turnout.core.state.write_queue import StoreWriter
 
 __all__ = ["FIXED_VALUE", "InferenceResult", "ModelServer", "SmokeTest"]
 

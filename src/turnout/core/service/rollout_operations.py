@@ -1,6 +1,6 @@
 """Canary rollouts and blue-green switches: the ModelServer operations that drive them.
 
-A mixin of :class:`~turnout.core.server.ModelServer`, kept in a module of its
+A mixin of :class:`~turnout.core.service.server.ModelServer`, kept in a module of its
 own so the server's facade stays readable; the state it works on (registry,
 router, rollout controller, events) is the server's.
 """
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from turnout.core.breaker import BreakerState
 from turnout.core.errors import (
     InvalidConfigError,
     InvalidRoutingError,
@@ -22,16 +21,17 @@ from turnout.core.errors import (
     TurnoutError,
 )
 from turnout.core.names import check_name
-from turnout.core.rollout import RolloutAction, RolloutController, RolloutEvent
-from turnout.core.routing import RoutingConfig
-from turnout.core.traffic import ACTIVE, Router
+from turnout.core.resilience.breaker import BreakerState
+from turnout.core.routing.canary_controller import RolloutAction, RolloutController, RolloutEvent
+from turnout.core.routing.config import RoutingConfig
+from turnout.core.routing.router import ACTIVE, Router
 from turnout.strategies.blue_green import BlueGreenRouting
 from turnout.strategies.canary import DEFAULT_STEPS, CanaryPlan, CanaryRouting
 
 if TYPE_CHECKING:
-    from turnout.core.plugins import EventEmitter
-    from turnout.core.registry import ModelRegistry
-    from turnout.core.server import ModelServer
+    from turnout.core.deployments.registry import ModelRegistry
+    from turnout.core.service.plugins import EventEmitter
+    from turnout.core.service.server import ModelServer
 
 __all__ = ["RolloutOperations", "SmokeTest"]
 

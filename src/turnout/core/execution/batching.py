@@ -34,7 +34,6 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import numpy as np
 
 from turnout.core.clock import Clock, MonotonicClock
-from turnout.core.costmodel import CostEstimate, LinearCostModel
 from turnout.core.errors import (
     DeadlineExceededError,
     InferenceError,
@@ -43,8 +42,9 @@ from turnout.core.errors import (
     ServerClosedError,
     TurnoutError,
 )
-from turnout.core.schema import DEFAULT_MAX_REQUEST_ROWS
-from turnout.core.worker import BatchWorkers
+from turnout.core.execution.costmodel import CostEstimate, LinearCostModel
+from turnout.core.execution.schema import DEFAULT_MAX_REQUEST_ROWS
+from turnout.core.execution.worker import BatchWorkers
 
 __all__ = [
     "AdaptiveBatcher",

@@ -1,7 +1,7 @@
 """Shadow traffic: sending copies of requests to mirror versions and comparing the answers.
 
-A mixin of :class:`~turnout.core.server.ModelServer`, like
-:mod:`turnout.core.rollouts`. Copies are queued from a ``call_soon`` after
+A mixin of :class:`~turnout.core.service.server.ModelServer`, like
+:mod:`turnout.core.service.rollout_operations`. Copies are queued from a ``call_soon`` after
 their primary and followed by done-callbacks: a task per mirrored request
 cost more than the mirror's own batching (benchmarks/README.md).
 """
@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from turnout.core.batching import BatchSlice
-from turnout.core.breaker import Permit
+from turnout.core.deployments.registry import Deployment, ModelRegistry
 from turnout.core.errors import ServiceUnavailableError, TurnoutError
-from turnout.core.outputs import BatchOutput
-from turnout.core.registry import Deployment, ModelRegistry
-from turnout.core.shadow import ShadowRecorder, compare_outputs
+from turnout.core.execution.batching import BatchSlice
+from turnout.core.execution.outputs import BatchOutput
+from turnout.core.resilience.breaker import Permit
+from turnout.core.routing.shadow_stats import ShadowRecorder, compare_outputs
 
 if TYPE_CHECKING:
     from turnout.core.clock import Clock
-    from turnout.core.plugins import EventEmitter
-    from turnout.core.traffic import Router
+    from turnout.core.routing.router import Router
+    from turnout.core.service.plugins import EventEmitter
 
 __all__ = ["SHADOW_BACKLOG_BATCHES", "ShadowOperations"]
 

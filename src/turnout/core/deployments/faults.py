@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import InferenceError
-from turnout.core.registry import Deployment
-from turnout.core.runtime import ModelRuntime, RawOutput
+from turnout.core.execution.runtime import ModelRuntime, RawOutput
 
 __all__ = ["FaultInjectingRuntime", "inject_faults"]
 

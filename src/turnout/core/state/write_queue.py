@@ -1,6 +1,6 @@
 """Writing a server's changes to its model repository: in order, in a thread, never ahead.
 
-:class:`StoreWriter` is the event loop's side of :mod:`turnout.core.store`:
+:class:`StoreWriter` is the event loop's side of :mod:`turnout.core.state.repository`:
 it queues each change when it happens and writes it when its turn comes, so
 that model.json never names a version a crash could lose.
 """
@@ -15,9 +15,9 @@ from functools import partial
 
 import anyio
 
+from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import StoreError
-from turnout.core.registry import Deployment
-from turnout.core.store import ModelRecord, ModelStore, VersionRecord, version_record
+from turnout.core.state.repository import ModelRecord, ModelStore, VersionRecord, version_record
 
 __all__ = ["StoreWriter"]
 

@@ -1,0 +1,1 @@
+"""Deployed versions: each one's runtime, batcher and breaker bundled, and the registry of them."""

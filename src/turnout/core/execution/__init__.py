@@ -1,0 +1,1 @@
+"""Running a model: inputs validated and encoded, ONNX conversion, runtimes, batching, metrics."""

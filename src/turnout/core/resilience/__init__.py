@@ -1,0 +1,1 @@
+"""Staying up when a version fails: circuit breakers, fallbacks, health verdicts."""

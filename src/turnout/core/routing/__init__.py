@@ -1,0 +1,1 @@
+"""Which version answers: routing configs, the router, shadow statistics, outcomes, canaries."""

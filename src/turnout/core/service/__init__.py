@@ -1,0 +1,1 @@
+"""The facades over the rooms: ModelServer, its collaborators, plugins, ModelServingManager."""
