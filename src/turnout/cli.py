@@ -315,7 +315,7 @@ def _target(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from turnout.deploying import run_deploy
+    from turnout.commands.deploy import run_deploy
 
     options: dict[str, Any] = {
         "features": args.features.split(",") if args.features else None,
@@ -333,7 +333,7 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from turnout.status_report import collect_status, format_status
+    from turnout.commands.status import collect_status, format_status
 
     status = asyncio.run(collect_status(**_target(args)))
     print(json.dumps(status, indent=2) if args.json else format_status(status))

@@ -19,9 +19,9 @@ import pytest
 
 import turnout
 from turnout import ModelServer, StoreError
+from turnout.commands.status import collect_status
 from turnout.core.execution.convert import load_model
 from turnout.core.state.repository import check_unlocked
-from turnout.status_report import collect_status
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from turnout.admin_client import AdminClient
+from turnout.commands.local_model import ModelFile, read_model_file
 from turnout.core.service.server import ModelServer
 from turnout.core.state.repository import check_unlocked
-from turnout.model_files import ModelFile, read_model_file
 
 __all__ = ["run_deploy"]
 

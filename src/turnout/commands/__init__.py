@@ -1,0 +1,1 @@
+"""What the turnout deploy and turnout status commands do, apart from parsing their flags."""
