@@ -57,8 +57,8 @@ from turnout.core.routing.config import (
 )
 from turnout.core.routing.outcomes import ABComparison, OutcomeStatistics
 from turnout.core.routing.shadow_stats import ShadowStatistics
-from turnout.core.service.manager import ModelServingManager
 from turnout.core.service.server import InferenceResult, ModelServer
+from turnout.manager import ModelServingManager
 
 __version__ = "0.1.0"
 

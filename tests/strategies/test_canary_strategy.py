@@ -13,7 +13,8 @@ from collections import Counter
 import pytest
 
 from turnout import InvalidRoutingError, RouteRequest, RoutingContext
-from turnout.strategies.canary import DEFAULT_STEPS, CanaryPlan, CanaryRouting
+from turnout.core.routing.canary_plan import DEFAULT_STEPS, CanaryPlan
+from turnout.strategies.canary import CanaryRouting
 
 CONTEXT = RoutingContext(model_id="churn", active="v1", versions=frozenset({"v1", "v2", "v3"}))
 N = 10_000

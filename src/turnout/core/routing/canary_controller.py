@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from turnout.core.clock import Clock
 from turnout.core.execution.metrics import LatencyHistogram, VersionMetrics
-from turnout.strategies.canary import CanaryPlan
+from turnout.core.routing.canary_plan import CanaryPlan
 
 __all__ = ["Judgement", "RolloutAction", "RolloutController", "RolloutEvent"]
 

@@ -1,6 +1,6 @@
 """Shadow traffic: sending copies of requests to mirror versions and comparing the answers.
 
-A mixin of :class:`~turnout.core.service.server.ModelServer`, like
+A collaborator of :class:`~turnout.core.service.server.ModelServer`, like
 :mod:`turnout.core.service.rollout_operations`. Copies are queued from a ``call_soon`` after
 their primary and followed by done-callbacks: a task per mirrored request
 cost more than the mirror's own batching (benchmarks/README.md).
@@ -9,38 +9,33 @@ cost more than the mirror's own batching (benchmarks/README.md).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from turnout.core.deployments.registry import Deployment, ModelRegistry
+from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import ServiceUnavailableError, TurnoutError
 from turnout.core.execution.batching import BatchSlice
 from turnout.core.execution.outputs import BatchOutput
 from turnout.core.resilience.breaker import Permit
 from turnout.core.routing.shadow_stats import ShadowRecorder, compare_outputs
+from turnout.core.service.parts import ServerParts
 
-if TYPE_CHECKING:
-    from turnout.core.clock import Clock
-    from turnout.core.routing.router import Router
-    from turnout.core.service.plugins import EventEmitter
-
-__all__ = ["SHADOW_BACKLOG_BATCHES", "ShadowOperations"]
+__all__ = ["SHADOW_BACKLOG_BATCHES", "Mirror"]
 
 # Full batches' worth of mirrored rows a shadow version may have waiting.
 SHADOW_BACKLOG_BATCHES = 4
 
 
-class ShadowOperations:
-    """Mirroring requests to shadow versions, mixed into ModelServer."""
+class Mirror:
+    """Sends copies of requests to a server's shadow versions and compares their answers."""
 
-    if TYPE_CHECKING:
-        _registry: ModelRegistry
-        _router: Router
-        _clock: Clock
-        _events: EventEmitter
+    def __init__(self, parts: ServerParts) -> None:
+        self._registry = parts.registry
+        self._router = parts.router
+        self._clock = parts.clock
+        self._events = parts.events
 
-    def _mirror(
+    def send(
         self,
         model_id: str,
         primary: Deployment,

@@ -1,70 +1,47 @@
 """Restoring a ModelServer from its model repository at start: versions, then each model's state.
 
-A mixin of :class:`~turnout.core.service.server.ModelServer`, like
-:mod:`turnout.core.service.rollout_operations`: the state it fills (registry, router,
-fallbacks, the store writer) is the server's.
+A collaborator of :class:`~turnout.core.service.server.ModelServer`, like
+:mod:`turnout.core.service.rollout_operations`: the state it fills (registry,
+router, fallbacks, the store writer) is the server's, shared through
+:class:`~turnout.core.service.parts.ServerParts`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, cast
 
-from turnout.core.deployments.registry import Deployment, ModelRegistry
+from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import StoreError, TurnoutError
-from turnout.core.resilience.fallback import Fallback
-from turnout.core.routing.config import RoutingConfig, RoutingContext
-from turnout.core.routing.router import ACTIVE, Router
+from turnout.core.routing.config import RoutingConfig
+from turnout.core.routing.router import ACTIVE
+from turnout.core.service.parts import ServerCalls, ServerParts
 from turnout.core.state.repository import (
     ModelRecord,
     VersionRecord,
     natural_key,
     restore_fallback,
 )
-from turnout.core.state.write_queue import StoreWriter
 
-if TYPE_CHECKING:
-    from turnout.core.service.server import ModelServer
-
-__all__ = ["RestoreOperations"]
+__all__ = ["Restorer"]
 
 logger = logging.getLogger("turnout")
 
 
-class RestoreOperations:
-    """Restoring from the repository, mixed into ModelServer."""
+class Restorer:
+    """Redeploys what a server's repository holds, and restores each model's state."""
 
-    if TYPE_CHECKING:
-        _registry: ModelRegistry
-        _router: Router
-        _fallbacks: dict[str, Fallback]
-        _store: StoreWriter | None
-
-        def _check_open(self) -> None: ...
-        def _set_active(self, model_id: str, version: str) -> None: ...
-        def _context(self, model_id: str) -> RoutingContext: ...
-        def _apply_routing(
-            self, model_id: str, config: RoutingConfig, reason: str = ""
-        ) -> None: ...
-        def _persist(self, model_id: str) -> None: ...
-        async def _flush_store(self) -> None: ...
+    def __init__(self, parts: ServerParts, server: ServerCalls) -> None:
+        self._registry = parts.registry
+        self._router = parts.router
+        self._fallbacks = parts.fallbacks
+        self._store = parts.store
+        self._server = server
 
     async def restore(self) -> None:
-        """Redeploy every stored version, then its model's active version, routing, fallback.
-
-        Called on entering ``async with``; calling it again does nothing.
-        Broken entries in the repository are logged and skipped. A version
-        found as a bare ``model.onnx`` is deployed with the server's defaults
-        and gets its ``deployment.json``; a model without ``model.json``, or
-        whose stored active version is gone, activates its highest version in
-        natural order (``v10`` after ``v9``). A canary in progress resumes at
-        its stored step, judged on a fresh step window: counters, breakers and
-        rollout history start anew. Unless the repository is read-only, it is
-        locked first: StoreError if another server holds it.
-        """
+        """Restore the repository's versions and state (see ModelServer.restore)."""
         if self._store is None or self._store.enabled:
             return
-        self._check_open()
+        self._server._check_open()
         records = await self._store.load()
         found: list[tuple[Deployment, str]] = []
         try:
@@ -84,11 +61,11 @@ class RestoreOperations:
             # What no longer fits was replaced; a model none of whose versions
             # could be restored is left on disk as it is, not deleted.
             if self._registry.contains_model(record.model_id):
-                self._persist(record.model_id)
+                self._server._persist(record.model_id)
         for deployment, sha256 in found:
             self._store.record_found(deployment, sha256)
         try:
-            await self._flush_store()
+            await self._server._flush_store()
         except StoreError as exc:
             # What was read serves; a read-only repository (a mounted volume) is no reason
             # to refuse to start. Changes made from now on fail when they are written.
@@ -106,14 +83,14 @@ class RestoreOperations:
             return found
         active = self._restored_active(record)
         if active is not None:
-            self._set_active(model_id, active)
+            self._server._set_active(model_id, active)
         try:
             config = RoutingConfig.from_dict(record.routing)
-            self._router.build(config, self._context(model_id))
+            self._router.build(config, self._server._context(model_id))
         except TurnoutError as exc:
             logger.warning("stored routing of %s no longer fits (%s); using active", model_id, exc)
             config = ACTIVE
-        self._apply_routing(model_id, config, "restored")
+        self._server._apply_routing(model_id, config, "restored")
         fallback = restore_fallback(record, self._registry.versions(model_id))
         if fallback is not None:
             self._fallbacks[model_id] = fallback
@@ -148,7 +125,7 @@ class RestoreOperations:
             return None
         try:
             # Through the public method: a restored version is validated like a new one.
-            deployment = await cast("ModelServer", self).deploy_model(
+            deployment = await self._server.deploy_model(
                 record.model_id,
                 record.version,
                 record.onnx_bytes,

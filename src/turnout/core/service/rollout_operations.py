@@ -1,16 +1,16 @@
-"""Canary rollouts and blue-green switches: the ModelServer operations that drive them.
+"""Canary rollouts and blue-green switches: the operations that drive them.
 
-A mixin of :class:`~turnout.core.service.server.ModelServer`, kept in a module of its
-own so the server's facade stays readable; the state it works on (registry,
-router, rollout controller, events) is the server's.
+A collaborator of :class:`~turnout.core.service.server.ModelServer`, which
+exposes these operations; the state it works on (registry, router, rollout
+controller, events) is the server's, shared through :class:`ServerParts`.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,101 +22,58 @@ from turnout.core.errors import (
 )
 from turnout.core.names import check_name
 from turnout.core.resilience.breaker import BreakerState
-from turnout.core.routing.canary_controller import RolloutAction, RolloutController, RolloutEvent
+from turnout.core.routing.canary_controller import RolloutAction
+from turnout.core.routing.canary_plan import CANARY, CanaryPlan
 from turnout.core.routing.config import RoutingConfig
-from turnout.core.routing.router import ACTIVE, Router
-from turnout.strategies.blue_green import BlueGreenRouting
-from turnout.strategies.canary import DEFAULT_STEPS, CanaryPlan, CanaryRouting
+from turnout.core.routing.router import ACTIVE
+from turnout.core.service.parts import ServerCalls, ServerParts
 
-if TYPE_CHECKING:
-    from turnout.core.deployments.registry import ModelRegistry
-    from turnout.core.service.plugins import EventEmitter
-    from turnout.core.service.server import ModelServer
-
-__all__ = ["RolloutOperations", "SmokeTest"]
+__all__ = ["BLUE_GREEN", "RolloutOperations", "SmokeTestFn"]
 
 logger = logging.getLogger("turnout")
 
-SmokeTest = Callable[["ModelServer", str, str], Awaitable[bool] | bool]
+# smoke_test(server, model_id, green), called with the ModelServer: server.SmokeTest
+# names that type; this module cannot, as the server imports it.
+SmokeTestFn = Callable[[Any, str, str], Awaitable[bool] | bool]
+
+# The routing strategy a blue-green switch applies: {"blue", "green", "live"}.
+BLUE_GREEN = "blue_green"
 
 
 class RolloutOperations:
-    """Canary and blue-green operations, mixed into ModelServer."""
+    """Starts, steps, judges and ends canary rollouts; switches blue-green and back."""
 
-    if TYPE_CHECKING:
-        _registry: ModelRegistry
-        _router: Router
-        _rollouts: RolloutController
-        _events: EventEmitter
-
-        def _set_active(self, model_id: str, version: str) -> None: ...
-        def _apply_routing(
-            self, model_id: str, config: RoutingConfig, reason: str = ""
-        ) -> None: ...
-        async def _flush_store(self) -> None: ...
-
-    def _server(self) -> ModelServer:
-        """This object as the ModelServer it is mixed into, for its public methods."""
-        return cast("ModelServer", self)
+    def __init__(self, parts: ServerParts, server: ServerCalls) -> None:
+        self._registry = parts.registry
+        self._router = parts.router
+        self._rollouts = parts.rollouts
+        self._events = parts.events
+        self._server = server
 
     # -- canary rollouts -----------------------------------------------------------------
-
-    async def start_canary(
-        self,
-        model_id: str,
-        candidate: str,
-        *,
-        baseline: str | None = None,
-        steps: Sequence[float] = DEFAULT_STEPS,
-        min_requests: int = 100,
-        min_seconds: float = 0.0,
-        max_error_rate: float = 0.05,
-        max_latency_ratio: float = 1.5,
-    ) -> None:
-        """Roll ``candidate`` out step by step, promoting it or rolling back by itself.
-
-        At each step the candidate gets that share of traffic until it has
-        served ``min_requests`` for at least ``min_seconds``; it is then judged
-        on its error rate and p99 latency against the baseline (the active
-        version unless named). Failing a judgement rolls back at once.
-        """
-        if baseline is None:
-            baseline = self._registry.get(model_id).version
-        params = {
-            "baseline": baseline,
-            "candidate": candidate,
-            "steps": list(steps),
-            "step": 0,
-            "min_requests": min_requests,
-            "min_seconds": min_seconds,
-            "max_error_rate": max_error_rate,
-            "max_latency_ratio": max_latency_ratio,
-        }
-        await self._server().set_routing(model_id, RoutingConfig("canary", params))
 
     async def abort_canary(self, model_id: str) -> None:
         """Stop a canary rollout and send all traffic back to its baseline."""
         self._registry.versions(check_name("model_id", model_id))
-        plan = self._canary_plan(model_id)
+        plan = self.canary_plan(model_id)
         if plan is None:
             raise InvalidRoutingError(f"model '{model_id}' has no canary rollout in progress")
         self._finish_canary(model_id, plan, RolloutAction.ROLL_BACK, "aborted by request")
         # Like every operation that changes state, it returns once the change is stored.
-        await self._flush_store()
+        await self._server._flush_store()
 
-    def rollout_history(self, model_id: str) -> tuple[RolloutEvent, ...]:
-        """Return the model's rollout events (steps, promotions, rollbacks), oldest first."""
-        self._registry.versions(check_name("model_id", model_id))
-        return self._rollouts.history(model_id)
-
-    def _canary_plan(self, model_id: str) -> CanaryPlan | None:
-        if self._router.config(model_id).strategy != "canary":
+    def canary_plan(self, model_id: str) -> CanaryPlan | None:
+        """Return the canary rollout in force for the model, or None."""
+        if self._router.config(model_id).strategy != CANARY:
             return None
-        strategy = self._router.traffic(model_id).strategy
-        return strategy.plan if isinstance(strategy, CanaryRouting) else None
+        # The strategy built from the config holds it parsed: parsing it again after every
+        # batch would cost more than the judgement. Core knows the plan, not the class.
+        plan = getattr(self._router.traffic(model_id).strategy, "plan", None)
+        return plan if isinstance(plan, CanaryPlan) else None
 
-    def _begin_canary_step(self, model_id: str, *, started: bool, reason: str) -> None:
-        plan = self._canary_plan(model_id)
+    def begin_canary_step(self, model_id: str, *, started: bool, reason: str) -> None:
+        """Open a new judgement window for the canary step now in force."""
+        plan = self.canary_plan(model_id)
         assert plan is not None
         self._rollouts.begin_step(
             model_id,
@@ -128,8 +85,9 @@ class RolloutOperations:
         )
         self._emit_rollout(model_id, plan, "started" if started else "step")
 
-    def _judge_canary(self, model_id: str) -> None:
-        plan = self._canary_plan(model_id)
+    def judge_canary(self, model_id: str) -> None:
+        """Judge the step in force, if its window is full: advance, promote or roll back."""
+        plan = self.canary_plan(model_id)
         if plan is None:
             return
         candidate = self._registry.get(model_id, plan.candidate)
@@ -145,7 +103,7 @@ class RolloutOperations:
         if judgement.action is RolloutAction.ADVANCE:
             params = {**plan.to_params(), "step": plan.step + 1}
             logger.info("canary of %s: %s", model_id, judgement.reason)
-            self._apply_routing(model_id, RoutingConfig("canary", params), judgement.reason)
+            self._server._apply_routing(model_id, RoutingConfig(CANARY, params), judgement.reason)
         else:
             self._finish_canary(model_id, plan, judgement.action, judgement.reason)
 
@@ -157,12 +115,13 @@ class RolloutOperations:
         log("canary of %s %s: %s", model_id, action.value, reason)
         self._rollouts.record(model_id, plan, action.value, reason)
         self._rollouts.end(model_id)
-        self._set_active(model_id, winner)
-        self._apply_routing(model_id, ACTIVE)
+        self._server._set_active(model_id, winner)
+        self._server._apply_routing(model_id, ACTIVE)
         self._emit_rollout(model_id, plan, action.value)
 
-    def _end_rollout(self, model_id: str, reason: str) -> None:
-        plan = self._canary_plan(model_id)
+    def end_rollout(self, model_id: str, reason: str) -> None:
+        """Record that the model's canary (if any) ends for ``reason``, without choosing."""
+        plan = self.canary_plan(model_id)
         if plan is not None:
             self._rollouts.record(model_id, plan, "ended", reason)
             self._rollouts.end(model_id)
@@ -193,7 +152,7 @@ class RolloutOperations:
         model_id: str,
         green: str,
         *,
-        smoke_test: SmokeTest | None = None,
+        smoke_test: SmokeTestFn | None = None,
         samples: object = None,
         expected: object = None,
         tolerance: float = 1e-6,
@@ -210,27 +169,29 @@ class RolloutOperations:
         if blue == green:
             raise InvalidRoutingError(f"'{green}' is already the live version of '{model_id}'")
         await self._smoke_test(model_id, green, smoke_test, samples, expected, tolerance)
-        self._end_rollout(model_id, "replaced by a blue-green switch")
-        self._set_active(model_id, green)
+        self.end_rollout(model_id, "replaced by a blue-green switch")
+        self._server._set_active(model_id, green)
         params = {"blue": blue, "green": green, "live": "green"}
-        self._apply_routing(model_id, RoutingConfig("blue_green", params))
-        await self._flush_store()
+        self._server._apply_routing(model_id, RoutingConfig(BLUE_GREEN, params))
+        await self._server._flush_store()
 
     async def blue_green_rollback(self, model_id: str) -> None:
         """Send all traffic back to the blue version of the last blue-green switch."""
-        strategy = self._router.traffic(check_name("model_id", model_id)).strategy
-        if not isinstance(strategy, BlueGreenRouting) or strategy.live != "green":
+        # The config in force was validated when it was applied: its params are sound.
+        config = self._router.config(check_name("model_id", model_id))
+        if config.strategy != BLUE_GREEN or config.params.get("live") != "green":
             raise InvalidRoutingError(f"model '{model_id}' has no blue-green switch to roll back")
-        self._set_active(model_id, strategy.blue)
-        params = {"blue": strategy.blue, "green": strategy.green, "live": "blue"}
-        self._apply_routing(model_id, RoutingConfig("blue_green", params))
-        await self._flush_store()
+        blue, green = config.params["blue"], config.params["green"]
+        self._server._set_active(model_id, blue)
+        params = {"blue": blue, "green": green, "live": "blue"}
+        self._server._apply_routing(model_id, RoutingConfig(BLUE_GREEN, params))
+        await self._server._flush_store()
 
     async def _smoke_test(
         self,
         model_id: str,
         green: str,
-        smoke_test: SmokeTest | None,
+        smoke_test: SmokeTestFn | None,
         samples: object,
         expected: object,
         tolerance: float,
@@ -239,7 +200,7 @@ class RolloutOperations:
             raise InvalidConfigError("a blue-green switch needs a smoke_test or samples to run")
         if smoke_test is not None:
             try:
-                verdict: Any = smoke_test(self._server(), model_id, green)
+                verdict: Any = smoke_test(self._server, model_id, green)
                 # Not "if not a bool": a sync test may well return numpy's bool_ or a count.
                 if inspect.isawaitable(verdict):
                     verdict = await verdict
@@ -252,7 +213,7 @@ class RolloutOperations:
             if expected is None:
                 raise InvalidConfigError("samples need expected outputs to compare with")
             try:
-                got = await self._server().predict(model_id, samples, version=green)
+                got = await self._server.predict(model_id, samples, version=green)
             except TurnoutError as exc:
                 # Green failing to answer at all fails its smoke test like a wrong answer.
                 raise SmokeTestError(

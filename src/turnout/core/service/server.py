@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -47,13 +47,15 @@ from turnout.core.names import check_name
 from turnout.core.resilience.breaker import BreakerConfig, BreakerSnapshot, BreakerState
 from turnout.core.resilience.fallback import Fallback
 from turnout.core.resilience.health import HealthReport
-from turnout.core.routing.canary_controller import RolloutController
+from turnout.core.routing.canary_controller import RolloutController, RolloutEvent
+from turnout.core.routing.canary_plan import CANARY, DEFAULT_STEPS
 from turnout.core.routing.config import RoutingConfig, RoutingContext
 from turnout.core.routing.outcomes import ABComparison, compare
 from turnout.core.routing.router import ACTIVE, ModelTraffic, Router
 from turnout.core.routing.shadow_stats import ShadowStatistics
-from turnout.core.service.mirroring import ShadowOperations
+from turnout.core.service.mirroring import Mirror
 from turnout.core.service.monitor import HealthMonitor, MonitorSettings
+from turnout.core.service.parts import ServerParts
 from turnout.core.service.plugins import (
     EventEmitter,
     collect_breaker_policies,
@@ -61,8 +63,8 @@ from turnout.core.service.plugins import (
     collect_strategies,
     make_plugin_manager,
 )
-from turnout.core.service.restore import RestoreOperations
-from turnout.core.service.rollout_operations import RolloutOperations, SmokeTest
+from turnout.core.service.restore import Restorer
+from turnout.core.service.rollout_operations import RolloutOperations
 from turnout.core.state.repository import (
     ModelRecord,
     ModelStore,
@@ -77,6 +79,9 @@ logger = logging.getLogger("turnout")
 
 # What outcome feedback records as the server of a fixed fallback value.
 FIXED_VALUE = "fallback-value"
+
+# smoke_test(server, model_id, green) for blue_green_switch: true if green may go live.
+SmokeTest = Callable[["ModelServer", str, str], Awaitable[bool] | bool]
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ class InferenceResult:
     fallback: bool = False
 
 
-class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
+class ModelServer:
     """Deploys versions of models and serves predictions through adaptive batchers.
 
     Use it as ``async with ModelServer() as server:``; leaving the block
@@ -170,6 +175,33 @@ class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
             if repository is not None
             else None
         )
+        parts = ServerParts(
+            clock=self._clock,
+            events=self._events,
+            registry=self._registry,
+            router=self._router,
+            rollouts=self._rollouts,
+            fallbacks=self._fallbacks,
+            store=self._store,
+        )
+        self._rollout_ops = RolloutOperations(parts, self)
+        self._restorer = Restorer(parts, self)
+        self._mirror = Mirror(parts)
+
+    async def restore(self) -> None:
+        """Redeploy every stored version, then its model's active version, routing, fallback.
+
+        Called on entering ``async with``; calling it again does nothing.
+        Broken entries in the repository are logged and skipped. A version
+        found as a bare ``model.onnx`` is deployed with the server's defaults
+        and gets its ``deployment.json``; a model without ``model.json``, or
+        whose stored active version is gone, activates its highest version in
+        natural order (``v10`` after ``v9``). A canary in progress resumes at
+        its stored step, judged on a fresh step window: counters, breakers and
+        rollout history start anew. Unless the repository is read-only, it is
+        locked first: StoreError if another server holds it.
+        """
+        await self._restorer.restore()
 
     async def __aenter__(self) -> ModelServer:
         await self.restore()
@@ -266,12 +298,12 @@ class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
             self._set_active(model_id, version)
         else:
             self._refresh_routing(model_id)
-        plan = self._canary_plan(model_id) if old is not None else None
+        plan = self._rollout_ops.canary_plan(model_id) if old is not None else None
         if plan is not None and version in (plan.baseline, plan.candidate):
             # The new deployment's counters start at zero: judged against the step's
             # marks on the old one, the step would count negative requests.
             reason = f"{version} was replaced; step {plan.step} starts over"
-            self._begin_canary_step(model_id, started=False, reason=reason)
+            self._rollout_ops.begin_canary_step(model_id, started=False, reason=reason)
         logger.info("deployed %s (%s)%s", name, loaded.source, " [active]" if activate else "")
         self._events.emit("model_deployed", deployment=deployment)
         if old is not None:
@@ -293,7 +325,7 @@ class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
         check_name("model_id", model_id)
         check_name("version", version)
         self._registry.get(model_id, version)
-        self._end_rollout(model_id, "ended by set_active_version")
+        self._rollout_ops.end_rollout(model_id, "ended by set_active_version")
         self._set_active(model_id, version)
         self._apply_routing(model_id, ACTIVE)
         await self._flush_store()
@@ -368,9 +400,9 @@ class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
         self._registry.versions(check_name("model_id", model_id))
         self._router.build(config, self._context(model_id))  # validate before ending anything
         old = self._router.config(model_id)
-        if old.strategy == "canary" and not _same_rollout(old, config):
+        if old.strategy == CANARY and not _same_rollout(old, config):
             # Also when a canary of other versions replaces it: that one starts afresh.
-            self._end_rollout(model_id, "replaced by new routing")
+            self._rollout_ops.end_rollout(model_id, "replaced by new routing")
         self._apply_routing(model_id, config)
         await self._flush_store()
 
@@ -396,8 +428,10 @@ class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
     def _apply_routing(self, model_id: str, config: RoutingConfig, reason: str = "") -> None:
         old = self._router.set(model_id, config, self._context(model_id))
         self._persist(model_id)
-        if config.strategy == "canary":
-            self._begin_canary_step(model_id, started=not _same_rollout(old, config), reason=reason)
+        if config.strategy == CANARY:
+            self._rollout_ops.begin_canary_step(
+                model_id, started=not _same_rollout(old, config), reason=reason
+            )
         if old != config:
             logger.info("routing of %s is now %s", model_id, config.to_dict())
             self._events.emit("routing_changed", model_id=model_id, old=old, new=config)
@@ -533,7 +567,7 @@ class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
                 loop = asyncio.get_running_loop()
                 for mirror in route.mirrors:
                     # Queued after the primary, from the next loop turn: never before it.
-                    loop.call_soon(self._mirror, model_id, deployment, mirror, inputs, primary)
+                    loop.call_soon(self._mirror.send, model_id, deployment, mirror, inputs, primary)
                 piece = await primary
             else:
                 piece = await deployment.batcher.submit(rows, deadline=deadline, started=started)
@@ -567,8 +601,82 @@ class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
                 version=deployment.version,
                 report=report,
             )
-        if self._router.config(deployment.model_id).strategy == "canary":
-            self._judge_canary(deployment.model_id)
+        if self._router.config(deployment.model_id).strategy == CANARY:
+            self._rollout_ops.judge_canary(deployment.model_id)
+
+    # -- rollouts -----------------------------------------------------------------------
+
+    async def start_canary(
+        self,
+        model_id: str,
+        candidate: str,
+        *,
+        baseline: str | None = None,
+        steps: Sequence[float] = DEFAULT_STEPS,
+        min_requests: int = 100,
+        min_seconds: float = 0.0,
+        max_error_rate: float = 0.05,
+        max_latency_ratio: float = 1.5,
+    ) -> None:
+        """Roll ``candidate`` out step by step, promoting it or rolling back by itself.
+
+        At each step the candidate gets that share of traffic until it has
+        served ``min_requests`` for at least ``min_seconds``; it is then judged
+        on its error rate and p99 latency against the baseline (the active
+        version unless named). Failing a judgement rolls back at once.
+        """
+        if baseline is None:
+            baseline = self._registry.get(model_id).version
+        params = {
+            "baseline": baseline,
+            "candidate": candidate,
+            "steps": list(steps),
+            "step": 0,
+            "min_requests": min_requests,
+            "min_seconds": min_seconds,
+            "max_error_rate": max_error_rate,
+            "max_latency_ratio": max_latency_ratio,
+        }
+        await self.set_routing(model_id, RoutingConfig(CANARY, params))
+
+    async def abort_canary(self, model_id: str) -> None:
+        """Stop a canary rollout and send all traffic back to its baseline."""
+        await self._rollout_ops.abort_canary(model_id)
+
+    def rollout_history(self, model_id: str) -> tuple[RolloutEvent, ...]:
+        """Return the model's rollout events (steps, promotions, rollbacks), oldest first."""
+        self._registry.versions(check_name("model_id", model_id))
+        return self._rollouts.history(model_id)
+
+    async def blue_green_switch(
+        self,
+        model_id: str,
+        green: str,
+        *,
+        smoke_test: SmokeTest | None = None,
+        samples: object = None,
+        expected: object = None,
+        tolerance: float = 1e-6,
+    ) -> None:
+        """Test ``green``, then switch all traffic to it at once, keeping blue for rollback.
+
+        Smoke tests: ``smoke_test(server, model_id, green)`` returning true,
+        and/or ``samples`` whose predictions on green must equal ``expected``
+        within ``tolerance``. On failure SmokeTestError is raised and blue
+        keeps serving.
+        """
+        await self._rollout_ops.blue_green_switch(
+            model_id,
+            green,
+            smoke_test=smoke_test,
+            samples=samples,
+            expected=expected,
+            tolerance=tolerance,
+        )
+
+    async def blue_green_rollback(self, model_id: str) -> None:
+        """Send all traffic back to the blue version of the last blue-green switch."""
+        await self._rollout_ops.blue_green_rollback(model_id)
 
     # -- outcomes and shadows ----------------------------------------------------------
 
@@ -654,7 +762,7 @@ class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
         self._health.stop()
 
     def _roll_back(self, model_id: str, version: str, reason: str) -> None:
-        self._end_rollout(model_id, f"health monitor rolled back: {reason}")
+        self._rollout_ops.end_rollout(model_id, f"health monitor rolled back: {reason}")
         self._set_active(model_id, version)
         self._apply_routing(model_id, ACTIVE)
 
@@ -722,11 +830,8 @@ class ModelServer(RestoreOperations, RolloutOperations, ShadowOperations):
             new=new,
             reason=reason,
         )
-        if (
-            new is BreakerState.OPEN
-            and self._router.config(deployment.model_id).strategy == "canary"
-        ):
-            self._judge_canary(deployment.model_id)
+        if new is BreakerState.OPEN and self._router.config(deployment.model_id).strategy == CANARY:
+            self._rollout_ops.judge_canary(deployment.model_id)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -806,7 +911,7 @@ def _strings(data: object) -> set[str]:
 def _same_rollout(old: RoutingConfig, new: RoutingConfig) -> bool:
     """True if ``new`` is a step of the canary rollout ``old`` (same baseline and candidate)."""
     return (
-        old.strategy == new.strategy == "canary"
+        old.strategy == new.strategy == CANARY
         and old.params.get("baseline") == new.params.get("baseline")
         and old.params.get("candidate") == new.params.get("candidate")
     )
