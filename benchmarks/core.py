@@ -16,6 +16,12 @@ time is cut into ``--rounds`` slices, run round-robin across the modes, so
 that drift on a shared machine hits every mode alike. Run
 ``python -m benchmarks.core --help``; the markdown report goes to stdout and
 to ``benchmarks/results/core-<timestamp>.md``.
+
+With ``--baseline REF`` (repeatable) the run compares turnout's code instead:
+this tree's against the sources of each git REF, in one invocation. Two trees
+cannot share a process, so each round runs every tree once, in a child
+process of its own (``benchmarks.corebaseline``), the trees' order turning
+from round to round so that drift hits each alike.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ import argparse
 import asyncio
 import datetime as dt
 import itertools
+import json
 import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +87,8 @@ class Settings:
     save: bool
     profile: bool
     out: Path = RESULTS_DIR
+    baselines: tuple[str, ...] = ()  # git refs whose turnout runs beside this tree's
+    cells_json: Path | None = None  # internal: where a --baseline child writes its cells
 
 
 @dataclass(frozen=True)
@@ -647,6 +656,15 @@ def _parser() -> argparse.ArgumentParser:
     add("--no-save", action="store_true", help="print the report only; write no file")
     add("--profile", action="store_true", help="also profile each adaptive cell (pyinstrument)")
     add(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="GIT_REF",
+        help="compare this tree's turnout with the sources of GIT_REF, side by side, in child"
+        " processes (turnout modes only: adaptive, dict, off); repeatable",
+    )
+    add("--cells-json", type=Path, help=argparse.SUPPRESS)  # benchmarks.corebaseline's children
+    add(
         "--out",
         type=Path,
         default=RESULTS_DIR,
@@ -661,6 +679,16 @@ def parse_args(argv: Sequence[str]) -> Settings:
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.rounds < 1 or min(args.concurrency) < 1:
         parser.error("need --duration > 0, --warmup >= 0, --rounds >= 1, --concurrency >= 1")
+    if args.baseline:
+        from benchmarks.gitrefs import known_ref
+
+        for ref in args.baseline:
+            if not known_ref(ref):
+                parser.error(f"--baseline {ref}: not a commit in this git repository")
+        if args.profile:
+            parser.error("--profile does not apply with --baseline")
+        if not set(args.modes) - {"raw"}:
+            parser.error("--baseline compares turnout modes: give --modes adaptive, dict or off")
     quick = args.quick
     return Settings(
         duration=0.3 if quick else args.duration,
@@ -674,6 +702,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
         save=not args.no_save,
         profile=args.profile,
         out=args.out,
+        baselines=tuple(dict.fromkeys(args.baseline)),
+        cells_json=args.cells_json,
     )
 
 
@@ -690,9 +720,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = parse_args(argv)
     load = load_average()
-    workloads = make_workloads(settings.models)
-    cells = asyncio.run(run(settings, workloads))
-    report = render(settings, argv, cells, load)
+    if settings.baselines:
+        from benchmarks import corebaseline
+
+        report = corebaseline.render(settings, argv, corebaseline.compare(settings), load)
+    else:
+        cells = asyncio.run(run(settings, make_workloads(settings.models)))
+        if settings.cells_json is not None:
+            write_atomic(settings.cells_json, json.dumps([asdict(cell) for cell in cells]))
+            return 0
+        report = render(settings, argv, cells, load)
     print(report)
     if settings.save:
         path = settings.out / f"core-{stamp()}.md"

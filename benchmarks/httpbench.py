@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from benchmarks.artifacts import MODEL, ROUTING_MODELS, Artifacts, build_artifacts
 from benchmarks.eventloop import LOOPS, default_loop
+from benchmarks.gitrefs import export_sources, known_ref
 from benchmarks.loadgen import closed_loop, open_loop
 from benchmarks.payloads import KINDS, Payload, build_payload
 from benchmarks.peers import mlserver_specs, mlserver_version
@@ -151,21 +152,7 @@ def turnout_specs(artifacts: Artifacts, loop: str) -> list[ServerSpec]:
 
 def baseline_spec(artifacts: Artifacts, loop: str, ref: str, workdir: Path) -> ServerSpec:
     """Return turnout adaptive run from the sources of git ``ref``: before/after, side by side."""
-    import subprocess
-
-    root = workdir / f"baseline-{ref.replace('/', '-')}"
-    if root.exists():
-        import shutil
-
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    repo = Path(__file__).resolve().parent.parent
-    archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", "--format=tar", ref, "src"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    src = export_sources(ref, workdir / f"baseline-{ref.replace('/', '-')}")
     name = f"{ADAPTIVE} @{ref}"
     argv = python_module(
         "benchmarks.serve_turnout",
@@ -177,7 +164,7 @@ def baseline_spec(artifacts: Artifacts, loop: str, ref: str, workdir: Path) -> S
         loop,
     )
     # The exported sources come first on the path, before the installed (editable) turnout.
-    return ServerSpec(name, argv, reports_batches=True, env={"PYTHONPATH": str(root / "src")})
+    return ServerSpec(name, argv, reports_batches=True, env={"PYTHONPATH": str(src)})
 
 
 def own_copy(repo: Path, name: str) -> Path:
@@ -539,14 +526,6 @@ def _positive(kind: Callable[[str], T], *, zero: bool = False) -> Callable[[str]
     return parse
 
 
-def _known_ref(ref: str) -> bool:
-    import subprocess
-
-    repo = Path(__file__).resolve().parent.parent
-    check = ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"]
-    return subprocess.run(check, capture_output=True).returncode == 0
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks http",
@@ -622,7 +601,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
             " (the closed and open sections need at least one)"
         )
     for ref in args.baseline:
-        if not _known_ref(ref):
+        if not known_ref(ref):
             parser.error(f"--baseline {ref}: not a commit in this git repository")
 
     def pick(value: object, full: object, fast: object) -> object:
