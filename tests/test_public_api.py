@@ -10,6 +10,12 @@ import turnout
 
 EXPECTED = {
     "ABComparison",
+    "ControlState",
+    "MemoryState",
+    "ModelState",
+    "OutcomeTotals",
+    "StateConflictError",
+    "VersionEntry",
     "AdminClient",
     "RemoteError",
     "BatchingConfig",

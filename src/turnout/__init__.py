@@ -22,6 +22,7 @@ from turnout.core.errors import (
     ServerClosedError,
     ServiceUnavailableError,
     SmokeTestError,
+    StateConflictError,
     StoreError,
     TurnoutError,
     VersionExistsError,
@@ -55,9 +56,11 @@ from turnout.core.routing.config import (
     RoutingStrategy,
     RoutingStrategyFactory,
 )
-from turnout.core.routing.outcomes import ABComparison, OutcomeStatistics
+from turnout.core.routing.outcomes import ABComparison, OutcomeStatistics, OutcomeTotals
 from turnout.core.routing.shadow_stats import ShadowStatistics
 from turnout.core.service.server import InferenceResult, ModelServer
+from turnout.core.state.control import ControlState, ModelState, VersionEntry
+from turnout.core.state.memory import MemoryState
 from turnout.manager import ModelServingManager
 
 __version__ = "0.1.0"
@@ -72,6 +75,7 @@ __all__ = [
     "BreakerSnapshot",
     "BreakerState",
     "CircuitOpenError",
+    "ControlState",
     "ConversionError",
     "DeadlineExceededError",
     "Fallback",
@@ -86,11 +90,14 @@ __all__ = [
     "InvalidInputError",
     "InvalidNameError",
     "InvalidRoutingError",
+    "MemoryState",
     "MetricsSnapshot",
     "ModelNotFoundError",
     "ModelServer",
     "ModelServingManager",
+    "ModelState",
     "OutcomeStatistics",
+    "OutcomeTotals",
     "OutputMode",
     "OverloadedError",
     "PluginError",
@@ -106,8 +113,10 @@ __all__ = [
     "ServiceUnavailableError",
     "ShadowStatistics",
     "SmokeTestError",
+    "StateConflictError",
     "StoreError",
     "TurnoutError",
+    "VersionEntry",
     "VersionExistsError",
     "VersionNotFoundError",
     "__version__",

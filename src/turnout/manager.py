@@ -145,7 +145,7 @@ class ModelServingManager:
         if enable_mlflow:
             require_mlflow("enable_mlflow=True")
             # Imported here, not at the top: the tracker is an optional plugin, and
-            # core/ depends on plugins/ only through this switch of the guide's API.
+            # its MLflow an optional extra, which only this switch of the guide's API needs.
             from turnout.plugins.mlflow import MlflowConfig, MlflowTracker
 
             config = mlflow_config if mlflow_config is not None else MlflowConfig()

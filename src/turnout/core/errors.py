@@ -14,6 +14,7 @@
     ├── PluginError
     ├── SmokeTestError
     ├── StoreError
+    ├── StateConflictError
     ├── ServiceUnavailableError
     │   ├── OverloadedError
     │   ├── CircuitOpenError
@@ -45,6 +46,7 @@ __all__ = [
     "ServerClosedError",
     "ServiceUnavailableError",
     "SmokeTestError",
+    "StateConflictError",
     "StoreError",
     "TurnoutError",
     "VersionExistsError",
@@ -113,6 +115,21 @@ class SmokeTestError(TurnoutError):
 
 class StoreError(TurnoutError):
     """Raised when the model repository cannot be written, or a path in it is refused."""
+
+
+class StateConflictError(TurnoutError):
+    """Raised when a control-state write was based on a revision another writer has moved past.
+
+    Nothing was overwritten: the writer's view is stale, and is refreshed
+    from the store. ``expected`` is the revision the write was based on,
+    ``actual`` the one stored.
+    """
+
+    def __init__(self, message: str, *, model_id: str, expected: int, actual: int) -> None:
+        super().__init__(message)
+        self.model_id = model_id
+        self.expected = expected
+        self.actual = actual
 
 
 class ServiceUnavailableError(TurnoutError):

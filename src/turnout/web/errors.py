@@ -35,6 +35,7 @@ from turnout.core.errors import (
     ServerClosedError,
     ServiceUnavailableError,
     SmokeTestError,
+    StateConflictError,
     StoreError,
     TurnoutError,
     VersionExistsError,
@@ -72,6 +73,8 @@ ERROR_CODES: Mapping[type[TurnoutError], ErrorCode] = {
     VersionNotFoundError: ErrorCode(404, "version_not_found"),
     VersionExistsError: ErrorCode(409, "version_exists"),
     SmokeTestError: ErrorCode(409, "smoke_test_failed"),
+    # Another writer changed the model first: the change was not made; retry on the new state.
+    StateConflictError: ErrorCode(409, "state_conflict"),
     ConversionError: ErrorCode(422, "conversion_failed"),
     ServiceUnavailableError: ErrorCode(503, "unavailable"),
     OverloadedError: ErrorCode(503, "overloaded"),

@@ -75,7 +75,8 @@ class _Mark:
 
 @dataclass
 class _Step:
-    started: float
+    started: float  # the controller's clock, which judges the window
+    started_at: datetime  # wall-clock time, which the control state records
     baseline: _Mark
     candidate: _Mark
 
@@ -99,7 +100,9 @@ class RolloutController:
         reason: str = "",
     ) -> None:
         """Start judging ``plan.step`` from now, and record it in the history."""
-        self._steps[model_id] = _Step(self._clock.now(), _Mark(baseline), _Mark(candidate))
+        self._steps[model_id] = _Step(
+            self._clock.now(), datetime.now(UTC), _Mark(baseline), _Mark(candidate)
+        )
         self.record(model_id, plan, event, reason)
 
     def record(self, model_id: str, plan: CanaryPlan, event: str, reason: str) -> None:
@@ -116,6 +119,15 @@ class RolloutController:
     def history(self, model_id: str) -> tuple[RolloutEvent, ...]:
         """Return the model's rollout history, oldest first."""
         return tuple(self._history.get(model_id, ()))
+
+    def adopt_history(self, model_id: str, history: tuple[RolloutEvent, ...]) -> None:
+        """Take ``history`` (the control state's) as the model's rollout history."""
+        self._history[model_id] = list(history)
+
+    def step_started(self, model_id: str) -> datetime | None:
+        """Return when the canary step being judged began (None without one)."""
+        step = self._steps.get(model_id)
+        return None if step is None else step.started_at
 
     def judge(
         self,

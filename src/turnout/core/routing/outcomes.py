@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from turnout.core.errors import InvalidInputError
 
-__all__ = ["ABComparison", "OutcomeStatistics", "OutcomeTracker", "compare"]
+__all__ = ["ABComparison", "OutcomeStatistics", "OutcomeTotals", "OutcomeTracker", "compare"]
 
 DEFAULT_CAPACITY = 100_000
 
@@ -47,42 +47,58 @@ class ABComparison:
     verdict: str
 
 
-class _Accumulator:
-    """Count, mean and variance by Welford's update.
+@dataclass(frozen=True)
+class OutcomeTotals:
+    """One version's outcomes as counters that add up: count, and shifted sums.
 
-    Not sums of values and of squares: their difference cancels catastrophically
-    when the spread is small beside the mean (outcomes near 1e9 varying by 1 came
-    out with a standard deviation of exactly 0, and a t-test of nothing).
+    Counters, so that any number of processes can add to them atomically
+    (the control state's ``add_outcome``) and none can overwrite another's.
+    The sums are of ``value - shift``, ``shift`` being the first value
+    recorded: plain sums of values and of squares cancel catastrophically
+    when the spread is small beside the mean (outcomes near 1e9 varying by 1
+    came out with a standard deviation of exactly 0), shifted ones do not.
     """
 
-    __slots__ = ("binary", "count", "mean", "squares")
+    count: int = 0
+    shift: float = 0.0
+    total: float = 0.0  # sum of (value - shift)
+    squares: float = 0.0  # sum of (value - shift) ** 2
+    non_binary: int = 0  # values other than 0 and 1
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.mean = 0.0
-        self.squares = 0.0  # sum of squared deviations from the running mean
-        self.binary = True
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.squares += delta * (value - self.mean)
-        self.binary = self.binary and value in (0.0, 1.0)
+    def add(self, value: float) -> OutcomeTotals:
+        """Return these totals with ``value`` added."""
+        shift = value if self.count == 0 else self.shift
+        deviation = value - shift
+        return OutcomeTotals(
+            self.count + 1,
+            shift,
+            self.total + deviation,
+            self.squares + deviation * deviation,
+            self.non_binary + (value not in (0.0, 1.0)),
+        )
 
     def statistics(self, version: str) -> OutcomeStatistics:
+        """Return the count, mean and standard deviation these totals describe."""
         n = self.count
-        var = max(0.0, self.squares / (n - 1)) if n > 1 else 0.0
-        return OutcomeStatistics(version, n, self.mean, math.sqrt(var), self.binary and n > 0)
+        if n == 0:
+            return OutcomeStatistics(version, 0, 0.0, 0.0, False)
+        mean = self.shift + self.total / n
+        var = max(0.0, (self.squares - self.total * self.total / n) / (n - 1)) if n > 1 else 0.0
+        return OutcomeStatistics(version, n, mean, math.sqrt(var), self.non_binary == 0)
 
 
 class OutcomeTracker:
-    """Remembers which version served each recent request and collects their outcomes."""
+    """Remembers which version served each recent request, and this process's view of outcomes.
+
+    The outcome totals here are a view: the server adds each outcome to the
+    control state and adopts the totals it returns, which count every
+    process's outcomes.
+    """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self._capacity = capacity
         self._served: OrderedDict[str, str] = OrderedDict()
-        self._outcomes: dict[str, _Accumulator] = {}
+        self._outcomes: dict[str, OutcomeTotals] = {}
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
 
@@ -116,12 +132,16 @@ class OutcomeTracker:
         version = self._served.pop(request_id, None)
         if version is None:
             raise self._unknown(request_id)
-        self._outcomes.setdefault(version, _Accumulator()).add(float(outcome))
+        self._outcomes[version] = self._outcomes.get(version, OutcomeTotals()).add(float(outcome))
         return version
+
+    def adopt(self, version: str, totals: OutcomeTotals) -> None:
+        """Take ``totals`` (the control state's, after an add) as ``version``'s outcomes."""
+        self._outcomes[version] = totals
 
     def statistics(self, version: str) -> OutcomeStatistics:
         """Return the outcomes recorded for ``version`` so far."""
-        return self._outcomes.get(version, _Accumulator()).statistics(version)
+        return self._outcomes.get(version, OutcomeTotals()).statistics(version)
 
 
 def _finite(value: float) -> bool:

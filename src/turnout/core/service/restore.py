@@ -65,7 +65,7 @@ class Restorer:
         for deployment, sha256 in found:
             self._store.record_found(deployment, sha256)
         try:
-            await self._server._flush_store()
+            await self._server._flush_changes()
         except StoreError as exc:
             # What was read serves; a read-only repository (a mounted volume) is no reason
             # to refuse to start. Changes made from now on fail when they are written.

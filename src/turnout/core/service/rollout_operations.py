@@ -60,7 +60,7 @@ class RolloutOperations:
             raise InvalidRoutingError(f"model '{model_id}' has no canary rollout in progress")
         self._finish_canary(model_id, plan, RolloutAction.ROLL_BACK, "aborted by request")
         # Like every operation that changes state, it returns once the change is stored.
-        await self._server._flush_store()
+        await self._server._flush_changes()
 
     def canary_plan(self, model_id: str) -> CanaryPlan | None:
         """Return the canary rollout in force for the model, or None."""
@@ -173,7 +173,7 @@ class RolloutOperations:
         self._server._set_active(model_id, green)
         params = {"blue": blue, "green": green, "live": "green"}
         self._server._apply_routing(model_id, RoutingConfig(BLUE_GREEN, params))
-        await self._server._flush_store()
+        await self._server._flush_changes()
 
     async def blue_green_rollback(self, model_id: str) -> None:
         """Send all traffic back to the blue version of the last blue-green switch."""
@@ -185,7 +185,7 @@ class RolloutOperations:
         self._server._set_active(model_id, blue)
         params = {"blue": blue, "green": green, "live": "blue"}
         self._server._apply_routing(model_id, RoutingConfig(BLUE_GREEN, params))
-        await self._server._flush_store()
+        await self._server._flush_changes()
 
     async def _smoke_test(
         self,

@@ -38,6 +38,7 @@ from turnout.core.errors import (
     InvalidRoutingError,
     OverloadedError,
     ServerClosedError,
+    StoreError,
     TurnoutError,
     VersionExistsError,
 )
@@ -53,6 +54,7 @@ from turnout.core.routing.config import RoutingConfig, RoutingContext
 from turnout.core.routing.outcomes import ABComparison, compare
 from turnout.core.routing.router import ACTIVE, ModelTraffic, Router
 from turnout.core.routing.shadow_stats import ShadowStatistics
+from turnout.core.service.control_sync import ControlSync
 from turnout.core.service.mirroring import Mirror
 from turnout.core.service.monitor import HealthMonitor, MonitorSettings
 from turnout.core.service.parts import ServerParts
@@ -65,6 +67,8 @@ from turnout.core.service.plugins import (
 )
 from turnout.core.service.restore import Restorer
 from turnout.core.service.rollout_operations import RolloutOperations
+from turnout.core.state.control import ControlState
+from turnout.core.state.memory import MemoryState
 from turnout.core.state.repository import (
     ModelRecord,
     ModelStore,
@@ -117,6 +121,12 @@ class ModelServer:
     runs, the server holds the repository's lock, so no second server opens
     it. ``repository_read_only`` only reads it: no lock, no repairs, and any
     change raises StoreError once it has taken effect in memory.
+
+    Control state (versions, active versions, routing, fallbacks, rollouts,
+    outcome totals) goes through ``state``, a
+    :class:`~turnout.core.state.control.ControlState`: by default a
+    :class:`~turnout.core.state.memory.MemoryState` of its own; servers given
+    one state share their control state.
     """
 
     def __init__(
@@ -133,6 +143,7 @@ class ModelServer:
         clock: Clock | None = None,
         repository: str | os.PathLike[str] | None = None,
         repository_read_only: bool = False,
+        state: ControlState | None = None,
     ) -> None:
         if repository is not None and mock_mode:
             raise InvalidConfigError(
@@ -187,6 +198,8 @@ class ModelServer:
         self._rollout_ops = RolloutOperations(parts, self)
         self._restorer = Restorer(parts, self)
         self._mirror = Mirror(parts)
+        self._owns_state = state is None
+        self._sync = ControlSync(parts, self, MemoryState() if state is None else state)
 
     async def restore(self) -> None:
         """Redeploy every stored version, then its model's active version, routing, fallback.
@@ -204,7 +217,10 @@ class ModelServer:
         await self._restorer.restore()
 
     async def __aenter__(self) -> ModelServer:
+        # The repository is restored first, then matched with the control state.
+        self._sync.paused = True
         await self.restore()
+        await self._sync.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -293,6 +309,7 @@ class ModelServer:
             raise
         if self._store is not None:
             self._store.save_version(deployment)
+        self._sync.changed(model_id, choice=False)
         activate = set_active if set_active is not None else model_id not in self._registry.active
         if activate:
             self._set_active(model_id, version)
@@ -310,7 +327,7 @@ class ModelServer:
             # A new model under an old name: what the monitor knew of it is stale.
             self._health.forget(model_id, version)
             await _release(old)
-        await self._flush_store()
+        await self._flush_changes()
         return deployment
 
     def _check_absent(self, model_id: str, version: str, replace: bool) -> None:
@@ -328,7 +345,7 @@ class ModelServer:
         self._rollout_ops.end_rollout(model_id, "ended by set_active_version")
         self._set_active(model_id, version)
         self._apply_routing(model_id, ACTIVE)
-        await self._flush_store()
+        await self._flush_changes()
 
     def _set_active(self, model_id: str, version: str) -> None:
         old = self._registry.active.get(model_id)
@@ -375,12 +392,13 @@ class ModelServer:
             self._fallbacks.pop(model_id, None)
         if self._store is not None:
             self._store.delete_version(model_id, version)
+        self._sync.retired(model_id, version, choice=was_active)
         logger.info("retired %s:%s", model_id, version)
         if was_active:
             self._events.emit("active_version_changed", model_id=model_id, old=version, new=None)
         await _release(deployment)
         self._events.emit("model_retired", model_id=model_id, version=version)
-        await self._flush_store()
+        await self._flush_changes()
 
     @property
     def active_models(self) -> Mapping[str, str]:
@@ -404,7 +422,7 @@ class ModelServer:
             # Also when a canary of other versions replaces it: that one starts afresh.
             self._rollout_ops.end_rollout(model_id, "replaced by new routing")
         self._apply_routing(model_id, config)
-        await self._flush_store()
+        await self._flush_changes()
 
     def get_routing(self, model_id: str) -> RoutingConfig:
         """Return the model's current routing config."""
@@ -692,7 +710,10 @@ class ModelServer:
         if learn is not None:
             # The strategy validates the reward first, so a refused one changes nothing.
             learn(traffic.outcomes.version_of(request_id), outcome)
-        return traffic.outcomes.record(request_id, outcome)
+        version = traffic.outcomes.record(request_id, outcome)
+        totals = await self._sync.add_outcome(model_id, version, float(outcome))
+        traffic.outcomes.adopt(version, totals)
+        return version
 
     def compare_versions(self, model_id: str, a: str, b: str) -> ABComparison:
         """Compare two versions' recorded outcomes: difference, p-value and a verdict."""
@@ -799,7 +820,7 @@ class ModelServer:
         else:
             self._fallbacks.pop(model_id, None)
         self._persist(model_id)
-        await self._flush_store()
+        await self._flush_changes()
 
     def _overrun(self, deployment: Deployment) -> None:
         # Counted when the deadline passes, not when (if ever) the batch ends:
@@ -848,13 +869,17 @@ class ModelServer:
         await asyncio.gather(*(_release(d, timeout) for d in self._registry))
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._sync.close()
+        if self._owns_state:
+            await self._sync.state.close()
         if self._store is not None:
             await self._store.close()
 
     # -- the model repository ----------------------------------------------------------
 
     def _persist(self, model_id: str) -> None:
-        """Store the model's active version, routing and fallback, soon, in order."""
+        """Write the model's control state, and store it in the repository, soon, in order."""
+        self._sync.changed(model_id)
         if self._store is not None:
             self._store.model_changed(model_id)
 
@@ -878,10 +903,25 @@ class ModelServer:
             named=frozenset(named),
         )
 
-    async def _flush_store(self) -> None:
-        """Wait for the queued repository writes; raise StoreError if one failed."""
+    async def _flush_changes(self) -> None:
+        """Wait for the queued writes; raise StateConflictError or StoreError if one failed."""
+        # One after the other, each awaiting the writes queued when it is called (as a
+        # gather would not: it starts them a loop turn later, after more were queued),
+        # and both whatever the first raises.
+        stored: StoreError | None = None
         if self._store is not None:
-            await self._store.flush()
+            try:
+                await self._store.flush()
+            except StoreError as exc:
+                stored = exc
+        await self._sync.flush()
+        if stored is not None:
+            raise stored
+
+    @property
+    def control_state(self) -> ControlState:
+        """The control state this server reads and writes (see the class docstring)."""
+        return self._sync.state
 
     @property
     def closed(self) -> bool:

@@ -17,6 +17,7 @@ import anyio
 
 from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import StoreError
+from turnout.core.state.pending import PendingWrites
 from turnout.core.state.repository import ModelRecord, ModelStore, VersionRecord, version_record
 
 __all__ = ["StoreWriter"]
@@ -46,8 +47,7 @@ class StoreWriter:
         self.enabled = False
         self._state = state
         self._lock = asyncio.Lock()
-        # A dict as an ordered set: flush raises the failure of the earliest write.
-        self._tasks: dict[asyncio.Task[None], None] = {}
+        self._tasks = PendingWrites()
         self._clock = itertools.count(1)
         # Per model: the versions stored on disk, the states queued but not yet
         # written (oldest first, with the clock reading when each was taken), and
@@ -141,11 +141,7 @@ class StoreWriter:
         return set(record.named) - self._stored.get(model_id, set())
 
     def _queue(self, plan: WritePlan) -> None:
-        task = asyncio.ensure_future(self._run(plan))
-        self._tasks[task] = None
-        task.add_done_callback(lambda done: self._tasks.pop(done, None))
-        # Retrieved here so a failure nobody awaits is not reported again at exit: it was logged.
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._tasks.spawn(self._run(plan))
 
     async def _run(self, plan: WritePlan) -> None:
         async with self._lock:  # FIFO: writes land in the order they were queued
@@ -160,14 +156,9 @@ class StoreWriter:
 
     async def flush(self) -> None:
         """Wait for every queued write; raise the failure of the earliest as StoreError."""
-        if self._tasks:
-            results = await asyncio.gather(*self._tasks, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+        await self._tasks.flush()
 
     async def close(self) -> None:
         """Wait for every queued write (failures were logged), then release the lock."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.settle()
         self.store.close()

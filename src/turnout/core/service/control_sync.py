@@ -1,0 +1,283 @@
+"""Keeping a server's view of its control state and the shared control state in step.
+
+A :class:`~turnout.core.service.server.ModelServer` serves from its own view
+(the registry's active versions, the router's configs, the fallbacks, the
+rollout controller's history), as an informer serves from its cache. Every
+change it makes takes effect in that view at once, between two awaits, and
+is then written through the :class:`~turnout.core.state.control.ControlState`,
+in order, by compare-and-set on the revision the view was last in step with.
+A write based on a stale revision raises StateConflictError from the
+server's next flush, and the view is refreshed from the shared state: the
+other writer's change wins, and nothing is overwritten.
+
+Changes other writers make reach the view through the change feed: the
+active version, routing, fallback and rollout history are applied (those
+that name versions this process has deployed); versions deployed elsewhere
+stay in the catalogue, unserved here until their artifacts are shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Set
+from dataclasses import asdict
+from typing import Any
+
+from turnout.core.deployments.registry import Deployment
+from turnout.core.errors import StateConflictError, TurnoutError
+from turnout.core.routing.outcomes import OutcomeTotals
+from turnout.core.service.parts import ServerCalls, ServerParts
+from turnout.core.state.control import ControlState, ModelState, VersionEntry
+from turnout.core.state.pending import PendingWrites
+from turnout.core.state.repository import breaker_to_dict, fallback_to_dict
+
+__all__ = ["ControlSync", "version_entry"]
+
+logger = logging.getLogger("turnout")
+
+# Writes of a catalogue change, each on a fresher revision, before it gives up.
+CATALOGUE_RETRIES = 5
+
+
+def version_entry(deployment: Deployment) -> VersionEntry:
+    """Return the catalogue entry of a deployed version."""
+    onnx = deployment.loaded.onnx_bytes
+    names = deployment.schema.feature_names
+    return VersionEntry(
+        version=deployment.version,
+        digest="" if onnx is None else hashlib.sha256(onnx).hexdigest(),
+        metadata=dict(deployment.metadata),
+        options={
+            "features": None if names is None else list(names),
+            "output": deployment.decoder.mode.value,
+            "batching": asdict(deployment.batcher.config),
+            "allow_nan": deployment.schema.allow_nan,
+            "error_threshold": deployment.error_threshold,
+            "breaker": breaker_to_dict(deployment.breaker.config),
+        },
+    )
+
+
+class ControlSync:
+    """Writes a server's control-state changes through the seam, and applies other writers'."""
+
+    def __init__(self, parts: ServerParts, server: ServerCalls, state: ControlState) -> None:
+        self.state = state
+        self._registry = parts.registry
+        self._router = parts.router
+        self._rollouts = parts.rollouts
+        self._fallbacks = parts.fallbacks
+        self._server = server
+        # Per model: the shared state as last read or written (the revision the view
+        # is in step with), versions retired here and not yet written, and whether a
+        # write is queued. Entries are cached per deployment: hashing is not free.
+        self._known: dict[str, ModelState] = {}
+        self._retired: dict[str, set[str]] = {}
+        self._queued: set[str] = set()
+        # Per model with a write queued: True if it carries a choice (active, routing,
+        # fallback, rollout), False if only versions deployed or retired here.
+        self._chose: dict[str, bool] = {}
+        self._entries: dict[tuple[str, str], tuple[Deployment, VersionEntry]] = {}
+        self._lock = asyncio.Lock()
+        self._tasks = PendingWrites()
+        self._applying = False
+        self.paused = False
+        self._unsubscribe: Callable[[], None] | None = None
+
+    # -- writing this server's changes ---------------------------------------------------
+
+    def changed(self, model_id: str, *, choice: bool = True) -> None:
+        """Queue writing the model's state as this server now has it (a burst writes once).
+
+        ``choice=False`` says the change is to the catalogue only (a version
+        deployed here): written on a stale revision, it is written again on
+        the fresh one, as it overrides nothing another writer chose. A choice
+        (active version, routing, fallback) is not: its writer gets
+        StateConflictError.
+        """
+        if self._applying or self.paused:
+            return
+        self._chose[model_id] = self._chose.get(model_id, False) or choice
+        if model_id not in self._queued:
+            self._queued.add(model_id)
+            self._tasks.spawn(self._write(model_id))
+
+    def retired(self, model_id: str, version: str, *, choice: bool) -> None:
+        """Note that ``version`` left the model here: the next write drops it from the catalogue."""
+        self._retired.setdefault(model_id, set()).add(version)
+        self._entries.pop((model_id, version), None)
+        self.changed(model_id, choice=choice)
+
+    async def _write(self, model_id: str) -> None:
+        async with self._lock:  # FIFO: writes land in the order they were queued
+            self._queued.discard(model_id)
+            chose = self._chose.pop(model_id, True)
+            for _ in range(CATALOGUE_RETRIES):
+                known = self._known.get(model_id) or ModelState(model_id)
+                retired = set(self._retired.get(model_id, ()))
+                try:
+                    written = await self.state.write(self.snapshot(model_id, known, retired))
+                except StateConflictError as exc:
+                    await self._refresh(model_id)
+                    if chose:
+                        logger.warning("%s; this server now holds the stored state", exc)
+                        # What only this server knows (versions deployed or retired here)
+                        # is written on the fresh revision; the other writer's choices stand.
+                        if self._catalogue_differs(model_id):
+                            self.changed(model_id, choice=False)
+                        raise
+                    continue
+                self._known[model_id] = written
+                self._retired.get(model_id, set()).difference_update(retired)
+                return
+            raise StateConflictError(
+                f"the catalogue of {model_id!r} changed under each of"
+                f" {CATALOGUE_RETRIES} writes; try again",
+                model_id=model_id,
+                expected=known.revision,
+                actual=(await self.state.read(model_id)).revision,
+            )
+
+    def _catalogue_differs(self, model_id: str) -> bool:
+        known = self._known.get(model_id) or ModelState(model_id)
+        local = (
+            set(self._registry.versions(model_id))
+            if self._registry.contains_model(model_id)
+            else set()
+        )
+        return bool(local - set(known.versions)) or bool(
+            self._retired.get(model_id, set()) & set(known.versions)
+        )
+
+    def snapshot(
+        self, model_id: str, known: ModelState, retired: Set[str] = frozenset()
+    ) -> ModelState:
+        """Return the model's state as this server has it, based on ``known``'s revision."""
+        versions = {v: e for v, e in known.versions.items() if v not in retired}
+        if not self._registry.contains_model(model_id):
+            # Nothing of it is served here: what other writers deployed stays as they left it.
+            if not versions:
+                return ModelState(model_id, known.revision, history=known.history)
+            fallback = known.fallback
+            if fallback is not None and fallback.version not in (None, *versions):
+                fallback = None
+            active = known.active if known.active in versions else None
+            return known.changed(versions=versions, active=active, fallback=fallback)
+        local = self._registry.versions(model_id)
+        versions.update((version, self._entry(d)) for version, d in local.items())
+        return known.changed(
+            versions=versions,
+            active=self._registry.active.get(model_id),
+            routing=self._router.config(model_id),
+            fallback=self._fallbacks.get(model_id),
+            step_started=self._rollouts.step_started(model_id),
+            history=self._rollouts.history(model_id),
+        )
+
+    def _entry(self, deployment: Deployment) -> VersionEntry:
+        key = (deployment.model_id, deployment.version)
+        cached = self._entries.get(key)
+        if cached is None or cached[0] is not deployment:
+            cached = self._entries[key] = (deployment, version_entry(deployment))
+        return cached[1]
+
+    async def flush(self) -> None:
+        """Wait for every queued write; raise the earliest failure (StateConflictError)."""
+        await self._tasks.flush()
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
+        """Add one outcome to the version's shared aggregates; return the new totals."""
+        return await self.state.add_outcome(model_id, version, value)
+
+    # -- other writers' changes ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Get in step with the shared state: adopt what it holds, write what only this view has.
+
+        Called once the server has restored its repository; from then on the
+        change feed brings every other writer's change.
+        """
+        self.paused = False
+        if self._unsubscribe is None:
+            self._unsubscribe = self.state.subscribe(self._heard)
+        shared = set(await self.state.model_ids())
+        for model_id in sorted(shared):
+            await self._refresh(model_id)
+        for model_id in self._registry.model_ids():
+            if model_id not in shared:
+                self.changed(model_id)
+            elif self._catalogue_differs(model_id):
+                self.changed(model_id, choice=False)
+        await self.flush()
+
+    def _heard(self, model_id: str, revision: int) -> None:
+        known = self._known.get(model_id)
+        if known is None or revision > known.revision:
+            self._tasks.spawn(self._refresh_quietly(model_id))
+
+    async def _refresh_quietly(self, model_id: str) -> None:
+        try:
+            await self._refresh(model_id)
+        except TurnoutError as exc:
+            logger.warning("cannot apply the stored state of %s: %s", model_id, exc)
+
+    async def _refresh(self, model_id: str) -> None:
+        """Read the model's shared state and apply it to this server's view."""
+        state = await self.state.read(model_id)
+        known = self._known.get(model_id)
+        if known is not None and state.revision <= known.revision:
+            return
+        self._known[model_id] = state
+        if state.exists and self._registry.contains_model(model_id):
+            self._apply(state)
+
+    def _apply(self, state: ModelState) -> None:
+        model_id, local = state.model_id, self._registry.versions(state.model_id)
+        missing = sorted(set(state.versions) - set(local))
+        if missing:
+            logger.info("%s: %s deployed elsewhere, not served here", model_id, ", ".join(missing))
+        self._applying = True
+        try:
+            active = state.active
+            if (
+                active is not None
+                and active in local
+                and active != self._registry.active.get(model_id)
+            ):
+                self._server._set_active(model_id, active)
+            if state.routing != self._router.config(model_id):
+                try:
+                    self._router.build(state.routing, self._server._context(model_id))
+                except TurnoutError as exc:
+                    logger.warning("%s: stored routing not applied here: %s", model_id, exc)
+                else:
+                    self._server._apply_routing(model_id, state.routing, "stored by another writer")
+            if _fallback_data(state.fallback) != _fallback_data(self._fallbacks.get(model_id)):
+                self._apply_fallback(model_id, state, local)
+            self._rollouts.adopt_history(model_id, state.history)
+            self._server._persist(model_id)  # to the repository; the seam write is skipped
+        finally:
+            self._applying = False
+
+    def _apply_fallback(self, model_id: str, state: ModelState, local: Mapping[str, Any]) -> None:
+        fallback = state.fallback
+        if fallback is None:
+            self._fallbacks.pop(model_id, None)
+        elif fallback.version is None or fallback.version in local:
+            self._fallbacks[model_id] = fallback
+
+    async def close(self) -> None:
+        """Wait for queued writes (failures were logged) and stop hearing the change feed."""
+        await self._tasks.settle()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+
+def _fallback_data(fallback: Any) -> object:
+    # Compared as plain data: a fallback value may be an array, whose == is elementwise.
+    return fallback_to_dict(fallback)

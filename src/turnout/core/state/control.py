@@ -1,0 +1,138 @@
+"""The control-state seam: what every process serving a model must agree on, behind one protocol.
+
+:class:`ControlState` holds, per model, one :class:`ModelState`:
+
+- the catalogue of deployed versions (:class:`VersionEntry`: artifact digest,
+  metadata, deploy options);
+- the active version;
+- the routing config (a blue-green pair is its params, a canary's step too)
+  and the fallback;
+- the rollout: when the canary step in force began, and the rollout history;
+
+and, beside it, each version's outcome aggregates
+(:class:`~turnout.core.routing.outcomes.OutcomeTotals`), which the A/B
+comparison reads and from which a bandit's Beta posterior follows.
+
+A model's state is written whole, by compare-and-set on its revision: a
+writer whose revision is stale gets :class:`~turnout.core.errors.StateConflictError`
+and nothing is overwritten. Every write is announced to the subscribers as
+"model M is now at revision R"; they re-read. Outcome aggregates are
+counters: additions commute, so they are added atomically and bump no
+revision.
+
+What stays in each process, and is never shared: batchers, breakers, latency
+histograms, shadow sample buffers, health-monitor timers, and the map of
+request ids to the version that served them (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from turnout.core.errors import InvalidConfigError
+from turnout.core.resilience.fallback import Fallback
+from turnout.core.routing.canary_controller import RolloutEvent
+from turnout.core.routing.config import RoutingConfig
+from turnout.core.routing.outcomes import OutcomeTotals
+from turnout.core.routing.router import ACTIVE
+
+__all__ = ["HISTORY_LIMIT", "ChangeListener", "ControlState", "ModelState", "VersionEntry"]
+
+# Rollout events a model keeps: enough for every step of several rollouts.
+HISTORY_LIMIT = 200
+
+# listener(model_id, revision): the model's state is now at that revision; re-read it.
+ChangeListener = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    """One deployed version in the catalogue: what a process needs to know to serve it."""
+
+    version: str
+    digest: str  # sha256 of the ONNX bytes; "" for a Python model (mock mode)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)  # as deploy_model takes them
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model's shared control state at one revision (0: never written)."""
+
+    model_id: str
+    revision: int = 0
+    versions: Mapping[str, VersionEntry] = field(default_factory=dict)
+    active: str | None = None
+    routing: RoutingConfig = ACTIVE
+    fallback: Fallback | None = None
+    step_started: datetime | None = None  # when the canary step in force began
+    history: tuple[RolloutEvent, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.revision, int) or self.revision < 0:
+            raise InvalidConfigError(f"revision must be an integer >= 0, got {self.revision!r}")
+        for name in (self.active, self.fallback.version if self.fallback else None):
+            if name is not None and name not in self.versions:
+                raise InvalidConfigError(
+                    f"the state of {self.model_id!r} names {name!r}, which is not in its catalogue"
+                )
+
+    @property
+    def exists(self) -> bool:
+        """True if the model has a deployed version; a state without one is a removal."""
+        return bool(self.versions)
+
+    def changed(self, **changes: Any) -> ModelState:
+        """Return a copy with ``changes``, at the same revision (the one a write is based on)."""
+        if "history" in changes:
+            changes["history"] = tuple(changes["history"])[-HISTORY_LIMIT:]
+        return replace(self, **changes)
+
+
+class ControlState(Protocol):
+    """Where the control state of every model lives: read, compare-and-set, and watched.
+
+    :class:`~turnout.core.state.memory.MemoryState` is the built-in one.
+    The contract tests in ``tests/core/state/test_control_contract.py`` say
+    what any implementation must do.
+    """
+
+    async def read(self, model_id: str) -> ModelState:
+        """Return the model's state; revision 0 and no versions if it was never written."""
+        ...
+
+    async def model_ids(self) -> list[str]:
+        """Return every model that has a deployed version, sorted."""
+        ...
+
+    async def write(self, state: ModelState) -> ModelState:
+        """Store ``state`` if the model is still at ``state.revision``; return it at the next.
+
+        Raise StateConflictError if another write moved the model past that
+        revision: nothing is stored. A state with no versions removes the
+        model; its revision still counts on.
+        """
+        ...
+
+    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
+        """Add one outcome to the version's aggregates, atomically; return the new totals."""
+        ...
+
+    async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
+        """Return the model's outcome aggregates per version."""
+        ...
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener(model_id, revision)`` after each write, from the event loop.
+
+        Returns the function that unsubscribes. A listener learns of every
+        write, its own subscriber's included, and re-reads what it needs.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release what the store holds (connections); subscribers hear no more."""
+        ...

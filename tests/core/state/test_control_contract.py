@@ -1,0 +1,254 @@
+"""The control-state contract: what every ControlState does, run against each implementation.
+
+Scenarios as a server lives them (deploy, set active, change routing, step a
+canary, record outcomes), then the two properties sharing rests on:
+compare-and-set on a model's revision, and a change feed that tells every
+subscriber which revision a model is at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from turnout import (
+    ControlState,
+    Fallback,
+    ModelState,
+    OutcomeTotals,
+    RolloutEvent,
+    RoutingConfig,
+    StateConflictError,
+    VersionEntry,
+)
+
+Connect = Callable[[], ControlState]
+
+
+def entry(version: str) -> VersionEntry:
+    return VersionEntry(version, digest=f"sha-{version}", metadata={"by": "test"})
+
+
+def deployed(*versions: str, model_id: str = "m", revision: int = 0) -> ModelState:
+    return ModelState(
+        model_id,
+        revision,
+        versions={v: entry(v) for v in versions},
+        active=versions[0],
+    )
+
+
+async def heard(state: ControlState) -> list[tuple[str, int]]:
+    """Subscribe, and return the list the change feed appends to."""
+    changes: list[tuple[str, int]] = []
+    state.subscribe(lambda model_id, revision: changes.append((model_id, revision)))
+    return changes
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+async def test_a_model_never_written_is_at_revision_zero_with_no_versions(
+    state: ControlState,
+) -> None:
+    unknown = await state.read("nothing")
+    assert (unknown.revision, unknown.exists, unknown.active) == (0, False, None)
+    assert await state.model_ids() == []
+
+
+async def test_a_deploy_adds_the_version_to_the_catalogue(state: ControlState) -> None:
+    written = await state.write(deployed("v1"))
+
+    assert written.revision == 1
+    read = await state.read("m")
+    assert read == written
+    assert read.versions["v1"] == entry("v1")
+    assert read.active == "v1"
+    assert await state.model_ids() == ["m"]
+
+
+async def test_set_active_and_a_fallback_are_stored_whole(state: ControlState) -> None:
+    first = await state.write(deployed("v1", "v2"))
+    second = await state.write(first.changed(active="v2", fallback=Fallback(version="v1")))
+
+    read = await state.read("m")
+    assert (read.revision, read.active, read.fallback) == (2, "v2", Fallback(version="v1"))
+    assert read == second
+
+
+async def test_a_routing_change_is_read_back_as_written(state: ControlState) -> None:
+    first = await state.write(deployed("v1", "v2"))
+    routing = RoutingConfig("weighted", {"weights": {"v1": 0.7, "v2": 0.3}})
+    await state.write(first.changed(routing=routing))
+
+    assert (await state.read("m")).routing == routing
+
+
+async def test_a_canary_step_keeps_its_start_and_its_history(state: ControlState) -> None:
+    first = await state.write(deployed("v1", "v2"))
+    started = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+    event = RolloutEvent(started, "v2", 1, 0.25, "step", "step 0 passed")
+    canary = RoutingConfig("canary", {"baseline": "v1", "candidate": "v2", "step": 1})
+    await state.write(first.changed(routing=canary, step_started=started, history=[event]))
+
+    read = await state.read("m")
+    assert (read.routing, read.step_started, read.history) == (canary, started, (event,))
+
+
+async def test_outcomes_add_up_per_version_without_a_revision(state: ControlState) -> None:
+    written = await state.write(deployed("v1", "v2"))
+    for value in (1.0, 0.0, 1.0):
+        await state.add_outcome("m", "v1", value)
+    totals = await state.add_outcome("m", "v2", 0.5)
+
+    assert totals == OutcomeTotals().add(0.5)
+    outcomes = await state.outcomes("m")
+    assert outcomes["v1"].statistics("v1").count == 3
+    assert outcomes["v1"].statistics("v1").mean == pytest.approx(2 / 3)
+    assert outcomes["v1"].statistics("v1").binary
+    assert not outcomes["v2"].statistics("v2").binary
+    assert (await state.read("m")).revision == written.revision
+
+
+async def test_a_state_without_versions_removes_the_model_and_its_outcomes(
+    state: ControlState,
+) -> None:
+    written = await state.write(deployed("v1"))
+    await state.add_outcome("m", "v1", 1.0)
+    removed = await state.write(ModelState("m", written.revision))
+
+    assert removed.revision == 2  # the revision counts on: a stale writer still conflicts
+    assert await state.model_ids() == []
+    assert await state.outcomes("m") == {}
+    with pytest.raises(StateConflictError):
+        await state.write(deployed("v1", revision=written.revision))
+
+
+# -- compare-and-set -----------------------------------------------------------------------------
+
+
+async def test_a_writer_with_a_stale_revision_gets_a_conflict_and_overwrites_nothing(
+    connect: Connect,
+) -> None:
+    one, two = connect(), connect()
+    base = await one.write(deployed("v1", "v2"))
+    seen_by_two = await two.read("m")
+    await one.write(base.changed(active="v2"))
+
+    with pytest.raises(StateConflictError) as raised:
+        await two.write(seen_by_two.changed(routing=RoutingConfig("shadow", {"primary": "v1"})))
+
+    assert (raised.value.model_id, raised.value.expected, raised.value.actual) == ("m", 1, 2)
+    stored = await one.read("m")
+    assert (stored.revision, stored.active, stored.routing.strategy) == (2, "v2", "active")
+
+
+async def test_two_first_writes_of_one_model_conflict(connect: Connect) -> None:
+    one, two = connect(), connect()
+    await one.write(deployed("v1"))
+    with pytest.raises(StateConflictError):
+        await two.write(deployed("v2"))
+    assert set((await two.read("m")).versions) == {"v1"}
+
+
+async def test_concurrent_writers_on_one_revision_have_exactly_one_winner(
+    connect: Connect,
+) -> None:
+    handles = [connect() for _ in range(5)]
+    base = await handles[0].write(deployed("v1", "v2", "v3"))
+    attempts = [h.write(base.changed(active=f"v{1 + i % 3}")) for i, h in enumerate(handles)]
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+
+    winners = [r for r in results if isinstance(r, ModelState)]
+    assert len(winners) == 1
+    assert all(isinstance(r, StateConflictError) for r in results if r not in winners)
+    assert await handles[1].read("m") == winners[0]
+
+
+# The fixture is a factory: each example opens a store of its own.
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(moves=st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=1, max_size=25))
+def test_writes_succeed_exactly_when_based_on_the_stored_revision(
+    opener: Callable[[], Connect], moves: list[tuple[int, bool]]
+) -> None:
+    """Three writers; each writes from its last view, which it may refresh first."""
+
+    async def play() -> None:
+        connect = opener()
+        handles = [connect() for _ in range(3)]
+        views = [ModelState("m") for _ in handles]
+        stored = ModelState("m")
+        for count, (writer, refresh) in enumerate(moves):
+            if refresh:
+                views[writer] = await handles[writer].read("m")
+            attempt = views[writer].changed(
+                versions={"v": entry("v")},
+                active="v",
+                routing=RoutingConfig("active", {"write": count}),
+            )
+            if attempt.revision == stored.revision:
+                stored = views[writer] = await handles[writer].write(attempt)
+            else:
+                with pytest.raises(StateConflictError):
+                    await handles[writer].write(attempt)
+            assert await handles[(writer + 1) % 3].read("m") == stored
+        for handle in handles:
+            await handle.close()
+
+    asyncio.run(play())
+
+
+# -- the change feed -----------------------------------------------------------------------------
+
+
+async def test_every_subscriber_hears_each_write_with_its_revision(connect: Connect) -> None:
+    writer, listener = connect(), connect()
+    mine, theirs = await heard(writer), await heard(listener)
+
+    first = await writer.write(deployed("v1"))
+    await writer.write(first.changed(active="v1", routing=RoutingConfig("active")))
+    await writer.write(deployed("x1", model_id="other"))
+    await settle()
+
+    assert theirs == [("m", 1), ("m", 2), ("other", 1)]
+    assert mine == theirs  # the writer's own subscription hears its writes too
+
+
+async def test_a_refused_write_is_not_announced(connect: Connect) -> None:
+    writer = connect()
+    changes = await heard(writer)
+    await writer.write(deployed("v1"))
+    with pytest.raises(StateConflictError):
+        await writer.write(deployed("v1"))
+    await settle()
+    assert changes == [("m", 1)]
+
+
+async def test_an_unsubscribed_listener_hears_nothing_more(state: ControlState) -> None:
+    changes: list[tuple[str, int]] = []
+    unsubscribe = state.subscribe(lambda m, r: changes.append((m, r)))
+    first = await state.write(deployed("v1"))
+    await settle()
+    unsubscribe()
+    await state.write(first.changed(active="v1"))
+    await settle()
+    assert changes == [("m", 1)]
+
+
+async def test_a_listener_is_not_called_inside_the_write(state: ControlState) -> None:
+    changes: list[tuple[str, int]] = []
+    state.subscribe(lambda m, r: changes.append((m, r)))
+    await state.write(deployed("v1"))
+    assert changes == []  # delivered on a later turn of the loop, as a real feed is
+    await settle()
+    assert changes == [("m", 1)]
