@@ -46,7 +46,7 @@ from turnout.core.deployments.faults import FaultInjectingRuntime, inject_faults
 from turnout.core.deployments.registry import Deployment
 from turnout.core.resilience.health import HealthReport
 from turnout.core.service import monitor
-from turnout.core.service.server import FIXED_VALUE
+from turnout.core.service.requests import FIXED_VALUE
 
 OPEN_MESSAGE = "Circuit breaker is open for model bc:v1"
 # A breaker that trips on the third failed execution in a row.

@@ -433,7 +433,7 @@ async def test_a_bad_policy_at_deploy_leaves_nothing_half_deployed(
         runtimes.append(FaultInjectingRuntime(runtime))  # to see that it gets closed
         return loaded, runtimes[-1]
 
-    monkeypatch.setattr("turnout.core.service.server.load_runtime", spy)
+    monkeypatch.setattr("turnout.core.service.version_lifecycle.load_runtime", spy)
     events = Deployed()
     async with ModelServer(plugins=[events], entry_points=False) as server:
         with pytest.raises(InvalidConfigError, match=message):

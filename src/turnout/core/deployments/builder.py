@@ -8,7 +8,7 @@ that fails anywhere on this path leaves nothing half-deployed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -22,7 +22,7 @@ from turnout.core.execution.convert import LoadedModel, load_model
 from turnout.core.execution.metrics import VersionMetrics
 from turnout.core.execution.model_uris import as_source, resolve
 from turnout.core.execution.onnx_model import wrap_onnx_model
-from turnout.core.execution.outputs import OutputDecoder, OutputMode
+from turnout.core.execution.outputs import OutputDecoder, OutputMode, parse_output_mode
 from turnout.core.execution.runtime import ModelRuntime, OnnxRuntime, PythonRuntime
 from turnout.core.execution.schema import InputSchema
 from turnout.core.resilience.breaker import (
@@ -34,6 +34,7 @@ from turnout.core.resilience.breaker import (
 )
 
 __all__ = [
+    "DeploymentDefaults",
     "DeploymentOptions",
     "build_deployment",
     "check_batching",
@@ -56,6 +57,56 @@ class DeploymentOptions:
     features: Sequence[str] | None = None
     allow_nan: bool = False
     health_check_fn: HealthCheckFn | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentDefaults:
+    """A server's defaults for the options a ``deploy_model`` call leaves out, validated."""
+
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    error_threshold: float = 0.5
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    runtime_threads: int = 1
+    mock_mode: bool = False
+
+    def __post_init__(self) -> None:
+        check_batching(self.batching)
+        check_breaker(self.breaker)
+        object.__setattr__(self, "error_threshold", check_threshold(self.error_threshold))
+        threads = self.runtime_threads
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
+            raise InvalidConfigError(
+                f"runtime_threads must be an integer from 1 to 64, got {threads!r}"
+            )
+        object.__setattr__(self, "mock_mode", bool(self.mock_mode))
+
+    def options(
+        self,
+        *,
+        output: OutputMode | str | None,
+        batching: BatchingConfig | None,
+        error_threshold: float | None,
+        metadata: Mapping[str, Any] | None,
+        breaker: BreakerConfig | None,
+        features: Sequence[str] | None,
+        allow_nan: bool,
+        health_check_fn: HealthCheckFn | None,
+    ) -> DeploymentOptions:
+        """Return one call's options, each validated, these defaults filling the gaps."""
+        if health_check_fn is not None and not callable(health_check_fn):
+            raise InvalidConfigError("health_check_fn must be callable as fn(model, version)")
+        return DeploymentOptions(
+            output=parse_output_mode(output),
+            batching=check_batching(batching or self.batching),
+            error_threshold=check_threshold(
+                self.error_threshold if error_threshold is None else error_threshold
+            ),
+            metadata=check_metadata(metadata),
+            breaker=check_breaker(breaker or self.breaker),
+            features=features,
+            allow_nan=bool(allow_nan),
+            health_check_fn=health_check_fn,
+        )
 
 
 def load_runtime(

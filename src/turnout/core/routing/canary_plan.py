@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.core.errors import InvalidRoutingError
-from turnout.core.routing.config import RoutingContext, check_versions
+from turnout.core.routing.config import RoutingConfig, RoutingContext, check_versions
 
-__all__ = ["CANARY", "DEFAULT_STEPS", "CanaryPlan"]
+__all__ = ["CANARY", "DEFAULT_STEPS", "CanaryPlan", "same_rollout"]
 
 # The routing strategy whose params are a CanaryPlan.
 CANARY = "canary"
@@ -102,6 +102,15 @@ class CanaryPlan:
             "max_error_rate": self.max_error_rate,
             "max_latency_ratio": self.max_latency_ratio,
         }
+
+
+def same_rollout(old: RoutingConfig, new: RoutingConfig) -> bool:
+    """True if ``new`` is a step of the canary rollout ``old`` (same baseline and candidate)."""
+    return (
+        old.strategy == new.strategy == CANARY
+        and old.params.get("baseline") == new.params.get("baseline")
+        and old.params.get("candidate") == new.params.get("candidate")
+    )
 
 
 def _number(value: object) -> bool:

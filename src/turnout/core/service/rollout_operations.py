@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,33 @@ class RolloutOperations:
         self._server = server
 
     # -- canary rollouts -----------------------------------------------------------------
+
+    async def start_canary(
+        self,
+        model_id: str,
+        candidate: str,
+        *,
+        baseline: str | None,
+        steps: Sequence[float],
+        min_requests: int,
+        min_seconds: float,
+        max_error_rate: float,
+        max_latency_ratio: float,
+    ) -> None:
+        """Route the model by a canary plan from its first step (see ModelServer.start_canary)."""
+        if baseline is None:
+            baseline = self._registry.get(model_id).version
+        params = {
+            "baseline": baseline,
+            "candidate": candidate,
+            "steps": list(steps),
+            "step": 0,
+            "min_requests": min_requests,
+            "min_seconds": min_seconds,
+            "max_error_rate": max_error_rate,
+            "max_latency_ratio": max_latency_ratio,
+        }
+        await self._server.set_routing(model_id, RoutingConfig(CANARY, params))
 
     async def abort_canary(self, model_id: str) -> None:
         """Stop a canary rollout and send all traffic back to its baseline."""

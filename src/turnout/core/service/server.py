@@ -9,51 +9,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from functools import partial
 from typing import Any
 
-import anyio
 import numpy as np
 
 from turnout.core.clock import Clock, MonotonicClock
-from turnout.core.deployments.builder import (
-    DeploymentOptions,
-    build_deployment,
-    check_batching,
-    check_breaker,
-    check_metadata,
-    check_threshold,
-    load_runtime,
-)
+from turnout.core.deployments.builder import DeploymentDefaults
 from turnout.core.deployments.registry import Deployment, HealthCheckFn, ModelRegistry
 from turnout.core.errors import (
-    CircuitOpenError,
     InvalidConfigError,
     InvalidInputError,
-    InvalidNameError,
     InvalidRoutingError,
-    OverloadedError,
     ServerClosedError,
     StoreError,
-    TurnoutError,
-    VersionExistsError,
 )
-from turnout.core.execution.batching import BatchingConfig, BatchReport, BatchSlice
-from turnout.core.execution.outputs import BatchOutput, OutputMode, parse_output_mode
+from turnout.core.execution.batching import BatchingConfig
+from turnout.core.execution.outputs import OutputMode
 from turnout.core.names import check_name
-from turnout.core.resilience.breaker import BreakerConfig, BreakerSnapshot, BreakerState
+from turnout.core.resilience.breaker import BreakerConfig, BreakerSnapshot
 from turnout.core.resilience.fallback import Fallback
 from turnout.core.resilience.health import HealthReport
 from turnout.core.routing.canary_controller import RolloutController, RolloutEvent
-from turnout.core.routing.canary_plan import CANARY, DEFAULT_STEPS
+from turnout.core.routing.canary_plan import CANARY, DEFAULT_STEPS, same_rollout
 from turnout.core.routing.config import RoutingConfig, RoutingContext
 from turnout.core.routing.outcomes import ABComparison, compare
 from turnout.core.routing.router import ACTIVE, ModelTraffic, Router
 from turnout.core.routing.shadow_stats import ShadowStatistics
+from turnout.core.service.batch_events import BatchEvents
 from turnout.core.service.control_sync import ControlSync
 from turnout.core.service.mirroring import Mirror
 from turnout.core.service.monitor import HealthMonitor, MonitorSettings
@@ -65,15 +52,20 @@ from turnout.core.service.plugins import (
     collect_strategies,
     make_plugin_manager,
 )
+from turnout.core.service.records import model_record
+from turnout.core.service.requests import (
+    FIXED_VALUE,
+    InferenceResult,
+    RequestPath,
+    positive_number,
+)
 from turnout.core.service.restore import Restorer
 from turnout.core.service.rollout_operations import RolloutOperations
+from turnout.core.service.version_lifecycle import VersionLifecycle, release
 from turnout.core.state.control import ControlState
 from turnout.core.state.memory import MemoryState
 from turnout.core.state.repository import (
-    ModelRecord,
     ModelStore,
-    check_storable,
-    fallback_to_dict,
 )
 from turnout.core.state.write_queue import StoreWriter
 
@@ -81,31 +73,8 @@ __all__ = ["FIXED_VALUE", "InferenceResult", "ModelServer", "SmokeTest"]
 
 logger = logging.getLogger("turnout")
 
-# What outcome feedback records as the server of a fixed fallback value.
-FIXED_VALUE = "fallback-value"
-
 # smoke_test(server, model_id, green) for blue_green_switch: true if green may go live.
 SmokeTest = Callable[["ModelServer", str, str], Awaitable[bool] | bool]
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    """The full answer to one request: what served it, and every output it produced.
-
-    ``request_id`` identifies the request to :meth:`ModelServer.record_outcome`.
-    ``fallback`` is True when the routed version's breaker was open and the
-    model's fallback answered: ``version`` then names the fallback version,
-    or, for a fixed fallback value, the version that could not serve.
-    """
-
-    model_id: str
-    version: str
-    outputs: np.ndarray[Any, Any]
-    labels: np.ndarray[Any, Any] | None
-    probabilities: np.ndarray[Any, Any] | None
-    latency_ms: float
-    request_id: str
-    fallback: bool = False
 
 
 class ModelServer:
@@ -149,24 +118,23 @@ class ModelServer:
             raise InvalidConfigError(
                 "a repository stores ONNX models; mock_mode serves Python ones"
             )
-        self._batching = check_batching(batching or BatchingConfig())
-        self._breaker = check_breaker(breaker or BreakerConfig())
-        self._error_threshold = check_threshold(error_threshold)
-        if not isinstance(runtime_threads, int) or not 1 <= runtime_threads <= 64:
-            raise InvalidConfigError(
-                f"runtime_threads must be an integer from 1 to 64, got {runtime_threads!r}"
-            )
-        self._runtime_threads = runtime_threads
-        self.mock_mode = bool(mock_mode)
+        defaults = DeploymentDefaults(
+            batching=batching or BatchingConfig(),
+            error_threshold=error_threshold,
+            breaker=breaker or BreakerConfig(),
+            runtime_threads=runtime_threads,
+            mock_mode=mock_mode,
+        )
+        self.mock_mode = defaults.mock_mode
         self._clock = clock or MonotonicClock()
         self.plugin_manager = make_plugin_manager(plugins, entry_points=entry_points)
         self._events = EventEmitter(self.plugin_manager)
         self._router = Router(collect_strategies(self.plugin_manager), random.Random(seed).random)
-        self._policies = collect_breaker_policies(self.plugin_manager)
-        if self._breaker.policy not in self._policies:
-            known = ", ".join(sorted(self._policies))
+        policies = collect_breaker_policies(self.plugin_manager)
+        if defaults.breaker.policy not in policies:
+            known = ", ".join(sorted(policies))
             raise InvalidConfigError(
-                f"unknown breaker policy {self._breaker.policy!r}; known: {known}"
+                f"unknown breaker policy {defaults.breaker.policy!r}; known: {known}"
             )
         self._rollouts = RolloutController(self._clock)
         self._registry = ModelRegistry()
@@ -181,7 +149,8 @@ class ModelServer:
         self._closed = False
         self._store = (
             StoreWriter(
-                ModelStore(repository, read_only=bool(repository_read_only)), self._model_record
+                ModelStore(repository, read_only=bool(repository_read_only)),
+                partial(model_record, self._registry, self._router, self._fallbacks),
             )
             if repository is not None
             else None
@@ -197,9 +166,19 @@ class ModelServer:
         )
         self._rollout_ops = RolloutOperations(parts, self)
         self._restorer = Restorer(parts, self)
-        self._mirror = Mirror(parts)
+        self._requests = RequestPath(parts, Mirror(parts))
         self._owns_state = state is None
         self._sync = ControlSync(parts, self, MemoryState() if state is None else state)
+        self._versions = VersionLifecycle(
+            parts,
+            self,
+            defaults=defaults,
+            policies=policies,
+            callbacks=BatchEvents(parts, self._rollout_ops),
+            rollouts=self._rollout_ops,
+            health=self._health,
+            sync=self._sync,
+        )
 
     async def restore(self) -> None:
         """Redeploy every stored version, then its model's active version, routing, fallback.
@@ -255,87 +234,22 @@ class ModelServer:
         runs code from the registry). ``set_active=None`` activates it only
         if the model has no active version yet.
         """
-        check_name("model_id", model_id)
-        check_name("version", version)
-        self._check_open()
-        self._check_absent(model_id, version, replace)
-        if health_check_fn is not None and not callable(health_check_fn):
-            raise InvalidConfigError("health_check_fn must be callable as fn(model, version)")
-        options = DeploymentOptions(
-            output=parse_output_mode(output),
-            batching=check_batching(batching or self._batching),
-            error_threshold=check_threshold(
-                self._error_threshold if error_threshold is None else error_threshold
-            ),
-            metadata=check_metadata(metadata),
-            breaker=check_breaker(breaker or self._breaker),
-            features=features,
-            allow_nan=bool(allow_nan),
-            health_check_fn=health_check_fn,
-        )
-        if self._store is not None:
-            check_storable(options.metadata, options.breaker, version)
-        name = f"{model_id}:{version}"
-        loaded, runtime = await anyio.to_thread.run_sync(
-            lambda: load_runtime(
-                model_instance,
-                features,
-                name=name,
-                mock_mode=self.mock_mode,
-                threads=self._runtime_threads,
-                allow_pickle=bool(allow_pickle),
-            )
-        )
-        deployment = build_deployment(
+        return await self._versions.deploy(
             model_id,
             version,
-            loaded,
-            runtime,
-            options,
-            clock=self._clock,
-            policies=self._policies,
-            on_batch=self._batch_done,
-            on_overrun=self._overrun,
-            on_breaker_change=self._breaker_changed,
+            model_instance,
+            set_active=set_active,
+            metadata=metadata,
+            features=features,
+            output=output,
+            batching=batching,
+            allow_nan=allow_nan,
+            replace=replace,
+            error_threshold=error_threshold,
+            breaker=breaker,
+            health_check_fn=health_check_fn,
+            allow_pickle=allow_pickle,
         )
-        try:
-            # Checked again: the server may have closed, or another deploy of
-            # this version landed, while the model was converting.
-            self._check_open()
-            self._check_absent(model_id, version, replace)
-            old = self._registry.add(deployment, replace=replace)
-        except TurnoutError:
-            await _release(deployment)
-            raise
-        if self._store is not None:
-            self._store.save_version(deployment)
-        self._sync.changed(model_id, choice=False)
-        activate = set_active if set_active is not None else model_id not in self._registry.active
-        if activate:
-            self._set_active(model_id, version)
-        else:
-            self._refresh_routing(model_id)
-        plan = self._rollout_ops.canary_plan(model_id) if old is not None else None
-        if plan is not None and version in (plan.baseline, plan.candidate):
-            # The new deployment's counters start at zero: judged against the step's
-            # marks on the old one, the step would count negative requests.
-            reason = f"{version} was replaced; step {plan.step} starts over"
-            self._rollout_ops.begin_canary_step(model_id, started=False, reason=reason)
-        logger.info("deployed %s (%s)%s", name, loaded.source, " [active]" if activate else "")
-        self._events.emit("model_deployed", deployment=deployment)
-        if old is not None:
-            # A new model under an old name: what the monitor knew of it is stale.
-            self._health.forget(model_id, version)
-            await _release(old)
-        await self._flush_changes()
-        return deployment
-
-    def _check_absent(self, model_id: str, version: str, replace: bool) -> None:
-        if not replace and self._registry.contains(model_id, version):
-            raise VersionExistsError(
-                f"Version '{version}' of model '{model_id}' is already deployed;"
-                " pass replace=True to replace it"
-            )
 
     async def set_active_version(self, model_id: str, version: str) -> None:
         """Send all of the model's traffic to ``version``, ending any test or rollout."""
@@ -364,41 +278,7 @@ class ModelServer:
         traffic to (other than plain active routing) cannot be retired: change
         the routing first.
         """
-        check_name("model_id", model_id)
-        check_name("version", version)
-        self._registry.get(model_id, version)
-        config = self._router.config(model_id)
-        if config.strategy != ACTIVE.strategy:
-            strategy = self._router.traffic(model_id).strategy
-            if version in strategy.versions():
-                raise InvalidRoutingError(
-                    f"version '{version}' of model '{model_id}' receives traffic under"
-                    f" {config.strategy!r} routing; change the routing before retiring it"
-                )
-        fallback = self._fallbacks.get(model_id)
-        if fallback is not None and fallback.version == version:
-            raise InvalidConfigError(
-                f"version '{version}' is the fallback of model '{model_id}';"
-                " set another fallback (or none) before retiring it"
-            )
-        was_active = self._registry.active.get(model_id) == version
-        deployment = self._registry.remove(model_id, version)
-        self._health.forget(model_id, version)
-        if self._registry.contains_model(model_id):
-            self._refresh_routing(model_id, keep_unaffected=False)
-        else:
-            # The model is gone: so are its routing and its fallback.
-            self._router.drop(model_id)
-            self._fallbacks.pop(model_id, None)
-        if self._store is not None:
-            self._store.delete_version(model_id, version)
-        self._sync.retired(model_id, version, choice=was_active)
-        logger.info("retired %s:%s", model_id, version)
-        if was_active:
-            self._events.emit("active_version_changed", model_id=model_id, old=version, new=None)
-        await _release(deployment)
-        self._events.emit("model_retired", model_id=model_id, version=version)
-        await self._flush_changes()
+        await self._versions.retire(model_id, version)
 
     @property
     def active_models(self) -> Mapping[str, str]:
@@ -418,7 +298,7 @@ class ModelServer:
         self._registry.versions(check_name("model_id", model_id))
         self._router.build(config, self._context(model_id))  # validate before ending anything
         old = self._router.config(model_id)
-        if old.strategy == CANARY and not _same_rollout(old, config):
+        if old.strategy == CANARY and not same_rollout(old, config):
             # Also when a canary of other versions replaces it: that one starts afresh.
             self._rollout_ops.end_rollout(model_id, "replaced by new routing")
         self._apply_routing(model_id, config)
@@ -448,7 +328,7 @@ class ModelServer:
         self._persist(model_id)
         if config.strategy == CANARY:
             self._rollout_ops.begin_canary_step(
-                model_id, started=not _same_rollout(old, config), reason=reason
+                model_id, started=not same_rollout(old, config), reason=reason
             )
         if old != config:
             logger.info("routing of %s is now %s", model_id, config.to_dict())
@@ -488,11 +368,9 @@ class ModelServer:
         sticky routing; ``timeout`` is in seconds; ``attributes`` are for
         strategies that route by them.
         """
-        _, piece, _ = await self._submit(model_id, inputs, version, key, timeout, attributes)
-        primary = piece.result.primary
-        if piece.start == 0 and piece.stop == len(primary):
-            return primary
-        return primary[piece.start : piece.stop]
+        if self._closed:
+            raise ServerClosedError("the server is closed")
+        return await self._requests.predict(model_id, inputs, version, key, timeout, attributes)
 
     async def infer(
         self,
@@ -506,121 +384,14 @@ class ModelServer:
     ) -> InferenceResult:
         """Like :meth:`predict`, but return the version that served, labels, probabilities
         and a ``request_id`` for :meth:`record_outcome`."""
-        started = self._clock.now()
-        # Taken before the request runs: the model may be retired meanwhile,
-        # and an answered request must still get its result.
-        traffic = self._router.traffic(model_id) if isinstance(model_id, str) else None
-        deployment, piece, fallback = await self._submit(
-            model_id, inputs, version, key, timeout, attributes
-        )
-        assert traffic is not None
-        out, rows = piece.result, slice(piece.start, piece.stop)
-        return InferenceResult(
-            model_id=model_id,
-            version=deployment.version,
-            outputs=out.primary[rows],
-            labels=None if out.labels is None else out.labels[rows],
-            probabilities=None if out.scores is None or out.labels is None else out.scores[rows],
-            latency_ms=(self._clock.now() - started) * 1e3,
-            # A fixed fallback value is no version's answer: its outcome counts for none.
-            request_id=traffic.outcomes.new_request(
-                deployment.version if fallback is not Fallback.VALUE else FIXED_VALUE
-            ),
-            fallback=fallback is not None,
-        )
-
-    async def _submit(
-        self,
-        model_id: str,
-        inputs: object,
-        version: str | None,
-        key: str | None,
-        timeout: float | None,
-        attributes: Mapping[str, Any] | None,
-    ) -> tuple[Deployment, BatchSlice[BatchOutput], str | None]:
-        """Route, validate, admit and queue one request; return who served, the slice,
-        and which kind of fallback served (None, Fallback.VERSION or Fallback.VALUE)."""
-        started = self._clock.now()
         if self._closed:
             raise ServerClosedError("the server is closed")
-        if not isinstance(model_id, str) or not (version is None or isinstance(version, str)):
-            # Cheaper than check_name per request; a str that is no valid name
-            # simply finds no model below.
-            raise InvalidNameError("model_id and version must be strings")
-        if key is not None and not isinstance(key, str):
-            raise InvalidInputError(f"key must be a string, got {type(key).__name__}")
-        if attributes is not None and not isinstance(attributes, Mapping):
-            raise InvalidInputError("attributes must be a dict")
-        if timeout is not None:
-            timeout = _check_timeout(timeout)
-        if version is None:
-            route = self._router.route(model_id, key, attributes or {})
-            deployment = self._registry.get(model_id, route.primary)
-        else:
-            route = None
-            deployment = self._registry.get(model_id, version)
-        rows = deployment.schema.encode(inputs)
-        used_fallback: str | None = None
-        try:
-            permit = deployment.breaker.admit()
-        except CircuitOpenError:
-            fallback = self._fallbacks.get(model_id)
-            # A request pinned to a version asked for that version's answer only.
-            if fallback is None or version is not None or fallback.version == deployment.version:
-                raise
-            if fallback.version is None:
-                return deployment, fallback.constant(len(rows)), Fallback.VALUE
-            used_fallback = Fallback.VERSION
-            # The fallback version's own breaker decides whether it may serve.
-            deployment = self._registry.get(model_id, fallback.version)
-            rows = deployment.schema.encode(inputs)
-            permit = deployment.breaker.admit()
-            route = None
-        if timeout is None and deployment.batcher.config.timeout_ms is not None:
-            timeout = deployment.batcher.config.timeout_ms / 1e3
-        deadline = None if timeout is None else started + timeout
-        try:
-            if route is not None and route.mirrors:
-                primary = deployment.batcher.enqueue(rows, deadline=deadline, started=started)
-                loop = asyncio.get_running_loop()
-                for mirror in route.mirrors:
-                    # Queued after the primary, from the next loop turn: never before it.
-                    loop.call_soon(self._mirror.send, model_id, deployment, mirror, inputs, primary)
-                piece = await primary
-            else:
-                piece = await deployment.batcher.submit(rows, deadline=deadline, started=started)
-        except OverloadedError:
-            deployment.metrics.record_shed()
-            raise
-        finally:
-            deployment.breaker.release(permit)
-        return deployment, piece, used_fallback
+        return await self._requests.infer(model_id, inputs, version, key, timeout, attributes)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    def _batch_done(self, deployment: Deployment, report: BatchReport) -> None:
-        deployment.metrics.record_batch(
-            rows=report.rows,
-            latencies=report.latencies,
-            requests=report.requests,
-            errors=report.failed_requests,
-            duration=report.duration,
-            failed_latency=report.failed_latency,
-        )
-        if not report.overran:  # an overrun was counted when its deadline passed
-            deployment.breaker.record(report.error is not None, report.duration)
-        if self._events.has_listeners("batch_completed"):
-            self._events.emit(
-                "batch_completed",
-                model_id=deployment.model_id,
-                version=deployment.version,
-                report=report,
-            )
-        if self._router.config(deployment.model_id).strategy == CANARY:
-            self._rollout_ops.judge_canary(deployment.model_id)
 
     # -- rollouts -----------------------------------------------------------------------
 
@@ -643,19 +414,16 @@ class ModelServer:
         on its error rate and p99 latency against the baseline (the active
         version unless named). Failing a judgement rolls back at once.
         """
-        if baseline is None:
-            baseline = self._registry.get(model_id).version
-        params = {
-            "baseline": baseline,
-            "candidate": candidate,
-            "steps": list(steps),
-            "step": 0,
-            "min_requests": min_requests,
-            "min_seconds": min_seconds,
-            "max_error_rate": max_error_rate,
-            "max_latency_ratio": max_latency_ratio,
-        }
-        await self.set_routing(model_id, RoutingConfig(CANARY, params))
+        await self._rollout_ops.start_canary(
+            model_id,
+            candidate,
+            baseline=baseline,
+            steps=steps,
+            min_requests=min_requests,
+            min_seconds=min_seconds,
+            max_error_rate=max_error_rate,
+            max_latency_ratio=max_latency_ratio,
+        )
 
     async def abort_canary(self, model_id: str) -> None:
         """Stop a canary rollout and send all traffic back to its baseline."""
@@ -771,7 +539,7 @@ class ModelServer:
         last version that was healthy while active; with none to go back to,
         it says so in the log and keeps serving.
         """
-        if not _positive_number(interval):
+        if not positive_number(interval):
             raise InvalidConfigError(f"interval must be a positive number of seconds: {interval!r}")
         self._check_open()
         if self._health.settings is not None:
@@ -822,38 +590,6 @@ class ModelServer:
         self._persist(model_id)
         await self._flush_changes()
 
-    def _overrun(self, deployment: Deployment) -> None:
-        # Counted when the deadline passes, not when (if ever) the batch ends:
-        # a model that hangs must trip its breaker all the same.
-        # The second argument is the execution's duration, as policies (slow_calls,
-        # plugins) read it: how long the batch has run so far, not the clock's
-        # reading (which was passed here before). The oldest batch in flight is
-        # the overrunning one whenever a version runs one batch at a time.
-        elapsed = deployment.batcher.statistics().oldest_batch_seconds
-        deployment.breaker.record(True, elapsed)
-
-    def _breaker_changed(
-        self, deployment: Deployment, old: BreakerState, new: BreakerState, reason: str
-    ) -> None:
-        log = logger.warning if new is BreakerState.OPEN else logger.info
-        log(
-            "circuit breaker of %s:%s is %s: %s",
-            deployment.model_id,
-            deployment.version,
-            new.value,
-            reason,
-        )
-        self._events.emit(
-            "breaker_state_changed",
-            model_id=deployment.model_id,
-            version=deployment.version,
-            old=old,
-            new=new,
-            reason=reason,
-        )
-        if new is BreakerState.OPEN and self._router.config(deployment.model_id).strategy == CANARY:
-            self._rollout_ops.judge_canary(deployment.model_id)
-
     # -- lifecycle ---------------------------------------------------------------------
 
     async def close(self, timeout: float | None = None) -> None:
@@ -866,7 +602,7 @@ class ModelServer:
             return
         self._closed = True
         self._health.stop()
-        await asyncio.gather(*(_release(d, timeout) for d in self._registry))
+        await asyncio.gather(*(release(d, timeout) for d in self._registry))
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self._sync.close()
@@ -882,26 +618,6 @@ class ModelServer:
         self._sync.changed(model_id)
         if self._store is not None:
             self._store.model_changed(model_id)
-
-    def _model_record(self, model_id: str) -> ModelRecord | None:
-        """Return the model's live state as a record (None once it has no versions)."""
-        if not self._registry.contains_model(model_id):
-            return None
-        active = self._registry.active.get(model_id)
-        routing = self._router.config(model_id).to_dict()
-        fallback = self._fallbacks.get(model_id)
-        versions = set(self._registry.versions(model_id))
-        # Any deployed version the routing params mention (a plugin's strategy may keep
-        # them anywhere) must be stored before this state is, as must active and fallback.
-        named = _strings(routing["params"]) & versions
-        named |= {v for v in (active, fallback.version if fallback else None) if v is not None}
-        return ModelRecord(
-            model_id=model_id,
-            active=active,
-            routing=routing,
-            fallback=fallback_to_dict(fallback),
-            named=frozenset(named),
-        )
 
     async def _flush_changes(self) -> None:
         """Wait for the queued writes; raise StateConflictError or StoreError if one failed."""
@@ -931,47 +647,3 @@ class ModelServer:
     def _check_open(self) -> None:
         if self._closed:
             raise ServerClosedError("the server is closed")
-
-
-def _strings(data: object) -> set[str]:
-    """Every string in plain data (dicts, lists), keys included."""
-    if isinstance(data, str):
-        return {data}
-    items: list[object] = []
-    if isinstance(data, Mapping):
-        items = [*data.keys(), *data.values()]
-    elif isinstance(data, list | tuple):
-        items = list(data)
-    found: set[str] = set()
-    for item in items:
-        found |= _strings(item)
-    return found
-
-
-def _same_rollout(old: RoutingConfig, new: RoutingConfig) -> bool:
-    """True if ``new`` is a step of the canary rollout ``old`` (same baseline and candidate)."""
-    return (
-        old.strategy == new.strategy == CANARY
-        and old.params.get("baseline") == new.params.get("baseline")
-        and old.params.get("candidate") == new.params.get("candidate")
-    )
-
-
-async def _release(deployment: Deployment, timeout: float | None = None) -> None:
-    await deployment.batcher.close(timeout)
-    deployment.runtime.close()
-
-
-def _positive_number(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value) and value > 0
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def _check_timeout(timeout: object) -> float:
-    if not _positive_number(timeout):
-        raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)  # type: ignore[arg-type]
