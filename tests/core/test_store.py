@@ -27,7 +27,8 @@ from turnout import (
     TurnoutError,
 )
 from turnout.core.execution.convert import load_model
-from turnout.core.state.repository import ModelStore, atomic_write
+from turnout.core.state.repository import ModelStore
+from turnout.core.state.repository_files import atomic_write
 
 MODEL = "games"
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from turnout.core.state import repository as store_module
-from turnout.core.state.repository import ModelRecord, ModelStore, VersionRecord
+from turnout.core.state.repository import ModelStore
+from turnout.core.state.repository_records import ModelRecord, VersionRecord
 
 MODEL = "games"
 
@@ -62,7 +63,7 @@ class CrashAt:
             raise Crash
 
 
-original_write_new = store_module._write_new
+original_write_new = store_module.write_new
 
 
 def crash_at(monkeypatch: pytest.MonkeyPatch, n: int | None) -> CrashAt:
@@ -70,7 +71,7 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, n: int | None) -> CrashAt:
     for name in ("rename", "replace", "mkdir", "fsync", "unlink", "rmdir"):
         monkeypatch.setattr(os, name, crash.wrap(getattr(os, name)))
     monkeypatch.setattr(shutil, "rmtree", crash.wrap(shutil.rmtree))
-    monkeypatch.setattr(store_module, "_write_new", crash.torn_write)
+    monkeypatch.setattr(store_module, "write_new", crash.torn_write)
     return crash
 
 

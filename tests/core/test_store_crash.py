@@ -39,7 +39,7 @@ import pytest
 
 import turnout
 from turnout import Fallback, ModelServer, RoutingConfig, TurnoutError, hookimpl
-from turnout.core.state.repository import fallback_to_dict
+from turnout.core.state.repository_records import fallback_to_dict
 
 # Another seed explores other schedules: TURNOUT_CRASH_SEED=7 pytest tests/core/test_store_crash.py
 SEED = int(os.environ.get("TURNOUT_CRASH_SEED", "20250605"))

@@ -21,7 +21,7 @@ import turnout
 from turnout import ModelServer, StoreError
 from turnout.commands.status import collect_status
 from turnout.core.execution.convert import load_model
-from turnout.core.state.repository import check_unlocked
+from turnout.core.state.repository_lock import check_unlocked
 
 
 @pytest.fixture(scope="module")

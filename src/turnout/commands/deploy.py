@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from turnout.admin_client import AdminClient
 from turnout.commands.local_model import ModelFile, read_model_file
 from turnout.core.service.server import ModelServer
-from turnout.core.state.repository import check_unlocked
+from turnout.core.state.repository_lock import check_unlocked
 
 __all__ = ["run_deploy"]
 

@@ -31,7 +31,7 @@ from turnout.core.routing.outcomes import OutcomeTotals
 from turnout.core.service.parts import ServerCalls, ServerParts
 from turnout.core.state.control import ControlState, ModelState, VersionEntry
 from turnout.core.state.pending import PendingWrites
-from turnout.core.state.repository import breaker_to_dict, fallback_to_dict
+from turnout.core.state.repository_records import breaker_to_dict, fallback_to_dict
 
 __all__ = ["ControlSync", "version_entry"]
 

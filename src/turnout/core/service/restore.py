@@ -15,12 +15,8 @@ from turnout.core.errors import StoreError, TurnoutError
 from turnout.core.routing.config import RoutingConfig
 from turnout.core.routing.router import ACTIVE
 from turnout.core.service.parts import ServerCalls, ServerParts
-from turnout.core.state.repository import (
-    ModelRecord,
-    VersionRecord,
-    natural_key,
-    restore_fallback,
-)
+from turnout.core.state.repository import natural_key
+from turnout.core.state.repository_records import ModelRecord, VersionRecord, restore_fallback
 
 __all__ = ["Restorer"]
 

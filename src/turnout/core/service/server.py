@@ -42,6 +42,7 @@ from turnout.core.routing.router import ACTIVE, ModelTraffic, Router
 from turnout.core.routing.shadow_stats import ShadowStatistics
 from turnout.core.service.batch_events import BatchEvents
 from turnout.core.service.control_sync import ControlSync
+from turnout.core.service.live_records import model_record
 from turnout.core.service.mirroring import Mirror
 from turnout.core.service.monitor import HealthMonitor, MonitorSettings
 from turnout.core.service.parts import ServerParts
@@ -52,7 +53,6 @@ from turnout.core.service.plugins import (
     collect_strategies,
     make_plugin_manager,
 )
-from turnout.core.service.records import model_record
 from turnout.core.service.requests import (
     FIXED_VALUE,
     InferenceResult,
@@ -64,9 +64,7 @@ from turnout.core.service.rollout_operations import RolloutOperations
 from turnout.core.service.version_lifecycle import VersionLifecycle, release
 from turnout.core.state.control import ControlState
 from turnout.core.state.memory import MemoryState
-from turnout.core.state.repository import (
-    ModelStore,
-)
+from turnout.core.state.repository import ModelStore
 from turnout.core.state.write_queue import StoreWriter
 
 __all__ = ["FIXED_VALUE", "InferenceResult", "ModelServer", "SmokeTest"]

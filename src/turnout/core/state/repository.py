@@ -37,218 +37,47 @@ import os
 import re
 import secrets
 import shutil
-import stat
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-try:
-    import fcntl
-except ImportError:  # Windows: the repository is not locked
-    fcntl = None  # type: ignore[assignment]
-
-from turnout.core.deployments.registry import Deployment
-from turnout.core.errors import InvalidConfigError, InvalidNameError, StoreError, TurnoutError
-from turnout.core.execution.batching import BatchingConfig
-from turnout.core.execution.onnx_inputs import servable_onnx
+from turnout.core.errors import InvalidConfigError, InvalidNameError, StoreError
 from turnout.core.names import check_name
 from turnout.core.resilience.breaker import BreakerConfig
-from turnout.core.resilience.fallback import Fallback
 from turnout.core.routing.config import RoutingConfig
+from turnout.core.state.repository_files import (
+    NOFOLLOW,
+    TEMP,
+    atomic_write,
+    discard,
+    dump_json,
+    fsync_directory,
+    read_file,
+    read_json,
+    sorted_entries,
+    write_new,
+)
+from turnout.core.state.repository_lock import LOCK_FILE, flock_repository, locking
+from turnout.core.state.repository_records import (
+    ModelRecord,
+    VersionRecord,
+    deployment_json,
+    stored_version,
+)
 
-__all__ = [
-    "ModelRecord",
-    "ModelStore",
-    "VersionRecord",
-    "atomic_write",
-    "check_storable",
-    "check_unlocked",
-    "fallback_from_dict",
-    "fallback_to_dict",
-    "natural_key",
-    "restore_fallback",
-    "version_record",
-]
+__all__ = ["ModelStore", "check_path_name", "check_storable", "natural_key"]
 
 logger = logging.getLogger("turnout")
 
 MODEL_FILE = "model.json"
 ONNX_FILE = "model.onnx"
 DEPLOYMENT_FILE = "deployment.json"
-# Hidden, so never read as a model; it stays when the server stops (removing a
-# lock file another process may be opening would let two servers in).
-LOCK_FILE = ".lock"
 
 # Suffixes of the hidden entries this module leaves while it writes.
 STAGED = "staged"  # a version being written, not yet swapped in
 REPLACED = "replaced"  # the old copy of a version being swapped out
 DELETED = "deleted"  # a model or version on its way out
-TEMP = "tmp"  # atomic_write's temp file
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# A FIFO planted as model.onnx would block a plain open() forever.
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-
-
-@dataclass(frozen=True)
-class VersionRecord:
-    """One stored version: its ONNX bytes and the options it was deployed with.
-
-    ``onnx_bytes`` is what to deploy; ``sha256`` is the checksum of the
-    stored file (they differ only for a model found with one input per
-    feature, which is served through one merged input). A version ``found``
-    without deployment.json has None for the options that the server's
-    defaults fill in.
-    """
-
-    model_id: str
-    version: str
-    onnx_bytes: bytes
-    sha256: str
-    metadata: Mapping[str, Any]
-    features: tuple[str, ...] | None
-    output: str
-    batching: Mapping[str, Any] | None
-    allow_nan: bool
-    error_threshold: float | None
-    breaker: Mapping[str, Any] | None
-    deployed_at: str | None
-    source: str | None
-    found: bool = False
-
-    @classmethod
-    def found_on_disk(cls, model_id: str, version: str, onnx_file: bytes) -> VersionRecord:
-        """Return the record of a model.onnx put in the repository by hand, with defaults.
-
-        Its features are the input names when the model has one input per
-        feature, else none; the output mode is inferred as for any ONNX deploy.
-        """
-        onnx_bytes, features = servable_onnx(onnx_file)
-        return cls(
-            model_id=model_id,
-            version=version,
-            onnx_bytes=onnx_bytes,
-            sha256=hashlib.sha256(onnx_file).hexdigest(),
-            metadata={},
-            features=features,
-            output="auto",
-            batching=None,
-            allow_nan=False,
-            error_threshold=None,
-            breaker=None,
-            deployed_at=None,
-            source=None,
-            found=True,
-        )
-
-    def restore_identity(self, deployment: Deployment) -> None:
-        """Give a redeployed version its original source and deployment time."""
-        if self.source is not None:
-            deployment.loaded = replace(deployment.loaded, source=self.source)
-        if self.deployed_at is not None:
-            with contextlib.suppress(ValueError):
-                deployment.deployed_at = datetime.fromisoformat(self.deployed_at)
-
-    def options(self) -> dict[str, Any]:
-        """Return the ``deploy_model`` keyword arguments that redeploy this version."""
-        return {
-            "metadata": dict(self.metadata),
-            "features": list(self.features) if self.features is not None else None,
-            "output": self.output,
-            "batching": None if self.batching is None else BatchingConfig(**self.batching),
-            "allow_nan": self.allow_nan,
-            "error_threshold": self.error_threshold,
-            "breaker": None if self.breaker is None else BreakerConfig(**self.breaker),
-        }
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """One stored model: active version, routing and fallback (as plain data), versions.
-
-    ``stored`` is False when the model has no model.json (it was put in the
-    repository by hand, or a crash came before its first state was written).
-    ``named`` is every version the state refers to (active, routed to,
-    fallback): model.json is written only once each of them is stored.
-    """
-
-    model_id: str
-    active: str | None
-    routing: Mapping[str, Any]
-    fallback: Mapping[str, Any] | None
-    versions: tuple[VersionRecord, ...] = ()
-    stored: bool = True
-    named: frozenset[str] = frozenset()
-
-
-# -- mapping between live objects and records --------------------------------------------
-
-
-def version_record(deployment: Deployment) -> VersionRecord:
-    """Return the record that stores ``deployment``; raise StoreError if it has no ONNX."""
-    onnx_bytes = deployment.loaded.onnx_bytes
-    if onnx_bytes is None:
-        raise StoreError(f"{deployment.model_id}:{deployment.version} has no ONNX form to store")
-    names = deployment.schema.feature_names
-    return VersionRecord(
-        model_id=deployment.model_id,
-        version=deployment.version,
-        onnx_bytes=onnx_bytes,
-        sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-        metadata=dict(deployment.metadata),
-        features=tuple(names) if names is not None else None,
-        output=deployment.decoder.mode.value,
-        batching=asdict(deployment.batcher.config),
-        allow_nan=deployment.schema.allow_nan,
-        error_threshold=deployment.error_threshold,
-        breaker=breaker_to_dict(deployment.breaker.config),
-        deployed_at=deployment.deployed_at.isoformat(),
-        source=deployment.loaded.source,
-    )
-
-
-def breaker_to_dict(config: BreakerConfig) -> dict[str, Any]:
-    """Return a BreakerConfig as plain data (``asdict`` cannot copy its read-only params)."""
-    data = {f.name: getattr(config, f.name) for f in fields(config)}
-    data["params"] = dict(config.params)
-    return data
-
-
-def fallback_to_dict(fallback: Fallback | None) -> dict[str, Any] | None:
-    """Return a Fallback as plain data, or None."""
-    if fallback is None:
-        return None
-    if fallback.version is not None:
-        return {"version": fallback.version}
-    return {"value": np.asarray(fallback.value, dtype=np.float64).tolist()}
-
-
-def fallback_from_dict(data: Mapping[str, Any] | None) -> Fallback | None:
-    """Build a Fallback from :func:`fallback_to_dict` output."""
-    if data is None:
-        return None
-    return Fallback(version=data.get("version"), value=data.get("value"))
-
-
-def restore_fallback(record: ModelRecord, versions: Mapping[str, object]) -> Fallback | None:
-    """Return the stored fallback if it still fits the model's versions, else log and drop it."""
-    try:
-        fallback = fallback_from_dict(record.fallback)
-    except (TurnoutError, AttributeError, TypeError) as exc:
-        logger.warning("stored fallback of %s is refused (%s); dropped", record.model_id, exc)
-        return None
-    if fallback is not None and fallback.version is not None and fallback.version not in versions:
-        logger.warning(
-            "stored fallback %s of %s is gone; dropped", fallback.version, record.model_id
-        )
-        return None
-    return fallback
 
 
 def check_storable(
@@ -288,85 +117,6 @@ def natural_key(name: str) -> tuple[tuple[tuple[int, int, str], ...], str]:
     return key, name
 
 
-# -- files ----------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old content or the new."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{TEMP}")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a directory's entries (renames, new files) durable; a no-op where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems (and Windows) cannot fsync a directory
-    finally:
-        os.close(fd)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    with open(path, "xb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def read_file(path: Path) -> bytes:
-    """Return a regular file's bytes; refuse a symlink (it could lead anywhere) or a device."""
-    if path.is_symlink():
-        raise StoreError(f"{path.name} is a symlink, which the repository never follows")
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise StoreError(f"{path.name} is not a regular file")
-        return file.read()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    data = json.loads(read_file(path))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name} does not hold a JSON object")
-    return data
-
-
-def _dump(data: Mapping[str, Any]) -> bytes:
-    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False).encode()
-
-
-def _deployment_json(record: VersionRecord, sha256: str) -> bytes:
-    return _dump(
-        {
-            "metadata": dict(record.metadata),
-            "features": list(record.features) if record.features is not None else None,
-            "output": record.output,
-            "batching": dict(record.batching or {}),
-            "allow_nan": record.allow_nan,
-            "error_threshold": record.error_threshold,
-            "breaker": dict(record.breaker or {}),
-            "deployed_at": record.deployed_at,
-            "source": record.source,
-            "sha256": sha256,
-        }
-    )
-
-
 def _hidden(name: str, kind: str) -> str:
     # Time first, so a directory's leftovers of one name sort oldest first.
     return f".{name}.{time.time_ns():016x}{secrets.token_hex(4)}.{kind}"
@@ -382,28 +132,14 @@ def _parse_hidden(entry: str) -> tuple[str, str] | None:
     return parts[0], parts[2]
 
 
-def _discard(path: Path) -> None:
-    if path.is_symlink() or not path.is_dir():
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _complete(directory: Path) -> bool:
     """True if a version directory holds an ONNX file matching its deployment.json."""
     try:
-        data = _read_json(directory / DEPLOYMENT_FILE)
+        data = read_json(directory / DEPLOYMENT_FILE)
         onnx_file = read_file(directory / ONNX_FILE)
     except (OSError, ValueError, StoreError):
         return False
     return data.get("sha256") == hashlib.sha256(onnx_file).hexdigest()
-
-
-def _entries(directory: Path) -> Iterator[os.DirEntry[str]]:
-    with os.scandir(directory) as scan:
-        entries = list(scan)
-    return iter(sorted(entries, key=lambda entry: entry.name))
 
 
 def _valid_name(kind: str, name: str) -> bool:
@@ -448,13 +184,13 @@ class ModelStore:
         a repository on a read-only volume is served unlocked: no one can
         write it anyway.
         """
-        if self.read_only or self._lock_fd is not None or fcntl is None:
+        if self.read_only or self._lock_fd is not None or not locking:
             return
         fd = self._open_lock_file()
         if fd is None:
             return
         try:
-            _flock(self.root, fd)
+            flock_repository(self.root, fd)
         except StoreError:
             os.close(fd)
             raise
@@ -465,7 +201,7 @@ class ModelStore:
 
     def _open_lock_file(self) -> int | None:
         path = self.root / LOCK_FILE
-        flags = _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        flags = NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         try:
             return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
         except OSError as exc:
@@ -509,8 +245,8 @@ class ModelStore:
         staged = model_dir / _hidden(record.version, STAGED)
         staged.mkdir()
         try:
-            _write_new(staged / ONNX_FILE, record.onnx_bytes)
-            _write_new(staged / DEPLOYMENT_FILE, _deployment_json(record, record.sha256))
+            write_new(staged / ONNX_FILE, record.onnx_bytes)
+            write_new(staged / DEPLOYMENT_FILE, deployment_json(record, record.sha256))
             fsync_directory(staged)
             # The staged copy must be durable before the old one leaves its place.
             fsync_directory(model_dir)
@@ -550,7 +286,7 @@ class ModelStore:
         if current != sha256 or os.path.lexists(directory / DEPLOYMENT_FILE):
             logger.warning("%s changed while it was being deployed; not recorded", directory)
             return
-        atomic_write(directory / DEPLOYMENT_FILE, _deployment_json(record, sha256))
+        atomic_write(directory / DEPLOYMENT_FILE, deployment_json(record, sha256))
 
     def save_model(self, record: ModelRecord) -> None:
         """Store a model's active version, routing and fallback."""
@@ -561,7 +297,7 @@ class ModelStore:
             "routing": dict(record.routing),
             "fallback": dict(record.fallback) if record.fallback is not None else None,
         }
-        atomic_write(directory / MODEL_FILE, _dump(data))
+        atomic_write(directory / MODEL_FILE, dump_json(data))
 
     def delete_version(self, model_id: str, version: str) -> None:
         """Remove a stored version (a no-op if it is not stored)."""
@@ -586,10 +322,10 @@ class ModelStore:
 
     @staticmethod
     def _discard_leftovers(model_dir: Path, version: str) -> None:
-        for entry in _entries(model_dir):
+        for entry in sorted_entries(model_dir):
             parsed = _parse_hidden(entry.name)
             if parsed is not None and parsed[0] == version and parsed[1] in (STAGED, REPLACED):
-                _discard(model_dir / entry.name)
+                discard(model_dir / entry.name)
 
     @staticmethod
     def _remove(path: Path) -> None:
@@ -599,7 +335,7 @@ class ModelStore:
         doomed = path.with_name(_hidden(path.name, DELETED))
         os.replace(path, doomed)
         fsync_directory(path.parent)
-        _discard(doomed)
+        discard(doomed)
 
     # -- recovery --
 
@@ -614,7 +350,7 @@ class ModelStore:
         if self.read_only:
             return
         groups: dict[str, dict[str, list[Path]]] = {}
-        for entry in _entries(directory):
+        for entry in sorted_entries(directory):
             parsed = _parse_hidden(entry.name)
             if parsed is None or entry.is_symlink():
                 continue
@@ -640,7 +376,7 @@ class ModelStore:
         for paths in kinds.values():
             for path in paths:
                 if path != keep:
-                    _discard(path)
+                    discard(path)
 
     # -- reads --
 
@@ -663,7 +399,7 @@ class ModelStore:
 
     def _children(self, directory: Path, kind: str) -> Iterable[Path]:
         """The valid-named subdirectories of ``directory``; symlinks are logged and skipped."""
-        for entry in _entries(directory):
+        for entry in sorted_entries(directory):
             if not _valid_name(kind, entry.name):
                 continue
             if entry.is_symlink():
@@ -702,7 +438,7 @@ class ModelStore:
     def _load_state(path: Path) -> dict[str, Any]:
         state = _default_state()
         try:
-            state.update(_read_json(path))
+            state.update(read_json(path))
             RoutingConfig.from_dict(state["routing"])
         except (OSError, ValueError, TypeError, StoreError) as exc:
             logger.warning("ignoring the broken %s: %s", path, exc)
@@ -716,82 +452,15 @@ class ModelStore:
             onnx_file = read_file(directory / ONNX_FILE)
             if not os.path.lexists(directory / DEPLOYMENT_FILE):
                 return VersionRecord.found_on_disk(model_id, directory.name, onnx_file)
-            data = _read_json(directory / DEPLOYMENT_FILE)
+            data = read_json(directory / DEPLOYMENT_FILE)
             sha256 = hashlib.sha256(onnx_file).hexdigest()
             if sha256 != data.get("sha256"):
                 raise StoreError(f"{ONNX_FILE} does not match the checksum in {DEPLOYMENT_FILE}")
-            return _stored_version(model_id, directory.name, onnx_file, sha256, data)
+            return stored_version(model_id, directory.name, onnx_file, sha256, data)
         except (OSError, ValueError, TypeError, KeyError, StoreError) as exc:
             logger.warning("skipping the stored version %s: %s", directory, exc)
             return None
 
 
-def check_unlocked(directory: str | os.PathLike[str]) -> None:
-    """Raise StoreError if a running server holds the repository; create and lock nothing.
-
-    A quick check before slow work (converting a model) that would need the
-    lock; only taking the lock, as :meth:`ModelStore.lock` does, is sure.
-    """
-    if fcntl is None:
-        return
-    root = Path(directory).resolve()
-    try:
-        fd = os.open(root / LOCK_FILE, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return  # no lock file, so no server; anything else, taking the lock reports
-    try:
-        _flock(root, fd)
-    finally:
-        os.close(fd)  # releases the lock, if it was free and so taken
-
-
-def _flock(root: Path, fd: int) -> None:
-    """Lock the open lock file of the repository at ``root``, or say who holds it."""
-    assert fcntl is not None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StoreError(f"cannot lock the model repository {root}: {exc}") from exc
-        raise StoreError(
-            f"the model repository {root} is in use by a running server{_lock_holder(fd)};"
-            " only one server opens a repository at a time. Change its models through that"
-            " server instead: turnout deploy --server URL (its admin API), not --repository"
-        ) from None
-
-
-def _lock_holder(fd: int) -> str:
-    """' (pid N)' from a lock file its holder wrote its pid into, else ''."""
-    try:
-        pid = os.pread(fd, 32, 0).decode().strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
-
-
 def _default_state() -> dict[str, Any]:
     return {"active": None, "routing": {"strategy": "active"}, "fallback": None}
-
-
-def _stored_version(
-    model_id: str, version: str, onnx_file: bytes, sha256: str, data: Mapping[str, Any]
-) -> VersionRecord:
-    features = data["features"]
-    # A version found with one input per feature is stored as found: merge again.
-    onnx_bytes, _ = servable_onnx(onnx_file) if features is not None else (onnx_file, None)
-    deployed_at = data["deployed_at"]
-    return VersionRecord(
-        model_id=model_id,
-        version=version,
-        onnx_bytes=onnx_bytes,
-        sha256=sha256,
-        metadata=dict(data["metadata"]),
-        features=tuple(features) if features is not None else None,
-        output=str(data["output"]),
-        batching=dict(data["batching"]),
-        allow_nan=bool(data["allow_nan"]),
-        error_threshold=float(data["error_threshold"]),
-        breaker=dict(data["breaker"]),
-        deployed_at=None if deployed_at is None else str(deployed_at),
-        source=None if data["source"] is None else str(data["source"]),
-    )

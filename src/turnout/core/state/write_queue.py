@@ -18,7 +18,8 @@ import anyio
 from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import StoreError
 from turnout.core.state.pending import PendingWrites
-from turnout.core.state.repository import ModelRecord, ModelStore, VersionRecord, version_record
+from turnout.core.state.repository import ModelStore
+from turnout.core.state.repository_records import ModelRecord, VersionRecord, version_record
 
 __all__ = ["StoreWriter"]
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from turnout.core.deployments.registry import ModelRegistry
 from turnout.core.resilience.fallback import Fallback
 from turnout.core.routing.router import Router
-from turnout.core.state.repository import ModelRecord, fallback_to_dict
+from turnout.core.state.repository_records import ModelRecord, fallback_to_dict
 
 __all__ = ["model_record"]
 
