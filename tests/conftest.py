@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from services import RedisServer
 from turnout import ModelServer, ModelServingManager
 from turnout.core.clock import FakeClock
 
@@ -162,3 +163,12 @@ def manager() -> Iterator[ModelServingManager]:
 def fake_clock() -> FakeClock:
     """A clock that moves only when the test advances it."""
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port for the whole session (installed if missing)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

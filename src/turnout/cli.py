@@ -19,7 +19,10 @@ from turnout.core.execution.outputs import OutputMode
 from turnout.web.auth import TOKEN_ENV
 from turnout.web.eventloop import EVENT_LOOPS
 
-__all__ = ["build_parser", "main"]
+__all__ = ["STATE_ENV", "build_parser", "main"]
+
+# Where `turnout serve` keeps control state, unless --state says.
+STATE_ENV = "TURNOUT_STATE"
 
 
 REMOTE_REFUSAL = (
@@ -112,6 +115,13 @@ def _add_serve(commands: Any) -> None:
         default=None,
         help="store deployments and routing in DIR and restore them at start"
         " (--demo then deploys only into an empty repository)",
+    )
+    serve.add_argument(
+        "--state",
+        metavar="URL",
+        default=os.environ.get(STATE_ENV),
+        help=f"where control state lives: memory (the default), or redis://host:port/db,"
+        f" shared by every server given it (needs turnout[redis]; ${STATE_ENV})",
     )
     serve.add_argument(
         "--shutdown-timeout",
@@ -290,6 +300,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                     args.port,
                     demo=demo,
                     repository=args.repository,
+                    state=args.state,
                     admin=admin,
                     shutdown_timeout=args.shutdown_timeout,
                     mlflow_experiment=args.mlflow_experiment,

@@ -18,7 +18,8 @@
     ├── ServiceUnavailableError
     │   ├── OverloadedError
     │   ├── CircuitOpenError
-    │   └── ServerClosedError
+    │   ├── ServerClosedError
+    │   └── StateUnavailableError
     ├── DeadlineExceededError      (also TimeoutError)
     ├── InferenceError
     └── RemoteError
@@ -47,6 +48,7 @@ __all__ = [
     "ServiceUnavailableError",
     "SmokeTestError",
     "StateConflictError",
+    "StateUnavailableError",
     "StoreError",
     "TurnoutError",
     "VersionExistsError",
@@ -153,6 +155,13 @@ class CircuitOpenError(ServiceUnavailableError):
 
 class ServerClosedError(ServiceUnavailableError):
     """Raised when a request arrives at a server or version that is shutting down."""
+
+
+class StateUnavailableError(ServiceUnavailableError):
+    """Raised when a control-state change cannot be written: its store is unreachable.
+
+    Inference goes on with the state last applied; the change was not made.
+    """
 
 
 class DeadlineExceededError(TurnoutError, TimeoutError):

@@ -7,6 +7,7 @@ import os
 import sys
 
 from turnout.core.service.server import ModelServer
+from turnout.core.state.locations import open_state
 from turnout.web.auth import TOKEN_ENV
 from turnout.web.examples import admin_example, curl, v1_predict_example, v2_infer_example
 from turnout.web.listeners import Listeners
@@ -22,6 +23,7 @@ async def run_serve(
     *,
     demo: bool,
     repository: str | os.PathLike[str] | None = None,
+    state: str | None = None,
     admin: AdminSettings | None = None,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     mlflow_experiment: str | None = None,
@@ -33,7 +35,9 @@ async def run_serve(
     most about ``shutdown_timeout`` seconds: requests the HTTP side has not
     answered by then are cut off, and those the server admitted get
     ServerClosedError. With ``mlflow_experiment``, deployments and serving
-    metrics are tracked in that MLflow experiment (docs/mlflow.md).
+    metrics are tracked in that MLflow experiment (docs/mlflow.md). ``state``
+    is where control state lives (``open_state``): shared by every server
+    given the same location.
     """
     # Bound before the repository is opened or the demo trained: a port in use fails at once.
     listeners = Listeners.bind(host, port, None if admin is None else (admin.host, admin.port))
@@ -47,8 +51,11 @@ async def run_serve(
             # Registered first, so it closes after the server: the last events get logged.
             stack.push_async_callback(tracker.aclose)
             plugins.append(tracker)
+        control = open_state(state)
+        if control is not None:
+            stack.push_async_callback(control.close)  # after the server, which writes to it
         server = await stack.enter_async_context(
-            ModelServer(repository=repository, plugins=plugins)
+            ModelServer(repository=repository, plugins=plugins, state=control)
         )
         await _run(server, listeners, demo, repository, admin, shutdown_timeout)
     print("turnout: stopped", file=sys.stderr, flush=True)

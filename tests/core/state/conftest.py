@@ -2,33 +2,48 @@
 
 ``connect()`` returns a new handle to one shared store, as a second process
 would hold one: for MemoryState, the same object (processes cannot share
-it; servers in one process do). A further implementation adds itself to
-``IMPLEMENTATIONS`` and runs every contract test.
+it; servers in one process do); for RedisState, a new client of a real
+redis-server, under a key prefix of its own per store.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from turnout import ControlState, MemoryState
+from turnout.core.state.redis_state import RedisState
 
 Connect = Callable[[], ControlState]
 
 
-def _memory() -> Connect:
-    state = MemoryState()
-    return lambda: state
+def _memory(request: pytest.FixtureRequest) -> Callable[[], Connect]:
+    def open_store() -> Connect:
+        state = MemoryState()
+        return lambda: state
+
+    return open_store
 
 
-IMPLEMENTATIONS: dict[str, Callable[[], Connect]] = {"memory": _memory}
+def _redis(request: pytest.FixtureRequest) -> Callable[[], Connect]:
+    url = request.getfixturevalue("redis_server").url
+
+    def open_store() -> Connect:
+        prefix = f"test-{uuid.uuid4().hex}"
+        return lambda: RedisState(url, prefix=prefix)
+
+    return open_store
+
+
+IMPLEMENTATIONS = {"memory": _memory, "redis": _redis}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def opener(request: pytest.FixtureRequest) -> Callable[[], Connect]:
     """Open a new store of one implementation; return the function that connects to it."""
-    return IMPLEMENTATIONS[request.param]
+    return IMPLEMENTATIONS[request.param](request)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support import eventually
 from turnout import (
     ControlState,
     Fallback,
@@ -46,13 +47,17 @@ def deployed(*versions: str, model_id: str = "m", revision: int = 0) -> ModelSta
 async def heard(state: ControlState) -> list[tuple[str, int]]:
     """Subscribe, and return the list the change feed appends to."""
     changes: list[tuple[str, int]] = []
-    state.subscribe(lambda model_id, revision: changes.append((model_id, revision)))
+    await state.subscribe(lambda model_id, revision: changes.append((model_id, revision)))
     return changes
 
 
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
+async def settle(state: ControlState, *heard_by: list[tuple[str, int]]) -> None:
+    """Write a marker model and wait until each list heard it: the feed delivers in order,
+    so every earlier change has arrived too. The marker's entries are then removed."""
+    await state.write(deployed("v1", model_id="marker"))
+    await eventually(lambda: all(("marker", 1) in changes for changes in heard_by), 5.0)
+    for changes in heard_by:
+        changes[:] = [change for change in changes if change[0] != "marker"]
 
 
 # -- scenarios ---------------------------------------------------------------------------------
@@ -218,7 +223,7 @@ async def test_every_subscriber_hears_each_write_with_its_revision(connect: Conn
     first = await writer.write(deployed("v1"))
     await writer.write(first.changed(active="v1", routing=RoutingConfig("active")))
     await writer.write(deployed("x1", model_id="other"))
-    await settle()
+    await settle(writer, mine, theirs)
 
     assert theirs == [("m", 1), ("m", 2), ("other", 1)]
     assert mine == theirs  # the writer's own subscription hears its writes too
@@ -230,25 +235,27 @@ async def test_a_refused_write_is_not_announced(connect: Connect) -> None:
     await writer.write(deployed("v1"))
     with pytest.raises(StateConflictError):
         await writer.write(deployed("v1"))
-    await settle()
+    await settle(writer, changes)
     assert changes == [("m", 1)]
 
 
 async def test_an_unsubscribed_listener_hears_nothing_more(state: ControlState) -> None:
     changes: list[tuple[str, int]] = []
-    unsubscribe = state.subscribe(lambda m, r: changes.append((m, r)))
+    unsubscribe = await state.subscribe(lambda m, r: changes.append((m, r)))
     first = await state.write(deployed("v1"))
-    await settle()
+    await eventually(lambda: changes == [("m", 1)], 5.0)
     unsubscribe()
     await state.write(first.changed(active="v1"))
-    await settle()
+    still: list[tuple[str, int]] = []
+    await state.subscribe(lambda m, r: still.append((m, r)))
+    await settle(state, still)  # the marker reached a listener; the unsubscribed one heard none
     assert changes == [("m", 1)]
 
 
 async def test_a_listener_is_not_called_inside_the_write(state: ControlState) -> None:
     changes: list[tuple[str, int]] = []
-    state.subscribe(lambda m, r: changes.append((m, r)))
+    await state.subscribe(lambda m, r: changes.append((m, r)))
     await state.write(deployed("v1"))
     assert changes == []  # delivered on a later turn of the loop, as a real feed is
-    await settle()
+    await settle(state, changes)
     assert changes == [("m", 1)]

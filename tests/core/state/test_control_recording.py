@@ -50,8 +50,8 @@ class RecordingState:
     async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
         return await self.inner.outcomes(model_id)
 
-    def subscribe(self, listener: Callable[[str, int], None]) -> Callable[[], None]:
-        return self.inner.subscribe(listener)
+    async def subscribe(self, listener: Callable[[str, int], None]) -> Callable[[], None]:
+        return await self.inner.subscribe(listener)
 
     async def close(self) -> None:
         self.calls.append(("close", "", None))

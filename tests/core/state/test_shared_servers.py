@@ -1,10 +1,11 @@
 """Servers that share one control state: a change on one is in force on the other.
 
-Two ModelServers given one MemoryState stand for two processes sharing a
-store. Each deploys the versions it serves; routing, active version and
-fallback changes made on either reach the other through the change feed.
-A server whose view is stale (its feed lags) gets StateConflictError for
-its change, and takes the other's state instead of overwriting it.
+Two ModelServers, each with its own handle to one store (one MemoryState;
+two clients of one Redis), stand for two processes sharing it. Each deploys
+the versions it serves; routing, active version and fallback changes made
+on either reach the other through the change feed. A change is based on the
+newest revision even when the feed lags; of two changes made at once, one
+is written and the other gets StateConflictError, overwriting nothing.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from support import eventually
 from turnout import (
+    ControlState,
     Fallback,
-    MemoryState,
     ModelServer,
     ModelState,
     OutcomeTotals,
@@ -29,9 +31,9 @@ SPLIT = RoutingConfig("weighted", {"versions": ["v1", "v2"], "weights": [70, 30]
 
 
 class LaggingFeed:
-    """A handle to a MemoryState whose change feed holds notifications until released."""
+    """A handle to a control state whose change feed holds notifications until released."""
 
-    def __init__(self, inner: MemoryState) -> None:
+    def __init__(self, inner: ControlState) -> None:
         self.inner = inner
         self.held: list[tuple[Callable[[str, int], None], str, int]] = []
         self.lagging = False
@@ -51,14 +53,14 @@ class LaggingFeed:
     async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
         return await self.inner.outcomes(model_id)
 
-    def subscribe(self, listener: Callable[[str, int], None]) -> Callable[[], None]:
+    async def subscribe(self, listener: Callable[[str, int], None]) -> Callable[[], None]:
         def deliver(model_id: str, revision: int) -> None:
             if self.lagging:
                 self.held.append((listener, model_id, revision))
             else:
                 listener(model_id, revision)
 
-        return self.inner.subscribe(deliver)
+        return await self.inner.subscribe(deliver)
 
     def release(self) -> None:
         self.lagging = False
@@ -67,23 +69,15 @@ class LaggingFeed:
         self.held.clear()
 
     async def close(self) -> None:
-        pass
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError("the change never arrived")
+        await self.inner.close()
 
 
 @pytest.fixture
 async def pair(
-    logistic_model: Any, forest_model: Any
+    connect: Callable[[], ControlState], logistic_model: Any, forest_model: Any
 ) -> AsyncIterator[tuple[ModelServer, ModelServer, LaggingFeed]]:
-    shared = MemoryState()
-    lagging = LaggingFeed(shared)
+    shared = connect()
+    lagging = LaggingFeed(connect())
     async with (
         ModelServer(state=shared, entry_points=False) as one,
         ModelServer(state=lagging, entry_points=False) as two,
@@ -92,7 +86,6 @@ async def pair(
             await server.deploy_model("bc", "v1", logistic_model)
             await server.deploy_model("bc", "v2", forest_model, set_active=False)
         yield one, two, lagging
-    await shared.close()
 
 
 async def test_a_routing_change_on_one_server_is_in_force_on_the_other(
@@ -100,7 +93,7 @@ async def test_a_routing_change_on_one_server_is_in_force_on_the_other(
 ) -> None:
     one, two, _ = pair
     await one.set_routing("bc", SPLIT)
-    await until(lambda: two.get_routing("bc") == SPLIT)
+    await eventually(lambda: two.get_routing("bc") == SPLIT)
     assert (await one.control_state.read("bc")).routing == SPLIT
 
 
@@ -109,9 +102,9 @@ async def test_set_active_and_fallback_reach_the_other_server(
 ) -> None:
     one, two, _ = pair
     await two.set_active_version("bc", "v2")
-    await until(lambda: one.active_models.get("bc") == "v2")
+    await eventually(lambda: one.active_models.get("bc") == "v2")
     await one.set_fallback("bc", Fallback(version="v1"))
-    await until(lambda: two.get_fallback("bc") == Fallback(version="v1"))
+    await eventually(lambda: two.get_fallback("bc") == Fallback(version="v1"))
 
 
 async def test_both_servers_catalogue_their_versions_in_one_state(
@@ -126,22 +119,39 @@ async def test_both_servers_catalogue_their_versions_in_one_state(
     assert set((await one.control_state.read("bc")).versions) == {"v1", "v2", "v3"}
 
 
-async def test_a_stale_server_gets_a_conflict_and_takes_the_newer_state(
+async def test_a_server_whose_feed_lags_changes_the_newest_state(
     pair: tuple[ModelServer, ModelServer, LaggingFeed],
 ) -> None:
     one, two, feed = pair
     feed.lagging = True
     await one.set_routing("bc", SPLIT)  # two has not heard of it
-
-    with pytest.raises(StateConflictError, match="changed since revision"):
-        await two.set_active_version("bc", "v2")
+    await two.set_fallback("bc", Fallback(version="v2"))  # read first, then written
 
     stored = await one.control_state.read("bc")
-    assert (stored.routing, stored.active) == (SPLIT, "v1")  # nothing was overwritten
-    assert (two.get_routing("bc"), two.active_models["bc"]) == (SPLIT, "v1")
+    assert (stored.routing, stored.fallback) == (SPLIT, Fallback(version="v2"))
+    assert two.get_routing("bc") == SPLIT
     feed.release()
-    await two.set_active_version("bc", "v2")  # in step again: the retry is written
-    await until(lambda: one.active_models.get("bc") == "v2")
+    await eventually(lambda: one.get_fallback("bc") == Fallback(version="v2"))
+
+
+async def test_two_servers_changing_one_model_at_once_have_one_winner(
+    pair: tuple[ModelServer, ModelServer, LaggingFeed],
+) -> None:
+    one, two, _ = pair
+    results = await asyncio.gather(
+        one.set_routing("bc", SPLIT), two.set_active_version("bc", "v2"), return_exceptions=True
+    )
+
+    conflicts = [r for r in results if isinstance(r, StateConflictError)]
+    assert len(conflicts) == 1, results
+    stored = await one.control_state.read("bc")
+    if results[0] is None:  # one won: its split stands, two's set-active was not made
+        assert (stored.routing, stored.active) == (SPLIT, "v1")
+    else:  # two won: all traffic to v2, one's split was not made
+        assert (stored.routing, stored.active) == (RoutingConfig("active"), "v2")
+    for server in (one, two):  # the loser holds the winner's state; so does the winner
+        await eventually(lambda s=server: s.get_routing("bc") == stored.routing)
+        assert server.active_models["bc"] == stored.active
 
 
 async def test_outcomes_from_both_servers_add_up_in_one_comparison(

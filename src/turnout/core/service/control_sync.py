@@ -117,11 +117,15 @@ class ControlSync:
             for _ in range(CATALOGUE_RETRIES):
                 known = self._known.get(model_id) or ModelState(model_id)
                 retired = set(self._retired.get(model_id, ()))
+                intended = self.snapshot(model_id, known, retired)
                 try:
-                    written = await self.state.write(self.snapshot(model_id, known, retired))
+                    written = await self.state.write(intended)
                 except StateConflictError as exc:
                     await self._refresh(model_id)
-                    if chose:
+                    fresh = self._known.get(model_id) or ModelState(model_id)
+                    # Choices another writer made the same way are no conflict: only the
+                    # catalogue is left to write. Any other difference is the caller's to see.
+                    if chose and not _same_choices(known, intended, fresh):
                         logger.warning("%s; this server now holds the stored state", exc)
                         # What only this server knows (versions deployed or retired here)
                         # is written on the fresh revision; the other writer's choices stand.
@@ -203,7 +207,7 @@ class ControlSync:
         """
         self.paused = False
         if self._unsubscribe is None:
-            self._unsubscribe = self.state.subscribe(self._heard)
+            self._unsubscribe = await self.state.subscribe(self._heard)
         shared = set(await self.state.model_ids())
         for model_id in sorted(shared):
             await self._refresh(model_id)
@@ -224,6 +228,18 @@ class ControlSync:
             await self._refresh(model_id)
         except TurnoutError as exc:
             logger.warning("cannot apply the stored state of %s: %s", model_id, exc)
+
+    async def catch_up(self, model_id: str) -> None:
+        """Bring the view of the model in step with the shared state before a change to it.
+
+        A change is then based on the newest revision, not on what the feed
+        has delivered so far: only a write that races another gets
+        StateConflictError. This server's own queued writes land first.
+        """
+        if self.paused:
+            return
+        await self._tasks.settle()
+        await self._refresh(model_id)
 
     async def _refresh(self, model_id: str) -> None:
         """Read the model's shared state and apply it to this server's view."""
@@ -276,6 +292,19 @@ class ControlSync:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+
+
+def _same_choices(base: ModelState, intended: ModelState, fresh: ModelState) -> bool:
+    """True if ``fresh`` already holds each choice ``intended`` changed from ``base``."""
+    for read in (
+        lambda state: state.active,
+        lambda state: state.routing,
+        lambda state: _fallback_data(state.fallback),
+        lambda state: state.history,
+    ):
+        if read(intended) != read(base) and read(fresh) != read(intended):
+            return False
+    return True
 
 
 def _fallback_data(fallback: Any) -> object:

@@ -253,6 +253,7 @@ class ModelServer:
         """Send all of the model's traffic to ``version``, ending any test or rollout."""
         check_name("model_id", model_id)
         check_name("version", version)
+        await self._sync.catch_up(model_id)
         self._registry.get(model_id, version)
         self._rollout_ops.end_rollout(model_id, "ended by set_active_version")
         self._set_active(model_id, version)
@@ -276,6 +277,7 @@ class ModelServer:
         traffic to (other than plain active routing) cannot be retired: change
         the routing first.
         """
+        await self._sync.catch_up(check_name("model_id", model_id))
         await self._versions.retire(model_id, version)
 
     @property
@@ -293,7 +295,8 @@ class ModelServer:
         """Route the model's traffic by ``config``; if it is refused, the old routing stays."""
         if not isinstance(config, RoutingConfig):
             raise InvalidRoutingError(f"expected a RoutingConfig, got {type(config).__name__}")
-        self._registry.versions(check_name("model_id", model_id))
+        await self._sync.catch_up(check_name("model_id", model_id))
+        self._registry.versions(model_id)
         self._router.build(config, self._context(model_id))  # validate before ending anything
         old = self._router.config(model_id)
         if old.strategy == CANARY and not same_rollout(old, config):
@@ -425,6 +428,7 @@ class ModelServer:
 
     async def abort_canary(self, model_id: str) -> None:
         """Stop a canary rollout and send all traffic back to its baseline."""
+        await self._sync.catch_up(check_name("model_id", model_id))
         await self._rollout_ops.abort_canary(model_id)
 
     def rollout_history(self, model_id: str) -> tuple[RolloutEvent, ...]:
@@ -449,6 +453,7 @@ class ModelServer:
         within ``tolerance``. On failure SmokeTestError is raised and blue
         keeps serving.
         """
+        await self._sync.catch_up(check_name("model_id", model_id))
         await self._rollout_ops.blue_green_switch(
             model_id,
             green,
@@ -460,6 +465,7 @@ class ModelServer:
 
     async def blue_green_rollback(self, model_id: str) -> None:
         """Send all traffic back to the blue version of the last blue-green switch."""
+        await self._sync.catch_up(check_name("model_id", model_id))
         await self._rollout_ops.blue_green_rollback(model_id)
 
     # -- outcomes and shadows ----------------------------------------------------------
@@ -576,7 +582,8 @@ class ModelServer:
         permitting); ``Fallback(value=0.5)`` a fixed value per row; None
         removes the fallback.
         """
-        self._registry.versions(check_name("model_id", model_id))
+        await self._sync.catch_up(check_name("model_id", model_id))
+        self._registry.versions(model_id)
         if fallback is not None:
             if not isinstance(fallback, Fallback):
                 raise InvalidConfigError(f"expected a Fallback, got {type(fallback).__name__}")

@@ -125,6 +125,11 @@ class VersionLifecycle:
             on_breaker_change=self._callbacks.breaker_changed,
         )
         try:
+            await self._sync.catch_up(model_id)
+        except TurnoutError:
+            await release(deployment)
+            raise
+        try:
             # Checked again: the server may have closed, or another deploy of
             # this version landed, while the model was converting.
             self._server._check_open()

@@ -125,11 +125,14 @@ class ControlState(Protocol):
         """Return the model's outcome aggregates per version."""
         ...
 
-    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+    async def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener(model_id, revision)`` after each write, from the event loop.
 
-        Returns the function that unsubscribes. A listener learns of every
-        write, its own subscriber's included, and re-reads what it needs.
+        Returns, once subscribed, the function that unsubscribes. A listener
+        learns of every write from then on, its own subscriber's included,
+        and re-reads what it needs. A feed that lost its connection announces
+        every model's revision again on its return: a lost notification costs
+        a re-read, never a missed change.
         """
         ...
 

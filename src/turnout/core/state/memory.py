@@ -65,7 +65,7 @@ class MemoryState:
         """Return the model's outcome aggregates per version."""
         return dict(self._outcomes.get(model_id, {}))
 
-    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+    async def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener(model_id, revision)`` after each write, on a later loop turn."""
         self._listeners.append(listener)
 

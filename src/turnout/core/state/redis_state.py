@@ -1,0 +1,239 @@
+"""RedisState: the control state in Redis, shared by every process and host that reaches it.
+
+Keys, under a prefix (``turnout`` unless told)::
+
+    {prefix}:state:{model_id}      hash: revision, body (the ModelState as JSON)
+    {prefix}:models                set of the models that have a version
+    {prefix}:outcomes:{model_id}   hash: {version}:count|shift|total|squares|non_binary
+    {prefix}:changes               pub/sub channel: "{model_id} {revision}" per write
+
+A write is one Lua script, so the compare of the revision and the set of the
+body are atomic in Redis; it publishes the change in the same script, so no
+subscriber hears of a write that did not happen. Outcome totals are Redis
+counters (``HINCRBY``, ``HINCRBYFLOAT`` in a ``MULTI``), never a
+read-modify-write from Python; the shift (a version's first outcome) is set
+once with ``HSETNX``. A subscriber whose connection drops announces every
+model's revision again once it is back, so a notification lost in the gap
+costs a re-read, not a change (redis-py's ``PubSub``:
+https://redis.readthedocs.io/en/stable/advanced_features.html#publish-subscribe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from turnout.core.errors import InvalidConfigError, StateConflictError, StateUnavailableError
+from turnout.core.routing.outcomes import OutcomeTotals
+from turnout.core.state.control import ChangeListener, ModelState
+from turnout.core.state.control_codec import decode_state, encode_state
+
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+except ImportError:  # the redis extra is not installed
+    aioredis = None  # type: ignore[assignment]
+    RedisError = OSError  # type: ignore[assignment,misc]
+
+__all__ = ["RedisState"]
+
+logger = logging.getLogger("turnout")
+
+# KEYS: state hash, models set, outcomes hash, channel. ARGV: expected revision,
+# body, model id. Returns {1, new revision} or {0, stored revision}.
+_WRITE = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
+if stored ~= tonumber(ARGV[1]) then
+  return {0, stored}
+end
+local revision = stored + 1
+redis.call('HSET', KEYS[1], 'revision', revision, 'body', ARGV[2])
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[2], ARGV[3])
+else
+  redis.call('SREM', KEYS[2], ARGV[3])
+  redis.call('DEL', KEYS[3])
+end
+redis.call('PUBLISH', KEYS[4], ARGV[3] .. ' ' .. revision)
+return {1, revision}
+"""
+
+# Seconds a first subscription waits for Redis before it is refused.
+SUBSCRIBE_TIMEOUT = 5.0
+# Seconds between attempts to get the change feed back after its connection dropped.
+RESUBSCRIBE_DELAY = 0.5
+
+
+class RedisState:
+    """Control state in Redis: compare-and-set by a Lua script, changes over pub/sub."""
+
+    def __init__(self, url: str, *, prefix: str = "turnout") -> None:
+        if aioredis is None:
+            raise InvalidConfigError(
+                "a Redis control state needs redis-py: pip install 'turnout[redis]'"
+            )
+        self.url = url
+        self._prefix = prefix
+        self._redis = aioredis.Redis.from_url(url)
+        self._write = self._redis.register_script(_WRITE)
+        self._listeners: list[ChangeListener] = []
+        self._feed: asyncio.Task[None] | None = None
+        self._subscribed: asyncio.Event | None = None
+
+    def _key(self, kind: str, model_id: str = "") -> str:
+        return f"{self._prefix}:{kind}:{model_id}" if model_id else f"{self._prefix}:{kind}"
+
+    async def read(self, model_id: str) -> ModelState:
+        """Return the model's state; revision 0 and no versions if it was never written."""
+        revision, body = await self._call(
+            self._redis.hmget(self._key("state", model_id), "revision", "body")
+        )
+        if revision is None or body is None:
+            return ModelState(model_id)
+        return decode_state(model_id, int(revision), body)
+
+    async def model_ids(self) -> list[str]:
+        """Return every model that has a deployed version, sorted."""
+        members = await self._call(self._redis.smembers(self._key("models")))
+        return sorted(m.decode() for m in members)
+
+    async def write(self, state: ModelState) -> ModelState:
+        """Store ``state`` if the model is still at ``state.revision``; return it at the next."""
+        try:
+            body = encode_state(state)
+        except (TypeError, ValueError) as exc:
+            raise InvalidConfigError(
+                f"the state of {state.model_id!r} is not plain data: {exc}"
+            ) from exc
+        model_id = state.model_id
+        keys = [
+            self._key("state", model_id),
+            self._key("models"),
+            self._key("outcomes", model_id),
+            self._key("changes"),
+        ]
+        args: list[str | int] = [state.revision, body, model_id, "1" if state.exists else "0"]
+        written, revision = await self._call(self._write(keys=keys, args=args))
+        if not written:
+            raise StateConflictError(
+                f"the state of {model_id!r} changed since revision {state.revision}:"
+                f" it is at revision {revision}",
+                model_id=model_id,
+                expected=state.revision,
+                actual=int(revision),
+            )
+        return state.changed(revision=int(revision))
+
+    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
+        """Add one outcome to the version's aggregates, atomically; return the new totals."""
+        key = self._key("outcomes", model_id)
+        # The shift is set once, by whichever process records first; all then use it.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hsetnx(key, f"{version}:shift", repr(float(value)))
+            pipe.hget(key, f"{version}:shift")
+            _, shift_text = await self._call(pipe.execute())
+        shift = float(shift_text)
+        deviation = float(value) - shift
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, f"{version}:count", 1)
+            pipe.hincrbyfloat(key, f"{version}:total", deviation)
+            pipe.hincrbyfloat(key, f"{version}:squares", deviation * deviation)
+            pipe.hincrby(key, f"{version}:non_binary", int(value not in (0.0, 1.0)))
+            count, total, squares, non_binary = await self._call(pipe.execute())
+        return OutcomeTotals(int(count), shift, float(total), float(squares), int(non_binary))
+
+    async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
+        """Return the model's outcome aggregates per version."""
+        fields: dict[bytes, bytes] = await self._call(
+            self._redis.hgetall(self._key("outcomes", model_id))
+        )
+        by_version: dict[str, dict[str, str]] = {}
+        for name, value in fields.items():
+            version, _, field = name.decode().rpartition(":")
+            by_version.setdefault(version, {})[field] = value.decode()
+        return {
+            version: OutcomeTotals(
+                int(f.get("count", 0)),
+                float(f.get("shift", 0.0)),
+                float(f.get("total", 0.0)),
+                float(f.get("squares", 0.0)),
+                int(f.get("non_binary", 0)),
+            )
+            for version, f in by_version.items()
+            if "count" in f
+        }
+
+    async def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener(model_id, revision)`` after each write; return once subscribed."""
+        self._listeners.append(listener)
+        if self._feed is None:
+            self._subscribed = asyncio.Event()
+            self._feed = asyncio.get_running_loop().create_task(self._listen())
+        assert self._subscribed is not None
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), SUBSCRIBE_TIMEOUT)
+        except TimeoutError:
+            self._listeners.remove(listener)
+            raise StateUnavailableError(
+                f"cannot subscribe to the control state at {self.url}"
+            ) from None
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    async def _listen(self) -> None:
+        channel = self._key("changes")
+        lost = False
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(channel)
+                    assert self._subscribed is not None
+                    self._subscribed.set()
+                    if lost:
+                        logger.info("the control-state feed from %s is back", self.url)
+                        await self._announce_all()
+                        lost = False
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._announce(message["data"])
+            except (RedisError, OSError) as exc:
+                if not lost:
+                    logger.warning("the control-state feed from %s is lost: %s", self.url, exc)
+                    lost = True
+                await asyncio.sleep(RESUBSCRIBE_DELAY)
+
+    def _announce(self, data: bytes) -> None:
+        model_id, _, revision = data.decode().partition(" ")
+        for listener in list(self._listeners):
+            listener(model_id, int(revision))
+
+    async def _announce_all(self) -> None:
+        for model_id in await self.model_ids():
+            state = await self.read(model_id)
+            for listener in list(self._listeners):
+                listener(model_id, state.revision)
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise StateUnavailableError(
+                f"the control state at {self.url} is unreachable: {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        """Stop the change feed and close the connections."""
+        self._listeners.clear()
+        if self._feed is not None:
+            self._feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feed
+            self._feed = None
+        await self._redis.aclose()
