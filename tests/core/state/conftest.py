@@ -3,7 +3,8 @@
 ``connect()`` returns a new handle to one shared store, as a second process
 would hold one: for MemoryState, the same object (processes cannot share
 it; servers in one process do); for RedisState, a new client of a real
-redis-server, under a key prefix of its own per store.
+redis-server, under a key prefix of its own per store; for SQLiteState, a
+new connection to one database file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from turnout import ControlState, MemoryState
 from turnout.core.state.redis_state import RedisState
+from turnout.core.state.sqlite_state import SQLiteState
 
 Connect = Callable[[], ControlState]
 
@@ -37,7 +39,17 @@ def _redis(request: pytest.FixtureRequest) -> Callable[[], Connect]:
     return open_store
 
 
-IMPLEMENTATIONS = {"memory": _memory, "redis": _redis}
+def _sqlite(request: pytest.FixtureRequest) -> Callable[[], Connect]:
+    directory = request.getfixturevalue("tmp_path")
+
+    def open_store() -> Connect:
+        path = directory / f"state-{uuid.uuid4().hex}.db"
+        return lambda: SQLiteState(path)
+
+    return open_store
+
+
+IMPLEMENTATIONS = {"memory": _memory, "redis": _redis, "sqlite": _sqlite}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))

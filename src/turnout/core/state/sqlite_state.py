@@ -1,0 +1,307 @@
+"""SQLiteState: the control state in one SQLite file, shared by the processes of one host.
+
+The embedded default for ``turnout serve --workers N`` without ``--state``:
+zero extra services, only a file beside the repository. The database runs
+in WAL mode, so readers never wait for the writer; a write is one
+``BEGIN IMMEDIATE`` transaction that compares the model's revision, stores
+the state and appends to a change log, so compare-and-set is atomic across
+processes. Outcome totals are updated in SQL (``count = count + 1``), never
+read, changed and written back from Python.
+
+The change feed polls ``PRAGMA data_version``, which changes when another
+connection commits and costs no lock (https://sqlite.org/pragma.html#pragma_data_version),
+every few milliseconds; when it moved, or this handle wrote, it reads the
+change log past the last entry it announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from turnout.core.errors import InvalidConfigError, StateConflictError, StateUnavailableError
+from turnout.core.routing.outcomes import OutcomeTotals
+from turnout.core.state.control import ChangeListener, ModelState
+from turnout.core.state.control_codec import decode_state, encode_state
+
+__all__ = ["POLL_SECONDS", "SQLiteState"]
+
+logger = logging.getLogger("turnout")
+
+T = TypeVar("T")
+
+# How often the change feed looks for other processes' commits.
+POLL_SECONDS = 0.005
+# Change-log entries kept; older ones are pruned (a subscriber that fell further
+# behind re-reads every model).
+CHANGES_KEPT = 10_000
+# How long a write waits for another process's write to end before it is refused.
+BUSY_SECONDS = 5.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    model_id TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    present INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    model_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    shift REAL NOT NULL,
+    total REAL NOT NULL,
+    squares REAL NOT NULL,
+    non_binary INTEGER NOT NULL,
+    PRIMARY KEY (model_id, version)
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_id TEXT NOT NULL,
+    revision INTEGER NOT NULL
+);
+"""
+
+
+class SQLiteState:
+    """Control state in a SQLite file (WAL): compare-and-set in a transaction, a polled feed."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise InvalidConfigError(f"cannot open the control state {self.path}: {exc}") from exc
+        # One connection per handle, used from the loop (the feed's cheap pragma)
+        # and from worker threads (everything else): the lock keeps them apart.
+        self._lock = threading.Lock()
+        self._listeners: list[ChangeListener] = []
+        self._feed: asyncio.Task[None] | None = None
+        self._wrote = False
+        self._seen = 0
+        self._outage = False
+
+    # -- reads and writes, each in a thread -------------------------------------------------
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return work(self._db)
+
+        try:
+            result = await anyio.to_thread.run_sync(locked)
+        except sqlite3.OperationalError as exc:  # "database is locked", a lost disk
+            if not self._outage:
+                logger.warning("the control state %s is unavailable: %s", self.path, exc)
+                self._outage = True
+            raise StateUnavailableError(
+                f"the control state {self.path} is unavailable: {exc}"
+            ) from exc
+        if self._outage:
+            logger.info("the control state %s is available again", self.path)
+            self._outage = False
+        return result
+
+    async def read(self, model_id: str) -> ModelState:
+        """Return the model's state; revision 0 and no versions if it was never written."""
+
+        def work(db: sqlite3.Connection) -> Any:
+            query = "SELECT revision, body FROM models WHERE model_id = ?"
+            return db.execute(query, (model_id,)).fetchone()
+
+        row = await self._run(work)
+        return ModelState(model_id) if row is None else decode_state(model_id, row[0], row[1])
+
+    async def model_ids(self) -> list[str]:
+        """Return every model that has a deployed version, sorted."""
+
+        def work(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute("SELECT model_id FROM models WHERE present ORDER BY model_id")
+            return [row[0] for row in rows]
+
+        return await self._run(work)
+
+    async def write(self, state: ModelState) -> ModelState:
+        """Store ``state`` if the model is still at ``state.revision``; return it at the next."""
+        try:
+            body = encode_state(state)
+        except (TypeError, ValueError) as exc:
+            raise InvalidConfigError(
+                f"the state of {state.model_id!r} is not plain data: {exc}"
+            ) from exc
+        model_id = state.model_id
+
+        def work(db: sqlite3.Connection) -> tuple[bool, int]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT revision FROM models WHERE model_id = ?", (model_id,)
+                ).fetchone()
+                stored = 0 if row is None else int(row[0])
+                if stored != state.revision:
+                    db.execute("ROLLBACK")
+                    return False, stored
+                revision = stored + 1
+                db.execute(
+                    "INSERT INTO models (model_id, revision, body, present) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (model_id) DO UPDATE SET revision = excluded.revision,"
+                    " body = excluded.body, present = excluded.present",
+                    (model_id, revision, body, int(state.exists)),
+                )
+                if not state.exists:
+                    db.execute("DELETE FROM outcomes WHERE model_id = ?", (model_id,))
+                cursor = db.execute(
+                    "INSERT INTO changes (model_id, revision) VALUES (?, ?)", (model_id, revision)
+                )
+                seq = int(cursor.lastrowid or 0)
+                db.execute("DELETE FROM changes WHERE seq <= ?", (seq - CHANGES_KEPT,))
+                db.execute("COMMIT")
+                return True, revision
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+
+        written, revision = await self._run(work)
+        if not written:
+            raise StateConflictError(
+                f"the state of {model_id!r} changed since revision {state.revision}:"
+                f" it is at revision {revision}",
+                model_id=model_id,
+                expected=state.revision,
+                actual=revision,
+            )
+        self._wrote = True  # this connection's commits do not move its data_version
+        return state.changed(revision=revision)
+
+    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
+        """Add one outcome to the version's aggregates, atomically; return the new totals."""
+        value = float(value)
+        non_binary = int(value not in (0.0, 1.0))
+
+        def work(db: sqlite3.Connection) -> Any:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # The first outcome of a version sets its shift; every later one uses it.
+                db.execute(
+                    "INSERT OR IGNORE INTO outcomes VALUES (?, ?, 0, ?, 0.0, 0.0, 0)",
+                    (model_id, version, value),
+                )
+                db.execute(
+                    "UPDATE outcomes SET count = count + 1, total = total + (? - shift),"
+                    " squares = squares + (? - shift) * (? - shift),"
+                    " non_binary = non_binary + ? WHERE model_id = ? AND version = ?",
+                    (value, value, value, non_binary, model_id, version),
+                )
+                row = db.execute(
+                    "SELECT count, shift, total, squares, non_binary FROM outcomes"
+                    " WHERE model_id = ? AND version = ?",
+                    (model_id, version),
+                ).fetchone()
+                db.execute("COMMIT")
+                return row
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+
+        count, shift, total, squares, non_binary_count = await self._run(work)
+        return OutcomeTotals(count, shift, total, squares, non_binary_count)
+
+    async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
+        """Return the model's outcome aggregates per version."""
+
+        def work(db: sqlite3.Connection) -> list[Any]:
+            query = (
+                "SELECT version, count, shift, total, squares, non_binary FROM outcomes"
+                " WHERE model_id = ?"
+            )
+            return db.execute(query, (model_id,)).fetchall()
+
+        return {row[0]: OutcomeTotals(*row[1:]) for row in await self._run(work)}
+
+    # -- the change feed ---------------------------------------------------------------------
+
+    async def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener(model_id, revision)`` after each write; return once subscribed."""
+        if self._feed is None:
+            self._seen = await self._run(
+                lambda db: int(
+                    db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+                )
+            )
+            self._feed = asyncio.get_running_loop().create_task(self._poll())
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    async def _poll(self) -> None:
+        version = self._data_version()
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            now = self._data_version()
+            if now == version and not self._wrote:
+                continue
+            version, self._wrote = now, False
+            try:
+                await self._announce_new()
+            except StateUnavailableError:
+                self._wrote = True  # try again on the next turn
+
+    def _data_version(self) -> int:
+        # On the loop: the pragma takes no lock and costs microseconds.
+        with self._lock:
+            try:
+                return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error:
+                return -1
+
+    async def _announce_new(self) -> None:
+        seen = self._seen
+
+        def work(db: sqlite3.Connection) -> tuple[int, list[Any]]:
+            oldest = db.execute("SELECT COALESCE(MIN(seq), 0) FROM changes").fetchone()[0]
+            rows = db.execute(
+                "SELECT seq, model_id, revision FROM changes WHERE seq > ? ORDER BY seq", (seen,)
+            ).fetchall()
+            return int(oldest), rows
+
+        oldest, rows = await self._run(work)
+        changes = [(model_id, revision) for _, model_id, revision in rows]
+        if seen and oldest > seen + 1:
+            # Pruned past what this feed announced: say where every model is now.
+            changes = [(m, (await self.read(m)).revision) for m in await self.model_ids()]
+        if rows:
+            self._seen = max(self._seen, rows[-1][0])
+        for model_id, revision in changes:
+            for listener in list(self._listeners):
+                listener(model_id, revision)
+
+    async def close(self) -> None:
+        """Stop the change feed and close the database connection."""
+        self._listeners.clear()
+        if self._feed is not None:
+            self._feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feed
+            self._feed = None
+        with self._lock:
+            self._db.close()
