@@ -16,12 +16,14 @@ from dataclasses import dataclass
 __all__ = ["Listeners", "bind"]
 
 
-def bind(host: str, port: int) -> tuple[socket.socket, ...]:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> tuple[socket.socket, ...]:
     """Return sockets bound to every address of ``host`` on ``port``, not listening yet.
 
     Raises OSError naming the address when it is in use or not this
     machine's. With port 0 the first address picks a free port, and the
-    others take the same one.
+    others take the same one. With ``reuse_port`` (SO_REUSEPORT) the worker
+    processes of one ``turnout serve --workers N`` each bind the port, and
+    the kernel spreads connections over them evenly.
     """
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -35,6 +37,8 @@ def bind(host: str, port: int) -> tuple[socket.socket, ...]:
             # What asyncio's create_server sets: a restart may bind over connections in
             # TIME_WAIT, and an IPv6 socket leaves the IPv4 address to its own socket.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:
@@ -60,11 +64,18 @@ class Listeners:
     admin: tuple[socket.socket, ...] = ()
 
     @classmethod
-    def bind(cls, host: str, port: int, admin: tuple[str, int] | None = None) -> Listeners:
+    def bind(
+        cls,
+        host: str,
+        port: int,
+        admin: tuple[str, int] | None = None,
+        *,
+        reuse_port: bool = False,
+    ) -> Listeners:
         """Bind the inference API's address and the admin API's (``admin``: host, port)."""
-        inference = bind(host, port)
+        inference = bind(host, port, reuse_port=reuse_port)
         try:
-            return cls(inference, () if admin is None else bind(*admin))
+            return cls(inference, () if admin is None else bind(*admin, reuse_port=reuse_port))
         except BaseException:
             for sock in inference:
                 sock.close()

@@ -82,9 +82,10 @@ def is_server_ready(server: ModelServer) -> bool:
     """True if the server admits requests and at least one model can serve now.
 
     A server with no models is not ready: a load balancer must not send it
-    traffic it can only answer with 404s.
+    traffic it can only answer with 404s. Nor is one still loading versions
+    that other servers of its fleet deployed.
     """
-    if server.closed:
+    if server.closed or server.unloaded_versions:
         return False
     return any(is_ready(server, model, None) for model in server.active_models)
 

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
 from support import eventually
@@ -169,3 +170,50 @@ async def test_outcomes_from_both_servers_add_up_in_one_comparison(
     assert totals.statistics("v1").count == 3
     # The server that recorded last sees every process's outcomes.
     assert two.compare_versions("bc", "v1", "v2").a.count == 3
+
+
+# -- shared artifacts: a version deployed on one server is loaded by the others ----------------
+
+
+@pytest.fixture
+async def fleet(
+    connect: Callable[[], ControlState], tmp_path: Any
+) -> AsyncIterator[tuple[ModelServer, ModelServer]]:
+    artifacts = tmp_path / "artifacts"
+    async with (
+        ModelServer(state=connect(), artifacts=artifacts, entry_points=False) as one,
+        ModelServer(state=connect(), artifacts=artifacts, entry_points=False) as two,
+    ):
+        yield one, two
+
+
+async def test_a_version_deployed_on_one_server_is_loaded_and_served_by_the_other(
+    fleet: tuple[ModelServer, ModelServer], logistic_model: Any, forest_model: Any, binary_data: Any
+) -> None:
+    one, two = fleet
+    rows = binary_data.X_test.to_numpy()[:3]
+    await one.deploy_model("bc", "v1", logistic_model)
+    await one.deploy_model("bc", "v2", forest_model, set_active=False)
+    await one.set_routing("bc", SPLIT)
+
+    await eventually(lambda: not two.unloaded_versions and two.get_routing("bc") == SPLIT)
+    assert two.active_models["bc"] == "v1"
+    for version in ("v1", "v2"):
+        mine = await one.predict("bc", rows, version=version)
+        theirs = await two.predict("bc", rows, version=version)
+        assert np.allclose(mine, theirs)
+    stored = await one.control_state.read("bc")
+    assert set(stored.versions) == {"v1", "v2"}
+
+
+async def test_a_version_retired_on_one_server_is_retired_on_the_other(
+    fleet: tuple[ModelServer, ModelServer], logistic_model: Any, forest_model: Any
+) -> None:
+    one, two = fleet
+    await one.deploy_model("bc", "v1", logistic_model)
+    await one.deploy_model("bc", "v2", forest_model, set_active=False)
+    await eventually(lambda: set(two.get_all_models_status().get("bc", {})) == {"v1", "v2"})
+
+    await one.retire_model("bc", "v2")
+    await eventually(lambda: set(two.get_all_models_status()["bc"]) == {"v1"})
+    assert set((await two.control_state.read("bc")).versions) == {"v1"}

@@ -25,20 +25,39 @@ from collections.abc import Callable, Mapping, Set
 from dataclasses import asdict
 from typing import Any
 
+import anyio
+
 from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import StateConflictError, TurnoutError
+from turnout.core.execution.batching import BatchingConfig
+from turnout.core.resilience.breaker import BreakerConfig
 from turnout.core.routing.outcomes import OutcomeTotals
 from turnout.core.service.parts import ServerCalls, ServerParts
 from turnout.core.state.control import ControlState, ModelState, VersionEntry
 from turnout.core.state.pending import PendingWrites
 from turnout.core.state.repository_records import breaker_to_dict, fallback_to_dict
 
-__all__ = ["ControlSync", "version_entry"]
+__all__ = ["ControlSync", "deploy_options", "version_entry"]
 
 logger = logging.getLogger("turnout")
 
 # Writes of a catalogue change, each on a fresher revision, before it gives up.
 CATALOGUE_RETRIES = 5
+
+
+def deploy_options(entry: VersionEntry) -> dict[str, Any]:
+    """Return the ``deploy_model`` keywords that deploy a catalogued version as it was."""
+    options = entry.options
+    batching, breaker = options.get("batching"), options.get("breaker")
+    return {
+        "metadata": dict(entry.metadata),
+        "features": options.get("features"),
+        "output": options.get("output"),
+        "batching": None if batching is None else BatchingConfig(**batching),
+        "allow_nan": bool(options.get("allow_nan", False)),
+        "error_threshold": options.get("error_threshold"),
+        "breaker": None if breaker is None else BreakerConfig(**breaker),
+    }
 
 
 def version_entry(deployment: Deployment) -> VersionEntry:
@@ -70,6 +89,12 @@ class ControlSync:
         self._rollouts = parts.rollouts
         self._fallbacks = parts.fallbacks
         self._server = server
+        self._artifacts = parts.artifacts
+        self._loading: set[tuple[str, str]] = set()
+        self._unloadable: set[tuple[str, str]] = set()
+        # Loads and retires run apart from the writes: each makes a change of its own,
+        # which waits for the writes queued before it (catch_up).
+        self._following = PendingWrites()
         # Per model: the shared state as last read or written (the revision the view
         # is in step with), versions retired here and not yet written, and whether a
         # write is queued. Entries are cached per deployment: hashing is not free.
@@ -117,7 +142,9 @@ class ControlSync:
             for _ in range(CATALOGUE_RETRIES):
                 known = self._known.get(model_id) or ModelState(model_id)
                 retired = set(self._retired.get(model_id, ()))
-                intended = self.snapshot(model_id, known, retired)
+                intended = self.snapshot(model_id, known, retired, choices=chose)
+                if intended == known and known.revision > 0:
+                    return  # nothing this server holds differs from the stored state
                 try:
                     written = await self.state.write(intended)
                 except StateConflictError as exc:
@@ -156,10 +183,25 @@ class ControlSync:
         )
 
     def snapshot(
-        self, model_id: str, known: ModelState, retired: Set[str] = frozenset()
+        self,
+        model_id: str,
+        known: ModelState,
+        retired: Set[str] = frozenset(),
+        *,
+        choices: bool = True,
     ) -> ModelState:
-        """Return the model's state as this server has it, based on ``known``'s revision."""
+        """Return the model's state as this server has it, based on ``known``'s revision.
+
+        Without ``choices`` only the catalogue is this server's; the active
+        version, routing, fallback and rollout stay as stored: this server's
+        view of them may lag (a routing it could not apply yet, say), and a
+        catalogue change must not write that view over another's choice.
+        """
         versions = {v: e for v, e in known.versions.items() if v not in retired}
+        if not choices and self._registry.contains_model(model_id):
+            local = self._registry.versions(model_id)
+            versions.update((version, self._entry(d)) for version, d in local.items())
+            return known.changed(versions=versions)
         if not self._registry.contains_model(model_id):
             # Nothing of it is served here: what other writers deployed stays as they left it.
             if not versions:
@@ -248,8 +290,63 @@ class ControlSync:
         if known is not None and state.revision <= known.revision:
             return
         self._known[model_id] = state
+        if self._artifacts is not None and not self.paused:
+            self._follow_catalogue(state, known)
         if state.exists and self._registry.contains_model(model_id):
             self._apply(state)
+
+    # -- versions deployed or retired by other servers ----------------------------------------
+
+    def unloaded(self) -> list[str]:
+        """``model:version`` of each catalogued version not loaded here (with artifacts)."""
+        if self._artifacts is None:
+            return []
+        return sorted(
+            f"{model_id}:{version}"
+            for model_id, state in self._known.items()
+            for version in state.versions
+            if not self._registry.contains(model_id, version)
+            and (model_id, version) not in self._unloadable
+        )
+
+    def _follow_catalogue(self, state: ModelState, before: ModelState | None) -> None:
+        """Load the versions the catalogue gained elsewhere; retire those it lost."""
+        model_id = state.model_id
+        for version in state.versions:
+            key = (model_id, version)
+            if not self._registry.contains(model_id, version) and key not in self._loading:
+                self._loading.add(key)
+                self._following.spawn(self._load(model_id, version))
+        gone = set(before.versions if before else ()) - set(state.versions)
+        for version in sorted(gone):
+            if self._registry.contains(model_id, version):
+                self._following.spawn(self._retire(model_id, version))
+
+    async def _load(self, model_id: str, version: str) -> None:
+        try:
+            entry = self._known[model_id].versions.get(version)
+            if entry is None or not entry.digest or self._artifacts is None:
+                return
+            onnx_bytes = await anyio.to_thread.run_sync(self._artifacts.get, entry.digest)
+            await self._server.deploy_model(
+                model_id, version, onnx_bytes, set_active=False, **deploy_options(entry)
+            )
+            logger.info("loaded %s:%s, deployed by another server", model_id, version)
+        except TurnoutError as exc:
+            logger.warning("cannot load %s:%s from the artifacts: %s", model_id, version, exc)
+            self._unloadable.add((model_id, version))
+        finally:
+            self._loading.discard((model_id, version))
+        known = self._known.get(model_id)
+        if known is not None and known.exists:
+            self._apply(known)  # routing may name the version just loaded
+
+    async def _retire(self, model_id: str, version: str) -> None:
+        try:
+            await self._server.retire_model(model_id, version)
+            logger.info("retired %s:%s, as another server did", model_id, version)
+        except TurnoutError as exc:
+            logger.warning("cannot retire %s:%s here: %s", model_id, version, exc)
 
     def _apply(self, state: ModelState) -> None:
         model_id, local = state.model_id, self._registry.versions(state.model_id)
@@ -288,6 +385,7 @@ class ControlSync:
 
     async def close(self) -> None:
         """Wait for queued writes (failures were logged) and stop hearing the change feed."""
+        await self._following.settle()
         await self._tasks.settle()
         if self._unsubscribe is not None:
             self._unsubscribe()

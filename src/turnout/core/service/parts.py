@@ -21,6 +21,7 @@ from turnout.core.routing.canary_controller import RolloutController
 from turnout.core.routing.config import RoutingConfig, RoutingContext
 from turnout.core.routing.router import Router
 from turnout.core.service.plugins import EventEmitter
+from turnout.core.state.artifacts import ArtifactStore
 from turnout.core.state.write_queue import StoreWriter
 
 __all__ = ["ServerCalls", "ServerParts"]
@@ -37,6 +38,7 @@ class ServerParts:
     rollouts: RolloutController
     fallbacks: dict[str, Fallback]
     store: StoreWriter | None
+    artifacts: ArtifactStore | None = None  # where deployed ONNX is shared by digest
 
 
 class ServerCalls(Protocol):
@@ -66,3 +68,5 @@ class ServerCalls(Protocol):
     async def set_routing(self, model_id: str, config: RoutingConfig) -> None: ...
 
     async def deploy_model(self, *args: Any, **kwargs: Any) -> Deployment: ...
+
+    async def retire_model(self, model_id: str, version: str) -> None: ...

@@ -62,6 +62,7 @@ from turnout.core.service.requests import (
 from turnout.core.service.restore import Restorer
 from turnout.core.service.rollout_operations import RolloutOperations
 from turnout.core.service.version_lifecycle import VersionLifecycle, release
+from turnout.core.state.artifacts import ArtifactStore
 from turnout.core.state.control import ControlState
 from turnout.core.state.memory import MemoryState
 from turnout.core.state.repository import ModelStore
@@ -93,7 +94,10 @@ class ModelServer:
     outcome totals) goes through ``state``, a
     :class:`~turnout.core.state.control.ControlState`: by default a
     :class:`~turnout.core.state.memory.MemoryState` of its own; servers given
-    one state share their control state.
+    one state share their control state. With ``artifacts`` (a directory the
+    servers share) each deployed ONNX is stored there by digest, and a
+    version another server deploys is loaded here from it before this server
+    routes to it.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class ModelServer:
         repository: str | os.PathLike[str] | None = None,
         repository_read_only: bool = False,
         state: ControlState | None = None,
+        artifacts: str | os.PathLike[str] | None = None,
     ) -> None:
         if repository is not None and mock_mode:
             raise InvalidConfigError(
@@ -161,6 +166,7 @@ class ModelServer:
             rollouts=self._rollouts,
             fallbacks=self._fallbacks,
             store=self._store,
+            artifacts=None if artifacts is None else ArtifactStore(artifacts),
         )
         self._rollout_ops = RolloutOperations(parts, self)
         self._restorer = Restorer(parts, self)
@@ -638,6 +644,12 @@ class ModelServer:
         await self._sync.flush()
         if stored is not None:
             raise stored
+
+    @property
+    def unloaded_versions(self) -> list[str]:
+        """``model:version`` of each shared version this server is still to load (none without
+        ``artifacts``): until there are none, it is not ready."""
+        return self._sync.unloaded()
 
     @property
     def control_state(self) -> ControlState:

@@ -20,6 +20,7 @@ from turnout.core.deployments.registry import Deployment, HealthCheckFn
 from turnout.core.errors import (
     InvalidConfigError,
     InvalidRoutingError,
+    StoreError,
     TurnoutError,
     VersionExistsError,
 )
@@ -125,9 +126,15 @@ class VersionLifecycle:
             on_breaker_change=self._callbacks.breaker_changed,
         )
         try:
+            artifacts = self._parts.artifacts
+            if artifacts is not None and loaded.onnx_bytes is not None:
+                # Before the catalogue names it: another process may load it at once.
+                await anyio.to_thread.run_sync(artifacts.put, loaded.onnx_bytes)
             await self._sync.catch_up(model_id)
-        except TurnoutError:
+        except (TurnoutError, OSError) as exc:
             await release(deployment)
+            if isinstance(exc, OSError):
+                raise StoreError(f"cannot store the artifact of {name}: {exc}") from exc
             raise
         try:
             # Checked again: the server may have closed, or another deploy of
