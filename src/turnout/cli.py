@@ -19,10 +19,12 @@ from turnout.core.execution.outputs import OutputMode
 from turnout.web.auth import TOKEN_ENV
 from turnout.web.eventloop import EVENT_LOOPS
 
-__all__ = ["STATE_ENV", "build_parser", "main"]
+__all__ = ["STATE_ENV", "WORKERS_ENV", "build_parser", "main"]
 
 # Where `turnout serve` keeps control state, unless --state says.
 STATE_ENV = "TURNOUT_STATE"
+# How many worker processes `turnout serve` runs, unless --workers says.
+WORKERS_ENV = "TURNOUT_WORKERS"
 
 
 REMOTE_REFUSAL = (
@@ -42,6 +44,20 @@ def _port(text: str) -> int:
             f"port must be from 0 to 65535 (0 picks a free one): {port}"
         )
     return port
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        from turnout.supervisor import usable_cores
+
+        return usable_cores()
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError(f"workers must be from 1 to 256, or auto: {count}")
+    return count
 
 
 def _seconds(text: str) -> float:
@@ -123,6 +139,23 @@ def _add_serve(commands: Any) -> None:
         help=f"where control state lives: memory (the default), or redis://host:port/db,"
         f" shared by every server given it (needs turnout[redis]; ${STATE_ENV})",
     )
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        type=_workers,
+        default=os.environ.get(WORKERS_ENV, "1"),
+        help=f"worker processes serving the port (1; auto: one per usable core; ${WORKERS_ENV})."
+        " They share control state and artifacts, so a change through any reaches all",
+    )
+    serve.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        default=None,
+        help="directory where servers sharing --state share deployed ONNX files by digest"
+        " (--workers makes one of its own)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument(
         "--shutdown-timeout",
         metavar="SECONDS",
@@ -289,6 +322,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
     # Without models to serve, the demo's are served; a repository's models win.
     demo = True if args.demo is None else args.demo
+    if args.workers > 1 and args.worker_index is None:
+        return _supervise(args, token)
     from turnout.web.eventloop import loop_factory
     from turnout.web.launch import run_serve
 
@@ -301,23 +336,88 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                     demo=demo,
                     repository=args.repository,
                     state=args.state,
+                    artifacts=args.artifacts,
                     admin=admin,
                     shutdown_timeout=args.shutdown_timeout,
                     mlflow_experiment=args.mlflow_experiment,
+                    reuse_port=args.reuse_port,
+                    banner=not args.worker_index,
                 )
             )
     except TurnoutError as exc:  # e.g. --mlflow-experiment without MLflow installed
         print(f"turnout serve: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the address is taken, or not this machine's
-        hint = ""
-        if exc.errno == errno.EADDRINUSE:
-            hint = "; another program listens there: stop it, or choose --port/--admin-port"
-        print(f"turnout serve: {exc.strerror or exc}{hint}", file=sys.stderr)
-        return 1
+        return _cannot_listen(exc)
     except KeyboardInterrupt:  # before the server took over the signal, e.g. while training
         return 130
     return 0
+
+
+def _cannot_listen(exc: OSError) -> int:
+    hint = ""
+    if exc.errno == errno.EADDRINUSE:
+        hint = "; another program listens there: stop it, or choose --port/--admin-port"
+    print(f"turnout serve: {exc.strerror or exc}{hint}", file=sys.stderr)
+    return 1
+
+
+def _supervise(args: argparse.Namespace, token: str | None) -> int:
+    """Run ``args.workers`` workers of this ``turnout serve`` under a supervisor."""
+    from turnout.supervisor import RunDirectory, Supervisor
+    from turnout.web.listeners import Listeners
+
+    serves_admin = token is not None or args.admin_without_token
+    admin_address = (args.admin_host, args.admin_port) if serves_admin else None
+    try:
+        # First without SO_REUSEPORT, which a port anyone holds refuses (even one
+        # another turnout holds with it); this also picks the ports for port 0.
+        probe = Listeners.bind(args.host, args.port, admin_address)
+        port = probe.inference[0].getsockname()[1]
+        admin_port = probe.admin[0].getsockname()[1] if probe.admin else args.admin_port
+        probe.close()
+        # Then held, not listening, while the workers run, so no one takes them meanwhile.
+        reserved = Listeners.bind(
+            args.host,
+            port,
+            (args.admin_host, admin_port) if serves_admin else None,
+            reuse_port=True,
+        )
+    except OSError as exc:
+        return _cannot_listen(exc)
+    run = RunDirectory()
+    state = args.state or f"sqlite:///{run.path / 'control-state.db'}"
+    artifacts = args.artifacts or str(run.path / "artifacts")
+
+    def command(index: int) -> list[str]:
+        line = [sys.executable, "-m", "turnout", "serve", "--host", args.host]
+        line += ["--port", str(port), "--reuse-port", "--worker-index", str(index)]
+        line += ["--state", state, "--artifacts", artifacts, "--workers", "1"]
+        line += ["--shutdown-timeout", str(args.shutdown_timeout)]
+        line += ["--event-loop", args.event_loop, "--admin-host", args.admin_host]
+        line += ["--admin-port", str(admin_port)]
+        if args.admin_without_token:
+            line.append("--admin-without-token")
+        if args.allow_remote:
+            line.append("--allow-remote")
+        if args.mlflow_experiment is not None:
+            line += ["--mlflow-experiment", args.mlflow_experiment]
+        # Worker 0 trains the demo and keeps the repository; the others load what it deploys.
+        if index == 0:
+            line.append("--no-demo" if args.demo is False else "--demo")
+            if args.repository is not None:
+                line += ["--repository", args.repository]
+        else:
+            line.append("--no-demo")
+        return line
+
+    # The token goes to the workers in their environment, never on a command line.
+    env = {TOKEN_ENV: token} if token is not None else {}
+    try:
+        return Supervisor(args.workers, command, args.shutdown_timeout, env).run()
+    finally:
+        reserved.close()
+        run.close()
 
 
 def _target(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import pickle
 from typing import Any
 
@@ -79,7 +80,7 @@ async def test_an_unauthenticated_admin_api_answers_loopback(make_admin) -> None
     client = await make_admin(token=None, allow_unauthenticated=True)
     response = await client.get("/admin/status")
     assert response.status == 200
-    assert await response.json() == {"models": {}}
+    assert await response.json() == {"models": {}, "pid": os.getpid()}
 
 
 async def test_the_inference_api_has_no_admin_routes(http) -> None:

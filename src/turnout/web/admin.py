@@ -34,6 +34,7 @@ plus the Open Inference Protocol's model repository extension
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -156,7 +157,10 @@ async def status(request: web.Request) -> web.Response:
     """GET /admin/status: every model, its active version, routing and versions' status."""
     server = request.app[SERVER_KEY]
     models = sorted(server.get_all_models_status())
-    return _json({"models": {model: model_view(server, model) for model in models}})
+    # The pid tells the workers of `turnout serve --workers N` apart behind their one port.
+    return _json(
+        {"models": {model: model_view(server, model) for model in models}, "pid": os.getpid()}
+    )
 
 
 async def health(request: web.Request) -> web.Response:

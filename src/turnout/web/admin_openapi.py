@@ -107,7 +107,12 @@ def _schemas() -> dict[str, Schema]:
                 },
             }
         ),
-        "Status": obj({"models": {"type": "object", "additionalProperties": ref("Model")}}),
+        "Status": obj(
+            {
+                "models": {"type": "object", "additionalProperties": ref("Model")},
+                "pid": {"type": "integer", "description": "The answering worker's process id."},
+            }
+        ),
         "HealthReport": obj(
             {
                 "model_id": string(),

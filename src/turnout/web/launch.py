@@ -24,9 +24,12 @@ async def run_serve(
     demo: bool,
     repository: str | os.PathLike[str] | None = None,
     state: str | None = None,
+    artifacts: str | os.PathLike[str] | None = None,
     admin: AdminSettings | None = None,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     mlflow_experiment: str | None = None,
+    reuse_port: bool = False,
+    banner: bool = True,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then answer in-flight requests and close the server.
 
@@ -37,10 +40,15 @@ async def run_serve(
     ServerClosedError. With ``mlflow_experiment``, deployments and serving
     metrics are tracked in that MLflow experiment (docs/mlflow.md). ``state``
     is where control state lives (``open_state``): shared by every server
-    given the same location.
+    given the same location; ``artifacts`` the directory where they share
+    deployed ONNX. ``reuse_port`` binds with SO_REUSEPORT, as every worker of
+    ``--workers N`` does; ``banner=False`` prints no banner (all workers but
+    the first).
     """
     # Bound before the repository is opened or the demo trained: a port in use fails at once.
-    listeners = Listeners.bind(host, port, None if admin is None else (admin.host, admin.port))
+    listeners = Listeners.bind(
+        host, port, None if admin is None else (admin.host, admin.port), reuse_port=reuse_port
+    )
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(listeners.close)
         plugins: list[object] = []
@@ -55,9 +63,9 @@ async def run_serve(
         if control is not None:
             stack.push_async_callback(control.close)  # after the server, which writes to it
         server = await stack.enter_async_context(
-            ModelServer(repository=repository, plugins=plugins, state=control)
+            ModelServer(repository=repository, plugins=plugins, state=control, artifacts=artifacts)
         )
-        await _run(server, listeners, demo, repository, admin, shutdown_timeout)
+        await _run(server, listeners, demo, repository, admin, shutdown_timeout, banner)
     print("turnout: stopped", file=sys.stderr, flush=True)
 
 
@@ -68,15 +76,20 @@ async def _run(
     repository: str | os.PathLike[str] | None,
     admin: AdminSettings | None,
     shutdown_timeout: float,
+    banner: bool = True,
 ) -> None:
     """Deploy the demo if asked, then serve until a signal; the caller closes the server."""
     if repository is not None and server.get_all_models_status():
         print(f"turnout: restored the models in {repository}", file=sys.stderr, flush=True)
         demo = False
+    if demo and await server.control_state.model_ids():
+        demo = False  # the shared control state has models: they are loaded, not trained
     example_row = await _deploy_demo(server) if demo else None
 
     def started(url: str) -> None:
         """Print where the server listens and how to query it."""
+        if not banner:
+            return
         _print_banner(server, url, example_row)
         if admin is None:
             print(
@@ -87,6 +100,8 @@ async def _run(
 
     def admin_started(url: str) -> None:
         """Print where the admin API listens and how to use it."""
+        if not banner:
+            return
         guard = "token-protected" if admin and admin.token else "no token, loopback only"
         variable = TOKEN_ENV if admin and admin.token else None
         status = admin_example(url, "/admin/status", variable)

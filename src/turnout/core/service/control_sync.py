@@ -366,7 +366,10 @@ class ControlSync:
                 try:
                     self._router.build(state.routing, self._server._context(model_id))
                 except TurnoutError as exc:
-                    logger.warning("%s: stored routing not applied here: %s", model_id, exc)
+                    # Expected while a version it names is loading: applied once it is.
+                    loading = any((model_id, v) in self._loading for v in state.versions)
+                    log = logger.info if loading else logger.warning
+                    log("%s: stored routing not applied here yet: %s", model_id, exc)
                 else:
                     self._server._apply_routing(model_id, state.routing, "stored by another writer")
             if _fallback_data(state.fallback) != _fallback_data(self._fallbacks.get(model_id)):

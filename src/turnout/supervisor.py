@@ -1,0 +1,156 @@
+"""``turnout serve --workers N``: one supervisor, N worker processes serving one port.
+
+Each worker is a full ``turnout serve`` that binds the inference port (and
+the admin port) with SO_REUSEPORT, so the kernel spreads connections over
+the workers evenly: no worker is left without work, as with one socket
+whose accepts go to whichever process wakes first. The supervisor binds the
+ports first, and keeps them bound (not listening) while it runs: a port
+already taken is refused at once, port 0 is resolved to one port for all,
+and no other program takes the port while a worker restarts.
+
+The workers share their control state (``--state``; by default a SQLite file
+in the supervisor's run directory) and their artifacts (a directory of ONNX
+files by digest), so a change made through any worker's admin API is in
+force on all, and a version deployed through one is loaded by the others.
+Only worker 0 trains the demo and keeps ``--repository``: the others load
+what it deploys, and it writes to the repository what any of them changes.
+
+A worker that dies is restarted after a back-off (0.5 s, doubling to 30 s;
+reset once a worker has run for a minute), and the supervisor says so. On
+SIGTERM or SIGINT every worker drains the requests it admitted, and the
+supervisor exits 0 once they have.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["FIRST_BACKOFF", "MAX_BACKOFF", "Supervisor", "WorkerSlot", "usable_cores"]
+
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+# A worker that ran this long before it died is restarted after the first back-off again.
+HEALTHY_SECONDS = 60.0
+POLL_SECONDS = 0.1
+
+
+def usable_cores() -> int:
+    """Return the number of cores this process may run on (``--workers auto``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class WorkerSlot:
+    """One worker's place: its process now, when it started, and its next back-off."""
+
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    backoff: float = FIRST_BACKOFF
+    restart_at: float | None = None
+
+
+@dataclass
+class Supervisor:
+    """Starts ``count`` workers from ``command(index)``, restarts the dead, stops them all."""
+
+    count: int
+    command: Callable[[int], Sequence[str]]
+    shutdown_timeout: float
+    env: dict[str, str] = field(default_factory=dict)
+    log: Callable[[str], None] = lambda line: print(f"turnout: {line}", file=sys.stderr, flush=True)
+
+    def __post_init__(self) -> None:
+        self._slots = [WorkerSlot(i) for i in range(self.count)]
+        self._stopping = False
+
+    def run(self) -> int:
+        """Supervise until SIGTERM or SIGINT; return 0 once every worker has stopped."""
+        previous = {
+            number: signal.signal(number, self._stop) for number in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            for slot in self._slots:
+                self._start(slot)
+            pids = ", ".join(str(s.process.pid) for s in self._slots if s.process)
+            self.log(f"{self.count} workers started (pids {pids})")
+            while not self._stopping:
+                self._tend(time.monotonic())
+                time.sleep(POLL_SECONDS)
+            return self._stop_all()
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _stop(self, number: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def _start(self, slot: WorkerSlot) -> None:
+        slot.process = subprocess.Popen(
+            list(self.command(slot.index)), env={**os.environ, **self.env}
+        )
+        slot.started = time.monotonic()
+        slot.restart_at = None
+
+    def _tend(self, now: float) -> None:
+        for slot in self._slots:
+            process = slot.process
+            if process is not None and process.poll() is not None:
+                if now - slot.started >= HEALTHY_SECONDS:
+                    slot.backoff = FIRST_BACKOFF
+                slot.restart_at = now + slot.backoff
+                self.log(
+                    f"worker {slot.index} (pid {process.pid}) exited with"
+                    f" {_how(process.returncode)}; restarting it in {slot.backoff:g} s"
+                )
+                slot.backoff = min(slot.backoff * 2, MAX_BACKOFF)
+                slot.process = None
+            elif process is None and slot.restart_at is not None and now >= slot.restart_at:
+                self._start(slot)
+                assert slot.process is not None
+                self.log(f"worker {slot.index} restarted (pid {slot.process.pid})")
+
+    def _stop_all(self) -> int:
+        live = [s.process for s in self._slots if s.process and s.process.poll() is None]
+        self.log(f"stopping {len(live)} workers; each answers the requests it admitted")
+        for process in live:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.shutdown_timeout + 10.0
+        for process in live:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log(f"worker pid {process.pid} did not stop in time; killing it")
+                process.kill()
+                process.wait()
+        return 0
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"
+
+
+class RunDirectory:
+    """A temporary directory for one supervisor run (its state file, its artifacts)."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="turnout-workers-"))
+
+    def close(self) -> None:
+        """Remove the directory and what the workers left in it."""
+        shutil.rmtree(self.path, ignore_errors=True)
