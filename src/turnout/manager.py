@@ -331,8 +331,10 @@ class ModelServingManager:
     def compare_versions(self, model_id: str, a: str, b: str) -> ABComparison:
         """Compare two versions' recorded outcomes (see :meth:`ModelServer.compare_versions`).
 
-        With MLflow enabled, the result is logged on both versions' runs.
+        The outcomes are those of every server sharing the control state. With
+        MLflow enabled, the result is logged on both versions' runs.
         """
+        self._run(self.server.refresh_outcomes, model_id)
         comparison: ABComparison = self._run(self.server.compare_versions, model_id, a, b)
         return comparison
 

@@ -400,6 +400,7 @@ async def compare(request: web.Request) -> web.Response:
         if value is None:
             raise bad_request(f"the query parameter {key} is missing: ?a=v1&b=v2", key)
         names.append(check_name(key, value))
+    await server.refresh_outcomes(model)  # every worker's outcomes, not this one's only
     return _json(server.compare_versions(model, names[0], names[1]))
 
 

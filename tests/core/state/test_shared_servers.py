@@ -168,8 +168,10 @@ async def test_outcomes_from_both_servers_add_up_in_one_comparison(
         await server.record_outcome("bc", result.request_id, outcome)
     totals = (await one.control_state.outcomes("bc"))["v1"]
     assert totals.statistics("v1").count == 3
-    # The server that recorded last sees every process's outcomes.
+    # The server that recorded last sees every process's outcomes; another takes them.
     assert two.compare_versions("bc", "v1", "v2").a.count == 3
+    await one.refresh_outcomes("bc")
+    assert one.compare_versions("bc", "v1", "v2").a.count == 3
 
 
 # -- shared artifacts: a version deployed on one server is loaded by the others ----------------

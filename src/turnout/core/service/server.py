@@ -493,6 +493,16 @@ class ModelServer:
         traffic.outcomes.adopt(version, totals)
         return version
 
+    async def refresh_outcomes(self, model_id: str) -> None:
+        """Take the outcome totals every server sharing the control state recorded.
+
+        :meth:`compare_versions` then compares them; without it, it compares
+        what this server last recorded or took.
+        """
+        traffic = self._router.traffic(check_name("model_id", model_id))
+        for version, totals in (await self._sync.state.outcomes(model_id)).items():
+            traffic.outcomes.adopt(version, totals)
+
     def compare_versions(self, model_id: str, a: str, b: str) -> ABComparison:
         """Compare two versions' recorded outcomes: difference, p-value and a verdict."""
         for version in (a, b):
