@@ -54,6 +54,7 @@ class RedisServer:
         self.binary = require_binary("redis-server", "redis-server")
         self.port = free_port()
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 

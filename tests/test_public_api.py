@@ -15,6 +15,7 @@ EXPECTED = {
     "ModelState",
     "OutcomeTotals",
     "StateConflictError",
+    "StateUnavailableError",
     "VersionEntry",
     "AdminClient",
     "RemoteError",

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from services import RedisServer
 from support import eventually
 from turnout import (
     ControlState,
@@ -26,7 +27,9 @@ from turnout import (
     OutcomeTotals,
     RoutingConfig,
     StateConflictError,
+    StateUnavailableError,
 )
+from turnout.core.state.redis_state import RedisState
 
 SPLIT = RoutingConfig("weighted", {"versions": ["v1", "v2"], "weights": [70, 30]})
 
@@ -219,3 +222,44 @@ async def test_a_version_retired_on_one_server_is_retired_on_the_other(
     await one.retire_model("bc", "v2")
     await eventually(lambda: set(two.get_all_models_status()["bc"]) == {"v1"})
     assert set((await two.control_state.read("bc")).versions) == {"v1"}
+
+
+# -- the store goes away, and comes back empty ---------------------------------------------------
+
+
+async def test_a_redis_outage_refuses_control_writes_not_inference(
+    tmp_path: Any, logistic_model: Any, forest_model: Any, binary_data: Any
+) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    state = RedisState(redis.url)
+    rows = binary_data.X_test.to_numpy()[:1]
+    try:
+        async with ModelServer(state=state, entry_points=False) as server:
+            await server.deploy_model("bc", "v1", logistic_model)
+            await server.deploy_model("bc", "v2", forest_model, set_active=False)
+            await server.set_routing("bc", SPLIT)
+
+            redis.stop()
+            answered = [await server.predict("bc", rows) for _ in range(200)]
+            assert len(answered) == 200  # inference never asks the store
+            with pytest.raises(StateUnavailableError, match="unreachable"):
+                await server.set_routing("bc", RoutingConfig("active"))
+            assert server.get_routing("bc") == SPLIT  # refused, so not made here either
+
+            redis.start()  # on the same port, without its data
+
+            async def stored_again() -> bool:
+                return (await state.read("bc")).routing == SPLIT
+
+            for _ in range(200):
+                if await stored_again():
+                    break
+                await asyncio.sleep(0.05)
+            stored = await state.read("bc")
+            assert (stored.routing, set(stored.versions)) == (SPLIT, {"v1", "v2"})
+            await server.set_routing("bc", RoutingConfig("active"))  # writes work again
+            assert (await state.read("bc")).routing == RoutingConfig("active")
+    finally:
+        await state.close()
+        redis.stop()

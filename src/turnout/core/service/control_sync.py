@@ -28,12 +28,12 @@ from typing import Any
 import anyio
 
 from turnout.core.deployments.registry import Deployment
-from turnout.core.errors import StateConflictError, TurnoutError
+from turnout.core.errors import StateConflictError, StateUnavailableError, TurnoutError
 from turnout.core.execution.batching import BatchingConfig
 from turnout.core.resilience.breaker import BreakerConfig
 from turnout.core.routing.outcomes import OutcomeTotals
 from turnout.core.service.parts import ServerCalls, ServerParts
-from turnout.core.state.control import ControlState, ModelState, VersionEntry
+from turnout.core.state.control import EVERY_MODEL, ControlState, ModelState, VersionEntry
 from turnout.core.state.pending import PendingWrites
 from turnout.core.state.repository_records import breaker_to_dict, fallback_to_dict
 
@@ -101,6 +101,7 @@ class ControlSync:
         self._known: dict[str, ModelState] = {}
         self._retired: dict[str, set[str]] = {}
         self._queued: set[str] = set()
+        self._unwritten: set[str] = set()  # changes an unreachable store refused
         # Per model with a write queued: True if it carries a choice (active, routing,
         # fallback, rollout), False if only versions deployed or retired here.
         self._chose: dict[str, bool] = {}
@@ -147,6 +148,10 @@ class ControlSync:
                     return  # nothing this server holds differs from the stored state
                 try:
                     written = await self.state.write(intended)
+                except StateUnavailableError:
+                    # Written again once the store is back (the feed says so): _refresh_all.
+                    self._unwritten.add(model_id)
+                    raise
                 except StateConflictError as exc:
                     await self._refresh(model_id)
                     fresh = self._known.get(model_id) or ModelState(model_id)
@@ -162,6 +167,7 @@ class ControlSync:
                     continue
                 self._known[model_id] = written
                 self._retired.get(model_id, set()).difference_update(retired)
+                self._unwritten.discard(model_id)
                 return
             raise StateConflictError(
                 f"the catalogue of {model_id!r} changed under each of"
@@ -261,9 +267,28 @@ class ControlSync:
         await self.flush()
 
     def _heard(self, model_id: str, revision: int) -> None:
+        if model_id == EVERY_MODEL:
+            self._tasks.spawn(self._refresh_everything())
+            return
         known = self._known.get(model_id)
         if known is None or revision > known.revision:
             self._tasks.spawn(self._refresh_quietly(model_id))
+
+    async def _refresh_everything(self) -> None:
+        try:
+            stored = set(await self.state.model_ids())
+        except TurnoutError as exc:
+            logger.warning("cannot re-read the control state: %s", exc)
+            return
+        for model_id in sorted(stored | set(self._known) | set(self._registry.model_ids())):
+            await self._refresh_quietly(model_id)
+        for model_id in sorted(self._unwritten):
+            self.changed(model_id)
+
+    @property
+    def available(self) -> bool:
+        """False while a change made here waits for an unreachable store to be written."""
+        return not self._unwritten
 
     async def _refresh_quietly(self, model_id: str) -> None:
         try:
@@ -287,6 +312,19 @@ class ControlSync:
         """Read the model's shared state and apply it to this server's view."""
         state = await self.state.read(model_id)
         known = self._known.get(model_id)
+        if known is not None and state.revision < known.revision:
+            # The store went back (a Redis restarted without its data): what this server
+            # serves is written again, on the revision the store is at.
+            logger.warning(
+                "the control state of %s went back from revision %d to %d; writing it again",
+                model_id,
+                known.revision,
+                state.revision,
+            )
+            self._known[model_id] = state
+            if self._registry.contains_model(model_id):
+                self.changed(model_id)
+            return
         if known is not None and state.revision <= known.revision:
             return
         self._known[model_id] = state

@@ -115,8 +115,8 @@ class RolloutOperations:
     def judge_canary(self, model_id: str) -> None:
         """Judge the step in force, if its window is full: advance, promote or roll back."""
         plan = self.canary_plan(model_id)
-        if plan is None:
-            return
+        if plan is None or not self._server._control_available():
+            return  # while the control state is unreachable, rollouts pause
         candidate = self._registry.get(model_id, plan.candidate)
         judgement = self._rollouts.judge(
             model_id,

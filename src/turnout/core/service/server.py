@@ -671,6 +671,10 @@ class ModelServer:
         """True once :meth:`close` has been called."""
         return self._closed
 
+    def _control_available(self) -> bool:
+        """False while the control state is unreachable and holds back a change made here."""
+        return self._sync.available
+
     def _check_open(self) -> None:
         if self._closed:
             raise ServerClosedError("the server is closed")

@@ -39,13 +39,22 @@ from turnout.core.routing.config import RoutingConfig
 from turnout.core.routing.outcomes import OutcomeTotals
 from turnout.core.routing.router import ACTIVE
 
-__all__ = ["HISTORY_LIMIT", "ChangeListener", "ControlState", "ModelState", "VersionEntry"]
+__all__ = [
+    "EVERY_MODEL",
+    "HISTORY_LIMIT",
+    "ChangeListener",
+    "ControlState",
+    "ModelState",
+    "VersionEntry",
+]
 
 # Rollout events a model keeps: enough for every step of several rollouts.
 HISTORY_LIMIT = 200
 
 # listener(model_id, revision): the model's state is now at that revision; re-read it.
 ChangeListener = Callable[[str, int], None]
+# The model id a feed announces when it may have missed changes: re-read every model.
+EVERY_MODEL = ""
 
 
 @dataclass(frozen=True)
@@ -130,9 +139,10 @@ class ControlState(Protocol):
 
         Returns, once subscribed, the function that unsubscribes. A listener
         learns of every write from then on, its own subscriber's included,
-        and re-reads what it needs. A feed that lost its connection announces
-        every model's revision again on its return: a lost notification costs
-        a re-read, never a missed change.
+        and re-reads what it needs. A feed that lost its connection calls
+        ``listener(EVERY_MODEL, 0)`` on its return: re-read every model you
+        know (the store may even have lost them). A lost notification costs a
+        re-read, never a missed change.
         """
         ...
 

@@ -13,7 +13,7 @@ subscriber hears of a write that did not happen. Outcome totals are Redis
 counters (``HINCRBY``, ``HINCRBYFLOAT`` in a ``MULTI``), never a
 read-modify-write from Python; the shift (a version's first outcome) is set
 once with ``HSETNX``. A subscriber whose connection drops announces every
-model's revision again once it is back, so a notification lost in the gap
+model's revision again once it is back (``EVERY_MODEL``), so a notification lost in the gap
 costs a re-read, not a change (redis-py's ``PubSub``:
 https://redis.readthedocs.io/en/stable/advanced_features.html#publish-subscribe).
 """
@@ -28,11 +28,13 @@ from typing import Any
 
 from turnout.core.errors import InvalidConfigError, StateConflictError, StateUnavailableError
 from turnout.core.routing.outcomes import OutcomeTotals
-from turnout.core.state.control import ChangeListener, ModelState
+from turnout.core.state.control import EVERY_MODEL, ChangeListener, ModelState
 from turnout.core.state.control_codec import decode_state, encode_state
 
 try:
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
     from redis.exceptions import RedisError
 except ImportError:  # the redis extra is not installed
     aioredis = None  # type: ignore[assignment]
@@ -61,6 +63,8 @@ redis.call('PUBLISH', KEYS[4], ARGV[3] .. ' ' .. revision)
 return {1, revision}
 """
 
+CONNECT_SECONDS = 0.5
+CALL_SECONDS = 2.0
 # Seconds a first subscription waits for Redis before it is refused.
 SUBSCRIBE_TIMEOUT = 5.0
 # Seconds between attempts to get the change feed back after its connection dropped.
@@ -77,7 +81,17 @@ class RedisState:
             )
         self.url = url
         self._prefix = prefix
-        self._redis = aioredis.Redis.from_url(url)
+        # An unreachable Redis refuses a control write within about a second (two quick
+        # retries, short timeouts), rather than holding the caller for redis-py's default.
+        retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), 2)
+        self._redis = aioredis.Redis.from_url(
+            url, retry=retry, socket_connect_timeout=CONNECT_SECONDS, socket_timeout=CALL_SECONDS
+        )
+        # The feed's connection waits for messages as long as it takes: no read timeout;
+        # health checks find a connection that died in silence.
+        self._feed_redis = aioredis.Redis.from_url(
+            url, retry=retry, socket_connect_timeout=CONNECT_SECONDS, health_check_interval=5
+        )
         self._write = self._redis.register_script(_WRITE)
         self._listeners: list[ChangeListener] = []
         self._feed: asyncio.Task[None] | None = None
@@ -192,13 +206,14 @@ class RedisState:
         lost = False
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
+                async with self._feed_redis.pubsub() as pubsub:
                     await pubsub.subscribe(channel)
                     assert self._subscribed is not None
                     self._subscribed.set()
                     if lost:
                         logger.info("the control-state feed from %s is back", self.url)
-                        await self._announce_all()
+                        for listener in list(self._listeners):
+                            listener(EVERY_MODEL, 0)
                         lost = False
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
@@ -213,12 +228,6 @@ class RedisState:
         model_id, _, revision = data.decode().partition(" ")
         for listener in list(self._listeners):
             listener(model_id, int(revision))
-
-    async def _announce_all(self) -> None:
-        for model_id in await self.model_ids():
-            state = await self.read(model_id)
-            for listener in list(self._listeners):
-                listener(model_id, state.revision)
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -237,3 +246,4 @@ class RedisState:
                 await self._feed
             self._feed = None
         await self._redis.aclose()
+        await self._feed_redis.aclose()

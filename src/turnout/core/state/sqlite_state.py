@@ -29,7 +29,7 @@ import anyio
 
 from turnout.core.errors import InvalidConfigError, StateConflictError, StateUnavailableError
 from turnout.core.routing.outcomes import OutcomeTotals
-from turnout.core.state.control import ChangeListener, ModelState
+from turnout.core.state.control import EVERY_MODEL, ChangeListener, ModelState
 from turnout.core.state.control_codec import decode_state, encode_state
 
 __all__ = ["POLL_SECONDS", "SQLiteState"]
@@ -287,8 +287,7 @@ class SQLiteState:
         oldest, rows = await self._run(work)
         changes = [(model_id, revision) for _, model_id, revision in rows]
         if seen and oldest > seen + 1:
-            # Pruned past what this feed announced: say where every model is now.
-            changes = [(m, (await self.read(m)).revision) for m in await self.model_ids()]
+            changes = [(EVERY_MODEL, 0)]  # pruned past what this feed announced
         if rows:
             self._seen = max(self._seen, rows[-1][0])
         for model_id, revision in changes:
