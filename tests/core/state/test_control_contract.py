@@ -259,3 +259,42 @@ async def test_a_listener_is_not_called_inside_the_write(state: ControlState) ->
     assert changes == []  # delivered on a later turn of the loop, as a real feed is
     await settle(state, changes)
     assert changes == [("m", 1)]
+
+
+# -- the controller lease --------------------------------------------------------------------
+
+
+async def test_a_lease_is_held_by_one_holder_and_renewed_by_it(connect: Connect) -> None:
+    one, two = connect(), connect()
+    token = await one.hold_lease("controller", "a", 5.0)
+    assert token is not None
+    assert await two.hold_lease("controller", "b", 5.0) is None
+    assert await one.hold_lease("controller", "a", 5.0) == token  # renewed, same token
+
+
+async def test_an_expired_lease_changes_hands_with_a_greater_token(connect: Connect) -> None:
+    one, two = connect(), connect()
+    first = await one.hold_lease("controller", "a", 0.2)
+    await asyncio.sleep(0.35)
+    second = await two.hold_lease("controller", "b", 5.0)
+    assert first is not None
+    assert second is not None
+    assert second > first
+    assert await one.hold_lease("controller", "a", 5.0) is None
+
+
+async def test_a_write_fenced_by_a_lost_lease_is_refused(connect: Connect) -> None:
+    one, two = connect(), connect()
+    base = await one.write(deployed("v1", "v2"))
+    old = await one.hold_lease("controller", "a", 0.2)
+    assert old is not None
+    written = await one.write(base.changed(active="v2"), fence=("controller", old))
+    await asyncio.sleep(0.35)
+    new = await two.hold_lease("controller", "b", 5.0)
+    assert new is not None
+
+    with pytest.raises(StateConflictError, match="fenced out"):
+        await one.write(written.changed(active="v1"), fence=("controller", old))
+    assert (await two.read("m")).active == "v2"
+    await two.write(written.changed(active="v1"), fence=("controller", new))
+    assert (await one.read("m")).active == "v1"

@@ -24,6 +24,7 @@ from turnout import (
     OutcomeTotals,
     RoutingConfig,
 )
+from turnout.core.state.control import Fence
 
 
 class RecordingState:
@@ -39,9 +40,12 @@ class RecordingState:
     async def model_ids(self) -> list[str]:
         return await self.inner.model_ids()
 
-    async def write(self, state: ModelState) -> ModelState:
+    async def write(self, state: ModelState, *, fence: Fence | None = None) -> ModelState:
         self.calls.append(("write", state.model_id, state))
-        return await self.inner.write(state)
+        return await self.inner.write(state, fence=fence)
+
+    async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
+        return await self.inner.hold_lease(name, holder, seconds)
 
     async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
         self.calls.append(("add_outcome", model_id, (version, value)))

@@ -29,6 +29,8 @@ from turnout import (
     StateConflictError,
     StateUnavailableError,
 )
+from turnout.core.service import control_sync
+from turnout.core.state.control import Fence
 from turnout.core.state.redis_state import RedisState
 
 SPLIT = RoutingConfig("weighted", {"versions": ["v1", "v2"], "weights": [70, 30]})
@@ -48,8 +50,11 @@ class LaggingFeed:
     async def model_ids(self) -> list[str]:
         return await self.inner.model_ids()
 
-    async def write(self, state: ModelState) -> ModelState:
-        return await self.inner.write(state)
+    async def write(self, state: ModelState, *, fence: Fence | None = None) -> ModelState:
+        return await self.inner.write(state, fence=fence)
+
+    async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
+        return await self.inner.hold_lease(name, holder, seconds)
 
     async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
         return await self.inner.add_outcome(model_id, version, value)
@@ -263,3 +268,59 @@ async def test_a_redis_outage_refuses_control_writes_not_inference(
     finally:
         await state.close()
         redis.stop()
+
+
+# -- one controller -----------------------------------------------------------------------------
+
+
+async def test_one_server_leads_and_another_takes_over_when_it_stops(
+    connect: Callable[[], ControlState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control_sync, "LEASE_SECONDS", 0.3)
+    one = ModelServer(state=connect(), entry_points=False)
+    two = ModelServer(state=connect(), entry_points=False)
+    async with one, two:
+        assert [one._leads(), two._leads()] == [True, False]
+        await one.close()  # its lease is no longer renewed
+        taken = await eventually(two._leads, 5.0)
+    assert taken < 2 * 0.3, f"the lease changed hands after {taken:.2f} s"
+
+
+async def test_a_canary_whose_leader_stops_ends_promoted_exactly_once(
+    connect: Callable[[], ControlState],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    logistic_model: Any,
+    binary_data: Any,
+) -> None:
+    monkeypatch.setattr(control_sync, "LEASE_SECONDS", 0.3)
+    artifacts = tmp_path / "artifacts"
+    rows = binary_data.X_test.to_numpy()[:1]
+    one = ModelServer(state=connect(), artifacts=artifacts, entry_points=False)
+    two = ModelServer(state=connect(), artifacts=artifacts, entry_points=False)
+    async with one, two:
+        await one.deploy_model("bc", "v1", logistic_model)
+        await one.deploy_model("bc", "v2", logistic_model, set_active=False)
+        await eventually(lambda: not two.unloaded_versions and "bc" in two.active_models)
+        await one.start_canary("bc", "v2", steps=[0.25, 0.5, 1.0], min_requests=20)
+        await eventually(lambda: two.get_routing("bc").strategy == "canary")
+
+        async def traffic(server: ModelServer, until: Callable[[], bool]) -> None:
+            while not until():
+                await server.predict("bc", rows)
+                await asyncio.sleep(0)
+
+        stepped = lambda: one.get_routing("bc").params.get("step", 0) >= 1  # noqa: E731
+        await asyncio.wait_for(traffic(one, stepped), 10)
+        await one.close()  # the leader stops mid-rollout
+        await eventually(two._leads, 5.0)
+        promoted = lambda: two.get_routing("bc").strategy != "canary"  # noqa: E731
+        await asyncio.wait_for(traffic(two, promoted), 10)
+        await two._flush_changes()
+
+        stored = await two.control_state.read("bc")
+        events = [event.event for event in stored.history]
+        assert events.count("promoted") == 1, events
+        assert "rolled_back" not in events
+        assert stored.active == "v2"
+        assert stored.history[-1].step >= 1  # resumed at its stored step, not from zero

@@ -19,9 +19,13 @@ stay in the catalogue, unserved here until their artifacts are shared.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Set
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import asdict
 from typing import Any
 
@@ -41,6 +45,10 @@ __all__ = ["ControlSync", "deploy_options", "version_entry"]
 
 logger = logging.getLogger("turnout")
 
+# The lease that makes one server of a fleet its controller, and how long it lasts
+# unless renewed (every third of it): a dead leader is replaced within 2 x this.
+CONTROLLER_LEASE = "controller"
+LEASE_SECONDS = 3.0
 # Writes of a catalogue change, each on a fresher revision, before it gives up.
 CATALOGUE_RETRIES = 5
 
@@ -102,6 +110,13 @@ class ControlSync:
         self._retired: dict[str, set[str]] = {}
         self._queued: set[str] = set()
         self._unwritten: set[str] = set()  # changes an unreachable store refused
+        # The controller lease: who this server is to the store, the token it holds
+        # (None: another server leads), and the models whose next write it fences.
+        self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lease_token: int | None = None
+        self._leasing: asyncio.Task[None] | None = None
+        self._controlling = False
+        self._fenced: set[str] = set()
         # Per model with a write queued: True if it carries a choice (active, routing,
         # fallback, rollout), False if only versions deployed or retired here.
         self._chose: dict[str, bool] = {}
@@ -126,6 +141,8 @@ class ControlSync:
         if self._applying or self.paused:
             return
         self._chose[model_id] = self._chose.get(model_id, False) or choice
+        if self._controlling:
+            self._fenced.add(model_id)
         if model_id not in self._queued:
             self._queued.add(model_id)
             self._tasks.spawn(self._write(model_id))
@@ -140,6 +157,10 @@ class ControlSync:
         async with self._lock:  # FIFO: writes land in the order they were queued
             self._queued.discard(model_id)
             chose = self._chose.pop(model_id, True)
+            fence = None
+            if model_id in self._fenced:
+                self._fenced.discard(model_id)
+                fence = (CONTROLLER_LEASE, self._lease_token or 0)
             for _ in range(CATALOGUE_RETRIES):
                 known = self._known.get(model_id) or ModelState(model_id)
                 retired = set(self._retired.get(model_id, ()))
@@ -147,7 +168,7 @@ class ControlSync:
                 if intended == known and known.revision > 0:
                     return  # nothing this server holds differs from the stored state
                 try:
-                    written = await self.state.write(intended)
+                    written = await self.state.write(intended, fence=fence)
                 except StateUnavailableError:
                     # Written again once the store is back (the feed says so): _refresh_all.
                     self._unwritten.add(model_id)
@@ -256,6 +277,9 @@ class ControlSync:
         self.paused = False
         if self._unsubscribe is None:
             self._unsubscribe = await self.state.subscribe(self._heard)
+        if self._leasing is None:
+            await self._renew_lease()  # who leads is known before the server serves
+            self._leasing = asyncio.get_running_loop().create_task(self._hold_lease())
         shared = set(await self.state.model_ids())
         for model_id in sorted(shared):
             await self._refresh(model_id)
@@ -424,8 +448,48 @@ class ControlSync:
         elif fallback.version is None or fallback.version in local:
             self._fallbacks[model_id] = fallback
 
+    # -- the controller lease ---------------------------------------------------------------
+
+    @property
+    def leads(self) -> bool:
+        """True if this server is the fleet's controller: it alone steps canaries and rolls back.
+
+        A server that never started (no ``async with``) leads: it shares nothing.
+        """
+        return self._leasing is None or self._lease_token is not None
+
+    @contextlib.contextmanager
+    def as_controller(self) -> Iterator[None]:
+        """Mark the changes made inside as the controller's: written fenced by its lease."""
+        self._controlling = True
+        try:
+            yield
+        finally:
+            self._controlling = False
+
+    async def _hold_lease(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            await self._renew_lease()
+
+    async def _renew_lease(self) -> None:
+        try:
+            token = await self.state.hold_lease(CONTROLLER_LEASE, self._holder, LEASE_SECONDS)
+        except TurnoutError:
+            token = None  # an unreachable store: nobody should act on what it cannot write
+        if (token is None) != (self._lease_token is None):
+            if token is None:
+                logger.info("this server no longer leads rollouts")
+            else:
+                logger.info("this server leads rollouts (lease token %d)", token)
+        self._lease_token = token
+
     async def close(self) -> None:
         """Wait for queued writes (failures were logged) and stop hearing the change feed."""
+        if self._leasing is not None:
+            self._leasing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leasing
         await self._following.settle()
         await self._tasks.settle()
         if self._unsubscribe is not None:

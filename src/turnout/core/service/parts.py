@@ -9,6 +9,7 @@ imports the server's module: the server imports them, never the reverse.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,6 +63,10 @@ class ServerCalls(Protocol):
     def _check_open(self) -> None: ...
 
     def _control_available(self) -> bool: ...
+
+    def _leads(self) -> bool: ...
+
+    def _as_controller(self) -> AbstractContextManager[None]: ...
 
     async def _flush_changes(self) -> None: ...
 

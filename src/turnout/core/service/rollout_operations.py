@@ -115,8 +115,10 @@ class RolloutOperations:
     def judge_canary(self, model_id: str) -> None:
         """Judge the step in force, if its window is full: advance, promote or roll back."""
         plan = self.canary_plan(model_id)
-        if plan is None or not self._server._control_available():
-            return  # while the control state is unreachable, rollouts pause
+        if plan is None or not self._server._control_available() or not self._server._leads():
+            # While the control state is unreachable rollouts pause; and one server of
+            # a fleet, its controller, judges: the others follow what it writes.
+            return
         candidate = self._registry.get(model_id, plan.candidate)
         judgement = self._rollouts.judge(
             model_id,
@@ -127,12 +129,14 @@ class RolloutOperations:
         )
         if judgement is None:
             return
-        if judgement.action is RolloutAction.ADVANCE:
-            params = {**plan.to_params(), "step": plan.step + 1}
-            logger.info("canary of %s: %s", model_id, judgement.reason)
-            self._server._apply_routing(model_id, RoutingConfig(CANARY, params), judgement.reason)
-        else:
-            self._finish_canary(model_id, plan, judgement.action, judgement.reason)
+        with self._server._as_controller():
+            if judgement.action is RolloutAction.ADVANCE:
+                params = {**plan.to_params(), "step": plan.step + 1}
+                logger.info("canary of %s: %s", model_id, judgement.reason)
+                config = RoutingConfig(CANARY, params)
+                self._server._apply_routing(model_id, config, judgement.reason)
+            else:
+                self._finish_canary(model_id, plan, judgement.action, judgement.reason)
 
     def _finish_canary(
         self, model_id: str, plan: CanaryPlan, action: RolloutAction, reason: str

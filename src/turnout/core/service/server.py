@@ -12,6 +12,7 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -571,9 +572,13 @@ class ModelServer:
         self._health.stop()
 
     def _roll_back(self, model_id: str, version: str, reason: str) -> None:
-        self._rollout_ops.end_rollout(model_id, f"health monitor rolled back: {reason}")
-        self._set_active(model_id, version)
-        self._apply_routing(model_id, ACTIVE)
+        if not self._sync.leads:
+            logger.info("%s: rollback to %s left to the fleet's controller", model_id, version)
+            return
+        with self._sync.as_controller():
+            self._rollout_ops.end_rollout(model_id, f"health monitor rolled back: {reason}")
+            self._set_active(model_id, version)
+            self._apply_routing(model_id, ACTIVE)
 
     # -- circuit breakers and fallbacks ---------------------------------------------------
 
@@ -670,6 +675,14 @@ class ModelServer:
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
         return self._closed
+
+    def _leads(self) -> bool:
+        """True if this server is its fleet's controller (see ControlSync.leads)."""
+        return self._sync.leads
+
+    def _as_controller(self) -> AbstractContextManager[None]:
+        """Mark the changes made inside as the controller's (fenced by its lease)."""
+        return self._sync.as_controller()
 
     def _control_available(self) -> bool:
         """False while the control state is unreachable and holds back a change made here."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from turnout.core.errors import InvalidConfigError
+from turnout.core.errors import InvalidConfigError, StateConflictError
 from turnout.core.resilience.fallback import Fallback
 from turnout.core.routing.canary_controller import RolloutEvent
 from turnout.core.routing.config import RoutingConfig
@@ -44,8 +44,10 @@ __all__ = [
     "HISTORY_LIMIT",
     "ChangeListener",
     "ControlState",
+    "Fence",
     "ModelState",
     "VersionEntry",
+    "fenced_out",
 ]
 
 # Rollout events a model keeps: enough for every step of several rollouts.
@@ -53,6 +55,9 @@ HISTORY_LIMIT = 200
 
 # listener(model_id, revision): the model's state is now at that revision; re-read it.
 ChangeListener = Callable[[str, int], None]
+# (lease name, fencing token) that a controller's write carries.
+Fence = tuple[str, int]
+
 # The model id a feed announces when it may have missed changes: re-read every model.
 EVERY_MODEL = ""
 
@@ -117,12 +122,22 @@ class ControlState(Protocol):
         """Return every model that has a deployed version, sorted."""
         ...
 
-    async def write(self, state: ModelState) -> ModelState:
+    async def write(self, state: ModelState, *, fence: Fence | None = None) -> ModelState:
         """Store ``state`` if the model is still at ``state.revision``; return it at the next.
 
         Raise StateConflictError if another write moved the model past that
         revision: nothing is stored. A state with no versions removes the
-        model; its revision still counts on.
+        model; its revision still counts on. With ``fence`` (lease name,
+        token), the write is also refused unless that lease is live and
+        still at that token: a controller that lost its lease writes nothing.
+        """
+        ...
+
+    async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
+        """Take or renew lease ``name`` for ``holder`` for ``seconds``; return its fencing token.
+
+        None while another holder's lease is live. The token grows each time
+        the lease changes hands, so a write fenced by an old one is refused.
         """
         ...
 
@@ -149,3 +164,14 @@ class ControlState(Protocol):
     async def close(self) -> None:
         """Release what the store holds (connections); subscribers hear no more."""
         ...
+
+
+def fenced_out(model_id: str, fence: Fence) -> StateConflictError:
+    """The error of a write whose fencing token is no longer its lease's."""
+    name, token = fence
+    return StateConflictError(
+        f"the write to {model_id!r} was fenced out: lease {name!r} is no longer at token {token}",
+        model_id=model_id,
+        expected=token,
+        actual=-1,
+    )

@@ -10,11 +10,12 @@ the state changes (``turnout.core.state.write_queue``).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from turnout.core.errors import StateConflictError
 from turnout.core.routing.outcomes import OutcomeTotals
-from turnout.core.state.control import ChangeListener, ModelState
+from turnout.core.state.control import ChangeListener, Fence, ModelState, fenced_out
 
 __all__ = ["MemoryState"]
 
@@ -27,6 +28,9 @@ class MemoryState:
         self._outcomes: dict[str, dict[str, OutcomeTotals]] = {}
         self._listeners: list[ChangeListener] = []
         self._closed = False
+        # name -> (holder, token, expiry on the monotonic clock); name -> last token given.
+        self._leases: dict[str, tuple[str, int, float]] = {}
+        self._tokens: dict[str, int] = {}
 
     async def read(self, model_id: str) -> ModelState:
         """Return the model's state; revision 0 and no versions if it was never written."""
@@ -36,8 +40,10 @@ class MemoryState:
         """Return every model that has a deployed version, sorted."""
         return sorted(m for m, state in self._models.items() if state.exists)
 
-    async def write(self, state: ModelState) -> ModelState:
+    async def write(self, state: ModelState, *, fence: Fence | None = None) -> ModelState:
         """Store ``state`` if the model is still at ``state.revision``; return it at the next."""
+        if fence is not None and self._live_token(fence[0]) != fence[1]:
+            raise fenced_out(state.model_id, fence)
         stored = self._models.get(state.model_id)
         actual = 0 if stored is None else stored.revision
         if state.revision != actual:
@@ -54,6 +60,22 @@ class MemoryState:
             self._outcomes.pop(state.model_id, None)
         self._announce(state.model_id, written.revision)
         return written
+
+    async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
+        """Take or renew lease ``name`` for ``holder``; return its token (None: held by another)."""
+        now = time.monotonic()
+        current = self._leases.get(name)
+        if current is not None and current[0] != holder and current[2] > now:
+            return None
+        if current is None or current[0] != holder:
+            self._tokens[name] = self._tokens.get(name, 0) + 1
+        token = self._tokens[name]
+        self._leases[name] = (holder, token, now + seconds)
+        return token
+
+    def _live_token(self, name: str) -> int | None:
+        current = self._leases.get(name)
+        return None if current is None or current[2] <= time.monotonic() else current[1]
 
     async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
         """Add one outcome to the version's aggregates; return the new totals."""

@@ -28,7 +28,7 @@ from typing import Any
 
 from turnout.core.errors import InvalidConfigError, StateConflictError, StateUnavailableError
 from turnout.core.routing.outcomes import OutcomeTotals
-from turnout.core.state.control import EVERY_MODEL, ChangeListener, ModelState
+from turnout.core.state.control import EVERY_MODEL, ChangeListener, Fence, ModelState, fenced_out
 from turnout.core.state.control_codec import decode_state, encode_state
 
 try:
@@ -44,9 +44,13 @@ __all__ = ["RedisState"]
 
 logger = logging.getLogger("turnout")
 
-# KEYS: state hash, models set, outcomes hash, channel. ARGV: expected revision,
-# body, model id. Returns {1, new revision} or {0, stored revision}.
+# KEYS: state hash, models set, outcomes hash, channel, fencing lease. ARGV: expected
+# revision, body, model id, present, fencing token ('' for none). Returns
+# {1, new revision}, {0, stored revision}, or {2, 0} when fenced out.
 _WRITE = """
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[5], 'token') ~= ARGV[5] then
+  return {2, 0}
+end
 local stored = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if stored ~= tonumber(ARGV[1]) then
   return {0, stored}
@@ -67,6 +71,22 @@ CONNECT_SECONDS = 0.5
 CALL_SECONDS = 2.0
 # Seconds a first subscription waits for Redis before it is refused.
 SUBSCRIBE_TIMEOUT = 5.0
+# KEYS: lease hash (expires with the lease), token counter. ARGV: holder, milliseconds.
+_LEASE = """
+local holder = redis.call('HGET', KEYS[1], 'holder')
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(redis.call('HGET', KEYS[1], 'token'))
+end
+if holder then
+  return false
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'token', token)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return token
+"""
+
 # Seconds between attempts to get the change feed back after its connection dropped.
 RESUBSCRIBE_DELAY = 0.5
 
@@ -93,6 +113,7 @@ class RedisState:
             url, retry=retry, socket_connect_timeout=CONNECT_SECONDS, health_check_interval=5
         )
         self._write = self._redis.register_script(_WRITE)
+        self._lease = self._redis.register_script(_LEASE)
         self._listeners: list[ChangeListener] = []
         self._feed: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
@@ -114,7 +135,7 @@ class RedisState:
         members = await self._call(self._redis.smembers(self._key("models")))
         return sorted(m.decode() for m in members)
 
-    async def write(self, state: ModelState) -> ModelState:
+    async def write(self, state: ModelState, *, fence: Fence | None = None) -> ModelState:
         """Store ``state`` if the model is still at ``state.revision``; return it at the next."""
         try:
             body = encode_state(state)
@@ -128,9 +149,14 @@ class RedisState:
             self._key("models"),
             self._key("outcomes", model_id),
             self._key("changes"),
+            self._key("lease", "" if fence is None else fence[0]),
         ]
         args: list[str | int] = [state.revision, body, model_id, "1" if state.exists else "0"]
+        args.append("" if fence is None else str(fence[1]))
         written, revision = await self._call(self._write(keys=keys, args=args))
+        if written == 2:
+            assert fence is not None
+            raise fenced_out(model_id, fence)
         if not written:
             raise StateConflictError(
                 f"the state of {model_id!r} changed since revision {state.revision}:"
@@ -140,6 +166,12 @@ class RedisState:
                 actual=int(revision),
             )
         return state.changed(revision=int(revision))
+
+    async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
+        """Take or renew lease ``name`` for ``holder``; return its token (None: held by another)."""
+        keys = [self._key("lease", name), self._key("lease-token", name)]
+        token = await self._call(self._lease(keys=keys, args=[holder, int(seconds * 1000)]))
+        return None if token is None else int(token)
 
     async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
         """Add one outcome to the version's aggregates, atomically; return the new totals."""

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ import anyio
 
 from turnout.core.errors import InvalidConfigError, StateConflictError, StateUnavailableError
 from turnout.core.routing.outcomes import OutcomeTotals
-from turnout.core.state.control import EVERY_MODEL, ChangeListener, ModelState
+from turnout.core.state.control import EVERY_MODEL, ChangeListener, Fence, ModelState, fenced_out
 from turnout.core.state.control_codec import decode_state, encode_state
 
 __all__ = ["POLL_SECONDS", "SQLiteState"]
@@ -63,12 +64,25 @@ CREATE TABLE IF NOT EXISTS outcomes (
     non_binary INTEGER NOT NULL,
     PRIMARY KEY (model_id, version)
 );
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     model_id TEXT NOT NULL,
     revision INTEGER NOT NULL
 );
 """
+
+
+def _live_token(db: sqlite3.Connection, name: str) -> int | None:
+    row = db.execute(
+        "SELECT token FROM leases WHERE name = ? AND expires > ?", (name, time.time())
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 class SQLiteState:
@@ -135,7 +149,7 @@ class SQLiteState:
 
         return await self._run(work)
 
-    async def write(self, state: ModelState) -> ModelState:
+    async def write(self, state: ModelState, *, fence: Fence | None = None) -> ModelState:
         """Store ``state`` if the model is still at ``state.revision``; return it at the next."""
         try:
             body = encode_state(state)
@@ -145,16 +159,19 @@ class SQLiteState:
             ) from exc
         model_id = state.model_id
 
-        def work(db: sqlite3.Connection) -> tuple[bool, int]:
+        def work(db: sqlite3.Connection) -> tuple[int, int]:
             db.execute("BEGIN IMMEDIATE")
             try:
+                if fence is not None and _live_token(db, fence[0]) != fence[1]:
+                    db.execute("ROLLBACK")
+                    return 2, 0
                 row = db.execute(
                     "SELECT revision FROM models WHERE model_id = ?", (model_id,)
                 ).fetchone()
                 stored = 0 if row is None else int(row[0])
                 if stored != state.revision:
                     db.execute("ROLLBACK")
-                    return False, stored
+                    return 0, stored
                 revision = stored + 1
                 db.execute(
                     "INSERT INTO models (model_id, revision, body, present) VALUES (?, ?, ?, ?)"
@@ -170,13 +187,16 @@ class SQLiteState:
                 seq = int(cursor.lastrowid or 0)
                 db.execute("DELETE FROM changes WHERE seq <= ?", (seq - CHANGES_KEPT,))
                 db.execute("COMMIT")
-                return True, revision
+                return 1, revision
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
 
         written, revision = await self._run(work)
+        if written == 2:
+            assert fence is not None
+            raise fenced_out(model_id, fence)
         if not written:
             raise StateConflictError(
                 f"the state of {model_id!r} changed since revision {state.revision}:"
@@ -187,6 +207,34 @@ class SQLiteState:
             )
         self._wrote = True  # this connection's commits do not move its data_version
         return state.changed(revision=revision)
+
+    async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
+        """Take or renew lease ``name`` for ``holder``; return its token (None: held by another)."""
+
+        def work(db: sqlite3.Connection) -> int | None:
+            now = time.time()  # the processes of one host share its wall clock
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT holder, token, expires FROM leases WHERE name = ?", (name,)
+                ).fetchone()
+                if row is not None and row[0] != holder and row[2] > now:
+                    db.execute("ROLLBACK")
+                    return None
+                token = 1 if row is None else int(row[1]) + (row[0] != holder)
+                db.execute(
+                    "INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                    " holder = excluded.holder, token = excluded.token, expires = excluded.expires",
+                    (name, holder, token, now + seconds),
+                )
+                db.execute("COMMIT")
+                return token
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+
+        return await self._run(work)
 
     async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
         """Add one outcome to the version's aggregates, atomically; return the new totals."""
