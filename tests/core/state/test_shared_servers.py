@@ -302,7 +302,10 @@ async def test_a_canary_whose_leader_stops_ends_promoted_exactly_once(
         await one.deploy_model("bc", "v1", logistic_model)
         await one.deploy_model("bc", "v2", logistic_model, set_active=False)
         await eventually(lambda: not two.unloaded_versions and "bc" in two.active_models)
-        await one.start_canary("bc", "v2", steps=[0.25, 0.5, 1.0], min_requests=20)
+        # The same model in both versions: only latency noise could fail it, so allow that.
+        await one.start_canary(
+            "bc", "v2", steps=[0.25, 0.5, 1.0], min_requests=20, max_latency_ratio=1000.0
+        )
         await eventually(lambda: two.get_routing("bc").strategy == "canary")
 
         async def traffic(server: ModelServer, until: Callable[[], bool]) -> None:
@@ -320,7 +323,7 @@ async def test_a_canary_whose_leader_stops_ends_promoted_exactly_once(
 
         stored = await two.control_state.read("bc")
         events = [event.event for event in stored.history]
-        assert events.count("promoted") == 1, events
-        assert "rolled_back" not in events
+        assert events.count("promoted") + events.count("rolled_back") == 1, events
+        assert "promoted" in events, events
         assert stored.active == "v2"
         assert stored.history[-1].step >= 1  # resumed at its stored step, not from zero
