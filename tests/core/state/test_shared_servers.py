@@ -29,7 +29,7 @@ from turnout import (
     StateConflictError,
     StateUnavailableError,
 )
-from turnout.core.service import control_sync
+from turnout.core.service import controller_lease
 from turnout.core.state.control import Fence
 from turnout.core.state.redis_state import RedisState
 
@@ -276,7 +276,7 @@ async def test_a_redis_outage_refuses_control_writes_not_inference(
 async def test_one_server_leads_and_another_takes_over_when_it_stops(
     connect: Callable[[], ControlState], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(control_sync, "LEASE_SECONDS", 0.3)
+    monkeypatch.setattr(controller_lease, "LEASE_SECONDS", 0.3)
     one = ModelServer(state=connect(), entry_points=False)
     two = ModelServer(state=connect(), entry_points=False)
     async with one, two:
@@ -293,7 +293,7 @@ async def test_a_canary_whose_leader_stops_ends_promoted_exactly_once(
     logistic_model: Any,
     binary_data: Any,
 ) -> None:
-    monkeypatch.setattr(control_sync, "LEASE_SECONDS", 0.3)
+    monkeypatch.setattr(controller_lease, "LEASE_SECONDS", 0.3)
     artifacts = tmp_path / "artifacts"
     rows = binary_data.X_test.to_numpy()[:1]
     one = ModelServer(state=connect(), artifacts=artifacts, entry_points=False)

@@ -22,9 +22,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
-import socket
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import asdict
 from typing import Any
@@ -36,6 +33,7 @@ from turnout.core.errors import StateConflictError, StateUnavailableError, Turno
 from turnout.core.execution.batching import BatchingConfig
 from turnout.core.resilience.breaker import BreakerConfig
 from turnout.core.routing.outcomes import OutcomeTotals
+from turnout.core.service.controller_lease import ControllerLease
 from turnout.core.service.parts import ServerCalls, ServerParts
 from turnout.core.state.control import EVERY_MODEL, ControlState, ModelState, VersionEntry
 from turnout.core.state.pending import PendingWrites
@@ -45,10 +43,6 @@ __all__ = ["ControlSync", "deploy_options", "version_entry"]
 
 logger = logging.getLogger("turnout")
 
-# The lease that makes one server of a fleet its controller, and how long it lasts
-# unless renewed (every third of it): a dead leader is replaced within 2 x this.
-CONTROLLER_LEASE = "controller"
-LEASE_SECONDS = 3.0
 # Writes of a catalogue change, each on a fresher revision, before it gives up.
 CATALOGUE_RETRIES = 5
 
@@ -110,11 +104,8 @@ class ControlSync:
         self._retired: dict[str, set[str]] = {}
         self._queued: set[str] = set()
         self._unwritten: set[str] = set()  # changes an unreachable store refused
-        # The controller lease: who this server is to the store, the token it holds
-        # (None: another server leads), and the models whose next write it fences.
-        self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._lease_token: int | None = None
-        self._leasing: asyncio.Task[None] | None = None
+        # The controller lease, and the models whose next write it fences.
+        self.lease = ControllerLease(state)
         self._controlling = False
         self._fenced: set[str] = set()
         # Per model with a write queued: True if it carries a choice (active, routing,
@@ -160,7 +151,7 @@ class ControlSync:
             fence = None
             if model_id in self._fenced:
                 self._fenced.discard(model_id)
-                fence = (CONTROLLER_LEASE, self._lease_token or 0)
+                fence = self.lease.fence
             for _ in range(CATALOGUE_RETRIES):
                 known = self._known.get(model_id) or ModelState(model_id)
                 retired = set(self._retired.get(model_id, ()))
@@ -277,9 +268,7 @@ class ControlSync:
         self.paused = False
         if self._unsubscribe is None:
             self._unsubscribe = await self.state.subscribe(self._heard)
-        if self._leasing is None:
-            await self._renew_lease()  # who leads is known before the server serves
-            self._leasing = asyncio.get_running_loop().create_task(self._hold_lease())
+        await self.lease.start()
         shared = set(await self.state.model_ids())
         for model_id in sorted(shared):
             await self._refresh(model_id)
@@ -452,11 +441,8 @@ class ControlSync:
 
     @property
     def leads(self) -> bool:
-        """True if this server is the fleet's controller: it alone steps canaries and rolls back.
-
-        A server that never started (no ``async with``) leads: it shares nothing.
-        """
-        return self._leasing is None or self._lease_token is not None
+        """True if this server is the fleet's controller (see ControllerLease)."""
+        return self.lease.leads
 
     @contextlib.contextmanager
     def as_controller(self) -> Iterator[None]:
@@ -467,29 +453,9 @@ class ControlSync:
         finally:
             self._controlling = False
 
-    async def _hold_lease(self) -> None:
-        while True:
-            await asyncio.sleep(LEASE_SECONDS / 3)
-            await self._renew_lease()
-
-    async def _renew_lease(self) -> None:
-        try:
-            token = await self.state.hold_lease(CONTROLLER_LEASE, self._holder, LEASE_SECONDS)
-        except TurnoutError:
-            token = None  # an unreachable store: nobody should act on what it cannot write
-        if (token is None) != (self._lease_token is None):
-            if token is None:
-                logger.info("this server no longer leads rollouts")
-            else:
-                logger.info("this server leads rollouts (lease token %d)", token)
-        self._lease_token = token
-
     async def close(self) -> None:
         """Wait for queued writes (failures were logged) and stop hearing the change feed."""
-        if self._leasing is not None:
-            self._leasing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._leasing
+        await self.lease.close()
         await self._following.settle()
         await self._tasks.settle()
         if self._unsubscribe is not None:
