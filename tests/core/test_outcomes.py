@@ -277,10 +277,22 @@ def test_a_recorded_request_frees_its_place_in_the_tracker():
 
 
 def test_request_ids_are_unique_across_trackers():
-    first, second = OutcomeTracker(), OutcomeTracker()
+    first, second = OutcomeTracker(model_id="m"), OutcomeTracker(model_id="m")
     assert first.new_request("v1") != second.new_request("v1")
-    with pytest.raises(InvalidInputError):
-        second.version_of(first.new_request("v1"))
+
+
+def test_an_id_another_server_issued_for_the_model_is_attributed_by_its_version():
+    # Two servers sharing the control state: an outcome may reach either one.
+    first, second = OutcomeTracker(model_id="m"), OutcomeTracker(model_id="m")
+    assert second.record(first.new_request("v2"), 1.0) == "v2"
+    with pytest.raises(InvalidInputError):  # an id of another model's
+        second.version_of(OutcomeTracker(model_id="other").new_request("v1"))
+    with pytest.raises(InvalidInputError):  # and not one at all
+        second.version_of("not-an-id")
+    own = second.new_request("v1")
+    assert second.record(own, 0.0) == "v1"
+    with pytest.raises(InvalidInputError, match="already has an outcome"):
+        second.record(own, 1.0)  # its own ids it answers once
 
 
 def test_tracker_statistics():

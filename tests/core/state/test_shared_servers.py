@@ -22,6 +22,7 @@ from support import eventually
 from turnout import (
     ControlState,
     Fallback,
+    InvalidInputError,
     ModelServer,
     ModelState,
     OutcomeTotals,
@@ -327,3 +328,32 @@ async def test_a_canary_whose_leader_stops_ends_promoted_exactly_once(
         assert "promoted" in events, events
         assert stored.active == "v2"
         assert stored.history[-1].step >= 1  # resumed at its stored step, not from zero
+
+
+async def test_outcomes_recorded_through_three_servers_sum_exactly(
+    connect: Callable[[], ControlState], tmp_path: Any, logistic_model: Any, binary_data: Any
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    rows = binary_data.X_test.to_numpy()[:1]
+    servers = [ModelServer(state=connect(), artifacts=artifacts, entry_points=False) for _ in "abc"]
+    async with servers[0], servers[1], servers[2]:
+        await servers[0].deploy_model("bc", "v1", logistic_model)
+        await servers[0].deploy_model("bc", "v2", logistic_model, set_active=False)
+        both = {"v1", "v2"}
+        for server in servers[1:]:
+            await eventually(lambda s=server: set(s.get_all_models_status().get("bc", {})) == both)
+        expected = {"v1": [], "v2": []}
+        for i in range(30):
+            version = "v1" if i % 3 else "v2"
+            result = await servers[i % 3].infer("bc", rows, version=version)
+            # The outcome arrives at another server than the one that answered.
+            served = await servers[(i + 1) % 3].record_outcome("bc", result.request_id, i % 2)
+            assert served == version
+            expected[version].append(float(i % 2))
+        for server in servers:
+            await server.refresh_outcomes("bc")
+            comparison = server.compare_versions("bc", "v1", "v2")
+            assert (comparison.a.count, comparison.b.count) == (20, 10)
+            assert comparison.a.mean == pytest.approx(sum(expected["v1"]) / 20)
+        with pytest.raises(InvalidInputError, match="does not have"):
+            await servers[1].record_outcome("bc", "bc~v9~feedface-1", 1.0)

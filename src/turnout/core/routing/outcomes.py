@@ -95,16 +95,21 @@ class OutcomeTracker:
     process's outcomes.
     """
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, model_id: str = "") -> None:
         self._capacity = capacity
+        self._model_id = model_id
         self._served: OrderedDict[str, str] = OrderedDict()
         self._outcomes: dict[str, OutcomeTotals] = {}
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
 
     def new_request(self, version: str) -> str:
-        """Return a fresh request id and remember that ``version`` served it."""
-        request_id = f"{self._prefix}-{next(self._counter)}"
+        """Return a fresh request id and remember that ``version`` served it.
+
+        The id names its model and version (``model~version~token``): another
+        server sharing the control state attributes an outcome to it too.
+        """
+        request_id = f"{self._model_id}~{version}~{self._prefix}-{next(self._counter)}"
         self._served[request_id] = version
         if len(self._served) > self._capacity:
             self._served.popitem(last=False)
@@ -112,10 +117,18 @@ class OutcomeTracker:
 
     def version_of(self, request_id: str) -> str:
         """Return the version that served ``request_id``; raise if the id is not known."""
-        version = self._served.get(request_id)
+        version = self._served.get(request_id) or self._issued_elsewhere(request_id)
         if version is None:
             raise self._unknown(request_id)
         return version
+
+    def _issued_elsewhere(self, request_id: str) -> str | None:
+        """The version an id another server issued for this model names; None if it is not one."""
+        parts = request_id.split("~") if isinstance(request_id, str) else []
+        if len(parts) != 3 or parts[0] != self._model_id or not parts[1]:
+            return None
+        # An id of this tracker's own is known here or not at all (answered, or too old).
+        return None if parts[2].startswith(f"{self._prefix}-") else parts[1]
 
     def _unknown(self, request_id: str) -> InvalidInputError:
         return InvalidInputError(
@@ -129,7 +142,7 @@ class OutcomeTracker:
             outcome = float(outcome)
         if not isinstance(outcome, numbers.Real) or not _finite(outcome):
             raise InvalidInputError(f"outcome must be a finite number, got {outcome!r}")
-        version = self._served.pop(request_id, None)
+        version = self._served.pop(request_id, None) or self._issued_elsewhere(request_id)
         if version is None:
             raise self._unknown(request_id)
         self._outcomes[version] = self._outcomes.get(version, OutcomeTotals()).add(float(outcome))

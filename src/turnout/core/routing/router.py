@@ -50,7 +50,7 @@ class ModelTraffic:
         self.context = context
         self.strategy = strategy
         self.shadows: dict[tuple[str, str], ShadowRecorder] = {}
-        self.outcomes = OutcomeTracker()
+        self.outcomes = OutcomeTracker(model_id=context.model_id)
 
     def shadow(self, primary: str, shadow: str) -> ShadowRecorder:
         """Return the recorder for (primary, shadow), creating it on first use."""

@@ -348,6 +348,12 @@ class ControlSync:
 
     # -- versions deployed or retired by other servers ----------------------------------------
 
+    def catalogue(self, model_id: str) -> set[str]:
+        """The model's versions: deployed here, or catalogued by any server sharing the state."""
+        known = self._known.get(model_id)
+        local = self._registry.versions(model_id) if self._registry.contains_model(model_id) else {}
+        return set(local) | set(known.versions if known else ())
+
     def unloaded(self) -> list[str]:
         """``model:version`` of each catalogued version not loaded here (with artifacts)."""
         if self._artifacts is None:

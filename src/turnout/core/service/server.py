@@ -481,10 +481,20 @@ class ModelServer:
         """Attach ground truth or a reward to a served request; return the version that served.
 
         A bandit routing learns from it; :meth:`compare_versions` tests it.
+        The request may have been served by another server sharing the
+        control state: its id names the version.
         """
         traffic = self._router.traffic(check_name("model_id", model_id))
         if not isinstance(request_id, str):
             raise InvalidInputError("request_id must be a string from an InferenceResult")
+        served = traffic.outcomes.version_of(request_id)
+        if served != FIXED_VALUE and served not in self._sync.catalogue(model_id):
+            await self._sync.catch_up(model_id)  # deployed elsewhere a moment ago, maybe
+        if served != FIXED_VALUE and served not in self._sync.catalogue(model_id):
+            raise InvalidInputError(
+                f"request id {request_id!r} names version {served!r}, which model"
+                f" {model_id!r} does not have"
+            )
         learn = getattr(traffic.strategy, "record_outcome", None)
         if learn is not None:
             # The strategy validates the reward first, so a refused one changes nothing.
