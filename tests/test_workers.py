@@ -108,6 +108,23 @@ async def test_every_worker_serves_the_demo_and_a_routing_change_reaches_all(
     assert slowest < 1000, f"slowest change in force on all workers after {slowest:.0f} ms"
 
 
+async def test_the_admin_api_lists_every_worker(fleet: Fleet) -> None:
+    pids = await worker_pids(fleet, WORKERS)
+    for _ in range(50):  # each worker beats once a second: wait for one after loading
+        status, body = await fresh("GET", f"{fleet.admin}/admin/fleet", headers=HEADERS)
+        assert status == 200, body
+        beats = body["processes"].values()
+        if len(beats) == WORKERS and all(MODEL in facts["models"] for facts in beats):
+            break
+        await asyncio.sleep(0.1)
+    listed = {facts["pid"] for facts in body["processes"].values()}
+    assert listed == pids
+    assert sum(facts["leads"] for facts in body["processes"].values()) == 1
+    for facts in body["processes"].values():
+        assert facts["models"][MODEL]["loaded"] == ["v1", "v2"]
+        assert facts["unloaded"] == []
+
+
 async def test_a_killed_worker_is_restarted_and_the_others_keep_serving(fleet: Fleet) -> None:
     pids = await worker_pids(fleet, WORKERS)
     victim = min(pids)

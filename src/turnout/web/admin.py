@@ -8,6 +8,7 @@ models stay behind a token. Every route but ``/openapi.json`` requires
 Endpoints (all JSON)::
 
     GET    /admin/status                                   every model and version
+    GET    /admin/fleet                                    every live server sharing its state
     GET    /admin/health                                   every version's health
     GET    /admin/models/{model}                           one model: versions, routing, fallback
     POST   /admin/models/{model}/versions/{version}        upload and deploy an ONNX version
@@ -99,6 +100,7 @@ def create_admin_app(
     router = app.router
     router.add_get("/admin/status", status)
     router.add_get("/admin/health", health)
+    router.add_get("/admin/fleet", fleet)
     router.add_get(_MODEL, model_status)
     router.add_post(_VERSION, deploy)
     router.add_delete(_VERSION, retire)
@@ -151,6 +153,11 @@ def _only(body: Mapping[str, Any], allowed: set[str]) -> None:
 
 
 # -- status and health ----------------------------------------------------------------------
+
+
+async def fleet(request: web.Request) -> web.Response:
+    """GET /admin/fleet: every live server sharing this one's control state (workers, hosts)."""
+    return _json({"processes": await request.app[SERVER_KEY].fleet()})
 
 
 async def status(request: web.Request) -> web.Response:

@@ -107,6 +107,16 @@ def _schemas() -> dict[str, Schema]:
                 },
             }
         ),
+        "Fleet": obj(
+            {
+                "processes": {
+                    "type": "object",
+                    "description": "By lease holder name: pid, host, leads, models (loaded"
+                    " versions and revision applied), unloaded, at (epoch seconds).",
+                    "additionalProperties": {"type": "object"},
+                }
+            }
+        ),
         "Status": obj(
             {
                 "models": {"type": "object", "additionalProperties": ref("Model")},
@@ -262,6 +272,9 @@ def _paths() -> dict[str, Any]:
     version = model + "/versions/{version}"
     return {
         "/admin/status": {"get": _op("Every model and version", "Status", parameters=[])},
+        "/admin/fleet": {
+            "get": _op("Every live server sharing this one's control state", "Fleet", parameters=[])
+        },
         "/admin/health": {"get": _op("Every version's health", "Health", parameters=[])},
         model: {"get": _op("One model", "Model", parameters=m)},
         version: {

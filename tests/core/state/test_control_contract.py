@@ -298,3 +298,19 @@ async def test_a_write_fenced_by_a_lost_lease_is_refused(connect: Connect) -> No
     assert (await two.read("m")).active == "v2"
     await two.write(written.changed(active="v1"), fence=("controller", new))
     assert (await one.read("m")).active == "v1"
+
+
+# -- heartbeats --------------------------------------------------------------------------------
+
+
+async def test_a_heartbeat_is_seen_by_every_handle_until_it_lapses(connect: Connect) -> None:
+    one, two = connect(), connect()
+    await one.heartbeat("worker-a", {"pid": 11, "models": {"m": {"revision": 3}}}, 0.3)
+    await two.heartbeat("worker-b", {"pid": 12}, 5.0)
+
+    beats = await two.heartbeats()
+    assert set(beats) == {"worker-a", "worker-b"}
+    assert beats["worker-a"]["models"] == {"m": {"revision": 3}}
+    assert beats["worker-a"]["at"] > 0
+    await asyncio.sleep(0.45)
+    assert set(await one.heartbeats()) == {"worker-b"}  # a silent process is forgotten

@@ -8,7 +8,7 @@ versions, active version, routing, fallback, rollout history, outcomes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,12 @@ class RecordingState:
 
     async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
         return await self.inner.hold_lease(name, holder, seconds)
+
+    async def heartbeat(self, process: str, facts: Mapping[str, Any], seconds: float) -> None:
+        await self.inner.heartbeat(process, facts, seconds)
+
+    async def heartbeats(self) -> dict[str, dict[str, Any]]:
+        return await self.inner.heartbeats()
 
     async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
         self.calls.append(("add_outcome", model_id, (version, value)))

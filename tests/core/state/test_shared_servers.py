@@ -11,7 +11,8 @@ is written and the other gets StateConflictError, overwriting nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,12 @@ class LaggingFeed:
 
     async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
         return await self.inner.hold_lease(name, holder, seconds)
+
+    async def heartbeat(self, process: str, facts: Mapping[str, Any], seconds: float) -> None:
+        await self.inner.heartbeat(process, facts, seconds)
+
+    async def heartbeats(self) -> dict[str, dict[str, Any]]:
+        return await self.inner.heartbeats()
 
     async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
         return await self.inner.add_outcome(model_id, version, value)
@@ -357,3 +364,20 @@ async def test_outcomes_recorded_through_three_servers_sum_exactly(
             assert comparison.a.mean == pytest.approx(sum(expected["v1"]) / 20)
         with pytest.raises(InvalidInputError, match="does not have"):
             await servers[1].record_outcome("bc", "bc~v9~feedface-1", 1.0)
+
+
+async def test_every_server_sharing_a_state_is_listed_with_what_it_serves(
+    pair: tuple[ModelServer, ModelServer, LaggingFeed],
+) -> None:
+    one, _, _ = pair
+    for _ in range(50):  # each beats once a second: wait for a beat after the deploys
+        fleet = await one.fleet()
+        if len(fleet) == 2 and all("bc" in facts["models"] for facts in fleet.values()):
+            break
+        await asyncio.sleep(0.1)
+    assert len(fleet) == 2
+    assert sorted(facts["leads"] for facts in fleet.values()) == [False, True]
+    for facts in fleet.values():
+        assert facts["models"]["bc"]["loaded"] == ["v1", "v2"]
+        assert facts["models"]["bc"]["revision"] > 0
+        assert facts["pid"] == os.getpid()

@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import socket
 from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import asdict
 from typing import Any
@@ -43,6 +45,8 @@ __all__ = ["ControlSync", "deploy_options", "version_entry"]
 
 logger = logging.getLogger("turnout")
 
+# How often a server tells its fleet it lives (and is forgotten after 3 silent beats).
+HEARTBEAT_SECONDS = 1.0
 # Writes of a catalogue change, each on a fresher revision, before it gives up.
 CATALOGUE_RETRIES = 5
 
@@ -106,6 +110,7 @@ class ControlSync:
         self._unwritten: set[str] = set()  # changes an unreachable store refused
         # The controller lease, and the models whose next write it fences.
         self.lease = ControllerLease(state)
+        self._beating: asyncio.Task[None] | None = None
         self._controlling = False
         self._fenced: set[str] = set()
         # Per model with a write queued: True if it carries a choice (active, routing,
@@ -269,6 +274,8 @@ class ControlSync:
         if self._unsubscribe is None:
             self._unsubscribe = await self.state.subscribe(self._heard)
         await self.lease.start()
+        if self._beating is None:
+            self._beating = asyncio.get_running_loop().create_task(self._beat())
         shared = set(await self.state.model_ids())
         for model_id in sorted(shared):
             await self._refresh(model_id)
@@ -443,6 +450,30 @@ class ControlSync:
         elif fallback.version is None or fallback.version in local:
             self._fallbacks[model_id] = fallback
 
+    # -- heartbeats -----------------------------------------------------------------------
+
+    def facts(self) -> dict[str, Any]:
+        """What this server tells its fleet each heartbeat: who it is, what it serves."""
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "leads": self.leads,
+            "models": {
+                model_id: {
+                    "loaded": sorted(self._registry.versions(model_id)),
+                    "revision": self._known[model_id].revision if model_id in self._known else 0,
+                }
+                for model_id in self._registry.model_ids()
+            },
+            "unloaded": self.unloaded(),
+        }
+
+    async def _beat(self) -> None:
+        while True:
+            with contextlib.suppress(TurnoutError):  # an unreachable store: said elsewhere
+                await self.state.heartbeat(self.lease.holder, self.facts(), 3 * HEARTBEAT_SECONDS)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
     # -- the controller lease ---------------------------------------------------------------
 
     @property
@@ -462,6 +493,10 @@ class ControlSync:
     async def close(self) -> None:
         """Wait for queued writes (failures were logged) and stop hearing the change feed."""
         await self.lease.close()
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
         await self._following.settle()
         await self._tasks.settle()
         if self._unsubscribe is not None:

@@ -670,6 +670,15 @@ class ModelServer:
         if stored is not None:
             raise stored
 
+    async def fleet(self) -> dict[str, dict[str, Any]]:
+        """Return every live server sharing this one's control state, by its lease holder name.
+
+        Each says its pid, host, whether it leads, per model the versions it
+        has loaded and the revision it applied, what it still has to load,
+        and ``at``, when it last said so (a heartbeat every second).
+        """
+        return await self._sync.state.heartbeats()
+
     @property
     def unloaded_versions(self) -> list[str]:
         """``model:version`` of each shared version this server is still to load (none without

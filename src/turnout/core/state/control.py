@@ -161,6 +161,14 @@ class ControlState(Protocol):
         """
         ...
 
+    async def heartbeat(self, process: str, facts: Mapping[str, Any], seconds: float) -> None:
+        """Say that ``process`` lives, with ``facts`` (plain data), for the next ``seconds``."""
+        ...
+
+    async def heartbeats(self) -> dict[str, dict[str, Any]]:
+        """Return each live process's last facts, with ``"at"``: when it said them (epoch s)."""
+        ...
+
     async def close(self) -> None:
         """Release what the store holds (connections); subscribers hear no more."""
         ...

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from turnout.core.errors import StateConflictError
 from turnout.core.routing.outcomes import OutcomeTotals
@@ -31,6 +32,7 @@ class MemoryState:
         # name -> (holder, token, expiry on the monotonic clock); name -> last token given.
         self._leases: dict[str, tuple[str, int, float]] = {}
         self._tokens: dict[str, int] = {}
+        self._beats: dict[str, tuple[dict[str, Any], float]] = {}
 
     async def read(self, model_id: str) -> ModelState:
         """Return the model's state; revision 0 and no versions if it was never written."""
@@ -72,6 +74,17 @@ class MemoryState:
         token = self._tokens[name]
         self._leases[name] = (holder, token, now + seconds)
         return token
+
+    async def heartbeat(self, process: str, facts: Mapping[str, Any], seconds: float) -> None:
+        """Say that ``process`` lives, with ``facts``, for the next ``seconds``."""
+        now = time.time()
+        self._beats[process] = ({**facts, "at": now}, now + seconds)
+
+    async def heartbeats(self) -> dict[str, dict[str, Any]]:
+        """Return each live process's last facts, with ``"at"``."""
+        now = time.time()
+        self._beats = {p: beat for p, beat in self._beats.items() if beat[1] > now}
+        return {process: dict(facts) for process, (facts, _) in self._beats.items()}
 
     def _live_token(self, name: str) -> int | None:
         current = self._leases.get(name)

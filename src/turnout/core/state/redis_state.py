@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from turnout.core.errors import InvalidConfigError, StateConflictError, StateUnavailableError
@@ -211,6 +213,26 @@ class RedisState:
             for version, f in by_version.items()
             if "count" in f
         }
+
+    async def heartbeat(self, process: str, facts: Mapping[str, Any], seconds: float) -> None:
+        """Say that ``process`` lives, with ``facts``, for the next ``seconds``."""
+        now = time.time()
+        body = json.dumps({"facts": {**facts, "at": now}, "until": now + seconds})
+        await self._call(self._redis.hset(self._key("heartbeats"), process, body))
+
+    async def heartbeats(self) -> dict[str, dict[str, Any]]:
+        """Return each live process's last facts, with ``"at"``; forget the dead ones."""
+        beats = await self._call(self._redis.hgetall(self._key("heartbeats")))
+        now, live, dead = time.time(), {}, []
+        for process, body in beats.items():
+            beat = json.loads(body)
+            if beat["until"] > now:
+                live[process.decode()] = beat["facts"]
+            else:
+                dead.append(process)
+        if dead:
+            await self._call(self._redis.hdel(self._key("heartbeats"), *dead))
+        return live
 
     async def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener(model_id, revision)`` after each write; return once subscribed."""

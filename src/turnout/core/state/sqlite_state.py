@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,6 +70,11 @@ CREATE TABLE IF NOT EXISTS leases (
     holder TEXT NOT NULL,
     token INTEGER NOT NULL,
     expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    process TEXT PRIMARY KEY,
+    facts TEXT NOT NULL,
+    until REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -281,6 +287,30 @@ class SQLiteState:
             return db.execute(query, (model_id,)).fetchall()
 
         return {row[0]: OutcomeTotals(*row[1:]) for row in await self._run(work)}
+
+    async def heartbeat(self, process: str, facts: Mapping[str, Any], seconds: float) -> None:
+        """Say that ``process`` lives, with ``facts``, for the next ``seconds``."""
+        now = time.time()
+        body = json.dumps({**facts, "at": now})
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO heartbeats VALUES (?, ?, ?) ON CONFLICT (process) DO UPDATE SET"
+                " facts = excluded.facts, until = excluded.until",
+                (process, body, now + seconds),
+            )
+
+        await self._run(work)
+
+    async def heartbeats(self) -> dict[str, dict[str, Any]]:
+        """Return each live process's last facts, with ``"at"``; forget the dead ones."""
+        now = time.time()
+
+        def work(db: sqlite3.Connection) -> list[Any]:
+            db.execute("DELETE FROM heartbeats WHERE until <= ?", (now,))
+            return db.execute("SELECT process, facts FROM heartbeats").fetchall()
+
+        return {process: json.loads(facts) for process, facts in await self._run(work)}
 
     # -- the change feed ---------------------------------------------------------------------
 
