@@ -124,6 +124,21 @@ async def test_the_admin_api_lists_every_worker(fleet: Fleet) -> None:
         assert facts["models"][MODEL]["loaded"] == ["v1", "v2"]
         assert facts["unloaded"] == []
 
+    # turnout status lists them too, a line per worker.
+    status = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "turnout", "status", "--server", fleet.admin,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "TURNOUT_ADMIN_TOKEN": TOKEN},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(status.communicate(), 60)
+    assert status.returncode == 0, err.decode()
+    text = out.decode()
+    assert f"{WORKERS} servers share this control state:" in text
+    for pid in pids:
+        assert any(
+            line.startswith(str(pid)) and f"{MODEL}:v1/v2" in line for line in text.splitlines()
+        )
+
 
 async def test_a_killed_worker_is_restarted_and_the_others_keep_serving(fleet: Fleet) -> None:
     pids = await worker_pids(fleet, WORKERS)

@@ -88,6 +88,11 @@ class AdminClient:
         answer: dict[str, Any] = await self.request("GET", "/admin/status")
         return answer
 
+    async def fleet(self) -> dict[str, Any]:
+        """Return every live server sharing the control state: pid, leads, versions, revision."""
+        answer: dict[str, Any] = await self.request("GET", "/admin/fleet")
+        return answer
+
 
 def _remote_error(status: int, answer: object) -> RemoteError:
     if isinstance(answer, Mapping) and isinstance(answer.get("error"), str):
