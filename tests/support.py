@@ -12,6 +12,10 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
+
+from turnout import ControlState, ModelState, OutcomeTotals
+from turnout.core.state.control import Fence
 
 # How long `turnout serve` may take to print its banner (the demo trains first).
 STARTUP_SECONDS = 15.0
@@ -75,3 +79,40 @@ async def read_banner(process: asyncio.subprocess.Process, last: str) -> list[st
             raise AssertionError(f"turnout serve exited early:\n{errors}")
         lines.append(line.decode().rstrip("\n"))
     return lines
+
+
+class DelegatingState:
+    """A ControlState that hands every call to ``inner``: the base of the tests' doubles."""
+
+    def __init__(self, inner: ControlState) -> None:
+        self.inner = inner
+
+    async def read(self, model_id: str) -> ModelState:
+        return await self.inner.read(model_id)
+
+    async def model_ids(self) -> list[str]:
+        return await self.inner.model_ids()
+
+    async def write(self, state: ModelState, *, fence: Fence | None = None) -> ModelState:
+        return await self.inner.write(state, fence=fence)
+
+    async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
+        return await self.inner.hold_lease(name, holder, seconds)
+
+    async def heartbeat(self, process: str, facts: Mapping[str, Any], seconds: float) -> None:
+        await self.inner.heartbeat(process, facts, seconds)
+
+    async def heartbeats(self) -> dict[str, dict[str, Any]]:
+        return await self.inner.heartbeats()
+
+    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
+        return await self.inner.add_outcome(model_id, version, value)
+
+    async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
+        return await self.inner.outcomes(model_id)
+
+    async def subscribe(self, listener: Callable[[str, int], None]) -> Callable[[], None]:
+        return await self.inner.subscribe(listener)
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -8,12 +8,12 @@ versions, active version, routing, fallback, rollout history, outcomes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pytest
 
+from support import DelegatingState
 from turnout import (
     ControlState,
     Fallback,
@@ -27,45 +27,24 @@ from turnout import (
 from turnout.core.state.control import Fence
 
 
-class RecordingState:
-    """A MemoryState that records each call made to it: (method, model_id, what)."""
+class RecordingState(DelegatingState):
+    """A MemoryState that records each change made to it: (method, model_id, what)."""
 
     def __init__(self) -> None:
-        self.inner = MemoryState()
+        super().__init__(MemoryState())
         self.calls: list[tuple[str, str, Any]] = []
-
-    async def read(self, model_id: str) -> ModelState:
-        return await self.inner.read(model_id)
-
-    async def model_ids(self) -> list[str]:
-        return await self.inner.model_ids()
 
     async def write(self, state: ModelState, *, fence: Fence | None = None) -> ModelState:
         self.calls.append(("write", state.model_id, state))
-        return await self.inner.write(state, fence=fence)
-
-    async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
-        return await self.inner.hold_lease(name, holder, seconds)
-
-    async def heartbeat(self, process: str, facts: Mapping[str, Any], seconds: float) -> None:
-        await self.inner.heartbeat(process, facts, seconds)
-
-    async def heartbeats(self) -> dict[str, dict[str, Any]]:
-        return await self.inner.heartbeats()
+        return await super().write(state, fence=fence)
 
     async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
         self.calls.append(("add_outcome", model_id, (version, value)))
-        return await self.inner.add_outcome(model_id, version, value)
-
-    async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
-        return await self.inner.outcomes(model_id)
-
-    async def subscribe(self, listener: Callable[[str, int], None]) -> Callable[[], None]:
-        return await self.inner.subscribe(listener)
+        return await super().add_outcome(model_id, version, value)
 
     async def close(self) -> None:
         self.calls.append(("close", "", None))
-        await self.inner.close()
+        await super().close()
 
     def writes(self) -> int:
         return sum(1 for call in self.calls if call[0] == "write")

@@ -12,63 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
 from services import RedisServer
-from support import eventually
+from support import DelegatingState, eventually
 from turnout import (
     ControlState,
     Fallback,
     InvalidInputError,
     ModelServer,
-    ModelState,
-    OutcomeTotals,
     RoutingConfig,
     StateConflictError,
     StateUnavailableError,
 )
 from turnout.core.service import controller_lease
-from turnout.core.state.control import Fence
 from turnout.core.state.redis_state import RedisState
 
 SPLIT = RoutingConfig("weighted", {"versions": ["v1", "v2"], "weights": [70, 30]})
 
 
-class LaggingFeed:
+class LaggingFeed(DelegatingState):
     """A handle to a control state whose change feed holds notifications until released."""
 
     def __init__(self, inner: ControlState) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.held: list[tuple[Callable[[str, int], None], str, int]] = []
         self.lagging = False
-
-    async def read(self, model_id: str) -> ModelState:
-        return await self.inner.read(model_id)
-
-    async def model_ids(self) -> list[str]:
-        return await self.inner.model_ids()
-
-    async def write(self, state: ModelState, *, fence: Fence | None = None) -> ModelState:
-        return await self.inner.write(state, fence=fence)
-
-    async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:
-        return await self.inner.hold_lease(name, holder, seconds)
-
-    async def heartbeat(self, process: str, facts: Mapping[str, Any], seconds: float) -> None:
-        await self.inner.heartbeat(process, facts, seconds)
-
-    async def heartbeats(self) -> dict[str, dict[str, Any]]:
-        return await self.inner.heartbeats()
-
-    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
-        return await self.inner.add_outcome(model_id, version, value)
-
-    async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
-        return await self.inner.outcomes(model_id)
 
     async def subscribe(self, listener: Callable[[str, int], None]) -> Callable[[], None]:
         def deliver(model_id: str, revision: int) -> None:
@@ -77,16 +50,13 @@ class LaggingFeed:
             else:
                 listener(model_id, revision)
 
-        return await self.inner.subscribe(deliver)
+        return await super().subscribe(deliver)
 
     def release(self) -> None:
         self.lagging = False
         for listener, model_id, revision in self.held:
             listener(model_id, revision)
         self.held.clear()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 @pytest.fixture

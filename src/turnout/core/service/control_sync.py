@@ -25,21 +25,22 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Mapping, Set
-from dataclasses import asdict
 from typing import Any
 
 import anyio
 
 from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import StateConflictError, StateUnavailableError, TurnoutError
-from turnout.core.execution.batching import BatchingConfig
-from turnout.core.resilience.breaker import BreakerConfig
 from turnout.core.routing.outcomes import OutcomeTotals
 from turnout.core.service.controller_lease import ControllerLease
 from turnout.core.service.parts import ServerCalls, ServerParts
 from turnout.core.state.control import EVERY_MODEL, ControlState, ModelState, VersionEntry
 from turnout.core.state.pending import PendingWrites
-from turnout.core.state.repository_records import breaker_to_dict, fallback_to_dict
+from turnout.core.state.repository_records import (
+    deploy_keywords,
+    deployment_options,
+    fallback_to_dict,
+)
 
 __all__ = ["ControlSync", "deploy_options", "version_entry"]
 
@@ -53,35 +54,17 @@ CATALOGUE_RETRIES = 5
 
 def deploy_options(entry: VersionEntry) -> dict[str, Any]:
     """Return the ``deploy_model`` keywords that deploy a catalogued version as it was."""
-    options = entry.options
-    batching, breaker = options.get("batching"), options.get("breaker")
-    return {
-        "metadata": dict(entry.metadata),
-        "features": options.get("features"),
-        "output": options.get("output"),
-        "batching": None if batching is None else BatchingConfig(**batching),
-        "allow_nan": bool(options.get("allow_nan", False)),
-        "error_threshold": options.get("error_threshold"),
-        "breaker": None if breaker is None else BreakerConfig(**breaker),
-    }
+    return deploy_keywords(entry.metadata, entry.options)
 
 
 def version_entry(deployment: Deployment) -> VersionEntry:
     """Return the catalogue entry of a deployed version."""
     onnx = deployment.loaded.onnx_bytes
-    names = deployment.schema.feature_names
     return VersionEntry(
         version=deployment.version,
         digest="" if onnx is None else hashlib.sha256(onnx).hexdigest(),
         metadata=dict(deployment.metadata),
-        options={
-            "features": None if names is None else list(names),
-            "output": deployment.decoder.mode.value,
-            "batching": asdict(deployment.batcher.config),
-            "allow_nan": deployment.schema.allow_nan,
-            "error_threshold": deployment.error_threshold,
-            "breaker": breaker_to_dict(deployment.breaker.config),
-        },
+        options=deployment_options(deployment),
     )
 
 

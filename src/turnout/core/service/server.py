@@ -118,6 +118,13 @@ class ModelServer:
         state: ControlState | None = None,
         artifacts: str | os.PathLike[str] | None = None,
     ) -> None:
+        if state is not None and not all(
+            callable(getattr(state, name, None)) for name in ("read", "write", "subscribe")
+        ):
+            raise InvalidConfigError(
+                f"state must be a ControlState (MemoryState, RedisState, SQLiteState), got"
+                f" {type(state).__name__}; turnout.core.state.locations.open_state opens a URL"
+            )
         if repository is not None and mock_mode:
             raise InvalidConfigError(
                 "a repository stores ONNX models; mock_mode serves Python ones"

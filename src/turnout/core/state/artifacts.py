@@ -27,7 +27,10 @@ class ArtifactStore:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot use {self.directory} for artifacts: {exc}") from exc
 
     def path(self, digest: str) -> Path:
         """Return where the artifact of ``digest`` lives; refuse anything but a sha256."""

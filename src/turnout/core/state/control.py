@@ -48,6 +48,7 @@ __all__ = [
     "ModelState",
     "VersionEntry",
     "fenced_out",
+    "stale_revision",
 ]
 
 # Rollout events a model keeps: enough for every step of several rollouts.
@@ -182,4 +183,15 @@ def fenced_out(model_id: str, fence: Fence) -> StateConflictError:
         model_id=model_id,
         expected=token,
         actual=-1,
+    )
+
+
+def stale_revision(state: ModelState, stored: int) -> StateConflictError:
+    """The error of a write based on ``state.revision`` when the store is at ``stored``."""
+    return StateConflictError(
+        f"the state of {state.model_id!r} changed since revision {state.revision}:"
+        f" it is at revision {stored}",
+        model_id=state.model_id,
+        expected=state.revision,
+        actual=stored,
     )

@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from turnout.core.errors import StateConflictError
 from turnout.core.routing.outcomes import OutcomeTotals
-from turnout.core.state.control import ChangeListener, Fence, ModelState, fenced_out
+from turnout.core.state.control import ChangeListener, Fence, ModelState, fenced_out, stale_revision
 
 __all__ = ["MemoryState"]
 
@@ -49,13 +48,7 @@ class MemoryState:
         stored = self._models.get(state.model_id)
         actual = 0 if stored is None else stored.revision
         if state.revision != actual:
-            raise StateConflictError(
-                f"the state of {state.model_id!r} changed since revision {state.revision}:"
-                f" it is at revision {actual}",
-                model_id=state.model_id,
-                expected=state.revision,
-                actual=actual,
-            )
+            raise stale_revision(state, int(actual))
         written = state.changed(revision=actual + 1)
         self._models[state.model_id] = written
         if not written.exists:

@@ -28,9 +28,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from turnout.core.errors import InvalidConfigError, StateConflictError, StateUnavailableError
+from turnout.core.errors import InvalidConfigError, StateUnavailableError
 from turnout.core.routing.outcomes import OutcomeTotals
-from turnout.core.state.control import EVERY_MODEL, ChangeListener, Fence, ModelState, fenced_out
+from turnout.core.state.control import (
+    EVERY_MODEL,
+    ChangeListener,
+    Fence,
+    ModelState,
+    fenced_out,
+    stale_revision,
+)
 from turnout.core.state.control_codec import decode_state, encode_state
 
 try:
@@ -106,14 +113,20 @@ class RedisState:
         # An unreachable Redis refuses a control write within about a second (two quick
         # retries, short timeouts), rather than holding the caller for redis-py's default.
         retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), 2)
-        self._redis = aioredis.Redis.from_url(
-            url, retry=retry, socket_connect_timeout=CONNECT_SECONDS, socket_timeout=CALL_SECONDS
-        )
-        # The feed's connection waits for messages as long as it takes: no read timeout;
-        # health checks find a connection that died in silence.
-        self._feed_redis = aioredis.Redis.from_url(
-            url, retry=retry, socket_connect_timeout=CONNECT_SECONDS, health_check_interval=5
-        )
+        try:
+            self._redis = aioredis.Redis.from_url(
+                url,
+                retry=retry,
+                socket_connect_timeout=CONNECT_SECONDS,
+                socket_timeout=CALL_SECONDS,
+            )
+            # The feed's connection waits for messages as long as it takes: no read timeout;
+            # health checks find a connection that died in silence.
+            self._feed_redis = aioredis.Redis.from_url(
+                url, retry=retry, socket_connect_timeout=CONNECT_SECONDS, health_check_interval=5
+            )
+        except ValueError as exc:  # redis-py's word for a malformed URL
+            raise InvalidConfigError(f"not a Redis URL: {url!r}: {exc}") from exc
         self._write = self._redis.register_script(_WRITE)
         self._lease = self._redis.register_script(_LEASE)
         self._listeners: list[ChangeListener] = []
@@ -160,13 +173,7 @@ class RedisState:
             assert fence is not None
             raise fenced_out(model_id, fence)
         if not written:
-            raise StateConflictError(
-                f"the state of {model_id!r} changed since revision {state.revision}:"
-                f" it is at revision {revision}",
-                model_id=model_id,
-                expected=state.revision,
-                actual=int(revision),
-            )
+            raise stale_revision(state, int(revision))
         return state.changed(revision=int(revision))
 
     async def hold_lease(self, name: str, holder: str, seconds: float) -> int | None:

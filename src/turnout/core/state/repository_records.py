@@ -29,7 +29,9 @@ __all__ = [
     "ModelRecord",
     "VersionRecord",
     "breaker_to_dict",
+    "deploy_keywords",
     "deployment_json",
+    "deployment_options",
     "fallback_from_dict",
     "fallback_to_dict",
     "restore_fallback",
@@ -101,15 +103,17 @@ class VersionRecord:
 
     def options(self) -> dict[str, Any]:
         """Return the ``deploy_model`` keyword arguments that redeploy this version."""
-        return {
-            "metadata": dict(self.metadata),
-            "features": list(self.features) if self.features is not None else None,
-            "output": self.output,
-            "batching": None if self.batching is None else BatchingConfig(**self.batching),
-            "allow_nan": self.allow_nan,
-            "error_threshold": self.error_threshold,
-            "breaker": None if self.breaker is None else BreakerConfig(**self.breaker),
-        }
+        return deploy_keywords(
+            self.metadata,
+            {
+                "features": list(self.features) if self.features is not None else None,
+                "output": self.output,
+                "batching": self.batching,
+                "allow_nan": self.allow_nan,
+                "error_threshold": self.error_threshold,
+                "breaker": self.breaker,
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -134,24 +138,52 @@ class ModelRecord:
 # -- mapping between live objects and records --------------------------------------------
 
 
+def deployment_options(deployment: Deployment) -> dict[str, Any]:
+    """Return the options a version was deployed with, as plain data (features, output, ...)."""
+    names = deployment.schema.feature_names
+    return {
+        "features": list(names) if names is not None else None,
+        "output": deployment.decoder.mode.value,
+        "batching": asdict(deployment.batcher.config),
+        "allow_nan": deployment.schema.allow_nan,
+        "error_threshold": deployment.error_threshold,
+        "breaker": breaker_to_dict(deployment.breaker.config),
+    }
+
+
+def deploy_keywords(metadata: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the ``deploy_model`` keywords that redeploy a version from its plain-data options."""
+    batching, breaker = options.get("batching"), options.get("breaker")
+    return {
+        "metadata": dict(metadata),
+        "features": options.get("features"),
+        "output": options.get("output"),
+        "batching": None if batching is None else BatchingConfig(**batching),
+        "allow_nan": bool(options.get("allow_nan", False)),
+        "error_threshold": options.get("error_threshold"),
+        "breaker": None if breaker is None else BreakerConfig(**breaker),
+    }
+
+
 def version_record(deployment: Deployment) -> VersionRecord:
     """Return the record that stores ``deployment``; raise StoreError if it has no ONNX."""
     onnx_bytes = deployment.loaded.onnx_bytes
     if onnx_bytes is None:
         raise StoreError(f"{deployment.model_id}:{deployment.version} has no ONNX form to store")
-    names = deployment.schema.feature_names
+    options = deployment_options(deployment)
+    features = options["features"]
     return VersionRecord(
         model_id=deployment.model_id,
         version=deployment.version,
         onnx_bytes=onnx_bytes,
         sha256=hashlib.sha256(onnx_bytes).hexdigest(),
         metadata=dict(deployment.metadata),
-        features=tuple(names) if names is not None else None,
-        output=deployment.decoder.mode.value,
-        batching=asdict(deployment.batcher.config),
-        allow_nan=deployment.schema.allow_nan,
-        error_threshold=deployment.error_threshold,
-        breaker=breaker_to_dict(deployment.breaker.config),
+        features=tuple(features) if features is not None else None,
+        output=options["output"],
+        batching=options["batching"],
+        allow_nan=options["allow_nan"],
+        error_threshold=options["error_threshold"],
+        breaker=options["breaker"],
         deployed_at=deployment.deployed_at.isoformat(),
         source=deployment.loaded.source,
     )

@@ -29,9 +29,16 @@ from typing import Any, TypeVar
 
 import anyio
 
-from turnout.core.errors import InvalidConfigError, StateConflictError, StateUnavailableError
+from turnout.core.errors import InvalidConfigError, StateUnavailableError
 from turnout.core.routing.outcomes import OutcomeTotals
-from turnout.core.state.control import EVERY_MODEL, ChangeListener, Fence, ModelState, fenced_out
+from turnout.core.state.control import (
+    EVERY_MODEL,
+    ChangeListener,
+    Fence,
+    ModelState,
+    fenced_out,
+    stale_revision,
+)
 from turnout.core.state.control_codec import decode_state, encode_state
 
 __all__ = ["POLL_SECONDS", "SQLiteState"]
@@ -204,13 +211,7 @@ class SQLiteState:
             assert fence is not None
             raise fenced_out(model_id, fence)
         if not written:
-            raise StateConflictError(
-                f"the state of {model_id!r} changed since revision {state.revision}:"
-                f" it is at revision {revision}",
-                model_id=model_id,
-                expected=state.revision,
-                actual=revision,
-            )
+            raise stale_revision(state, int(revision))
         self._wrote = True  # this connection's commits do not move its data_version
         return state.changed(revision=revision)
 
