@@ -11,6 +11,7 @@ is written and the other gets StateConflictError, overwriting nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -28,7 +29,9 @@ from turnout import (
     RoutingConfig,
     StateConflictError,
     StateUnavailableError,
+    TurnoutError,
 )
+from turnout.core.deployments.faults import inject_faults
 from turnout.core.service import controller_lease
 from turnout.core.state.redis_state import RedisState
 
@@ -305,6 +308,50 @@ async def test_a_canary_whose_leader_stops_ends_promoted_exactly_once(
         assert "promoted" in events, events
         assert stored.active == "v2"
         assert stored.history[-1].step >= 1  # resumed at its stored step, not from zero
+
+
+async def test_a_canary_is_judged_on_the_traffic_every_server_served(
+    pair: tuple[ModelServer, ModelServer, LaggingFeed], binary_data: Any
+) -> None:
+    leader, follower, _ = pair
+    rows = binary_data.X_test.to_numpy()[:1]
+    await leader.start_canary(
+        "bc", "v2", steps=[0.5, 1.0], min_requests=20, max_latency_ratio=1000.0
+    )
+    await eventually(lambda: follower.get_routing("bc").strategy == "canary")
+
+    async def follower_traffic() -> None:
+        # Every request goes to the follower: only the fleet's numbers can decide the canary.
+        while leader.get_routing("bc").strategy == "canary":
+            await follower.predict("bc", rows)
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(follower_traffic(), 10)
+    await leader._flush_changes()
+    stored = await leader.control_state.read("bc")
+    assert stored.active == "v2", [(e.event, e.reason) for e in stored.history]
+    served = leader.get_all_models_status()["bc"]["v2"]["metrics"].request_count
+    assert served == 0, "the leader judged traffic it did not serve itself"
+
+
+async def test_a_candidate_failing_on_another_server_is_rolled_back_by_the_leader(
+    pair: tuple[ModelServer, ModelServer, LaggingFeed], binary_data: Any
+) -> None:
+    leader, follower, _ = pair
+    rows = binary_data.X_test.to_numpy()[:1]
+    await leader.start_canary("bc", "v2", steps=[0.5, 1.0], min_requests=20)
+    await eventually(lambda: follower.get_routing("bc").strategy == "canary")
+    with inject_faults(follower.get_deployment("bc", "v2")) as fault:
+        fault.fail_fraction(1.0)
+        for _ in range(60):
+            with contextlib.suppress(TurnoutError):
+                await follower.predict("bc", rows, version="v2")
+    await eventually(lambda: leader.get_routing("bc").strategy != "canary", 5.0)
+    await leader._flush_changes()
+    stored = await leader.control_state.read("bc")
+    assert stored.active == "v1"
+    assert [e.event for e in stored.history][-1] == "rolled_back"
+    assert "failed" in stored.history[-1].reason, stored.history[-1].reason
 
 
 async def test_outcomes_recorded_through_three_servers_sum_exactly(

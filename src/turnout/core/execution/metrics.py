@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from typing import Any
 
-__all__ = ["BATCH_SIZE_BOUNDS", "LatencyHistogram", "MetricsSnapshot", "VersionMetrics"]
+__all__ = [
+    "BATCH_SIZE_BOUNDS",
+    "LatencyHistogram",
+    "MetricsSnapshot",
+    "MetricsTotals",
+    "VersionMetrics",
+]
 
 # Batch sizes are counted in powers of two: 1, 2, 4, ... 4096 rows and more.
 BATCH_SIZE_BOUNDS: tuple[int, ...] = tuple(2**i for i in range(13))
@@ -68,6 +76,15 @@ class LatencyHistogram:
     def mean(self) -> float:
         """Return the mean latency in seconds; 0 if empty."""
         return self.total / self.count if self.count else 0.0
+
+    @classmethod
+    def of_counts(cls, counts: tuple[int, ...], total: float = 0.0) -> LatencyHistogram:
+        """Return a histogram holding ``counts`` (one per bucket; missing ones are 0)."""
+        histogram = cls()
+        histogram.counts[: len(counts)] = counts
+        histogram.count = sum(counts)
+        histogram.total = total
+        return histogram
 
 
 @dataclass(frozen=True)
@@ -183,3 +200,101 @@ class VersionMetrics:
             queue_depth=queue_depth,
             last_request_time=self.last_request_time,
         )
+
+
+_BUCKETS = len(_BOUNDS_S) + 1
+
+
+@dataclass(frozen=True)
+class MetricsTotals:
+    """A version's counters at one moment, as plain numbers that add up across processes.
+
+    What each server of a fleet publishes in its heartbeat: the controller
+    judges canaries on their sum, ``/metrics`` shows them per worker.
+    """
+
+    requests: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    shed: int = 0
+    rows: int = 0
+    batches: int = 0
+    # LatencyHistogram counts, bucket by bucket; 352 numbers no repr should print.
+    latency: tuple[int, ...] = field(default=(0,) * _BUCKETS, repr=False)
+    latency_seconds: float = 0.0
+    batch_sizes: tuple[int, ...] = (0,) * (len(BATCH_SIZE_BOUNDS) + 1)
+
+    @classmethod
+    def of(cls, metrics: VersionMetrics) -> MetricsTotals:
+        """Return the totals ``metrics`` holds now."""
+        return cls(
+            metrics.requests,
+            metrics.errors,
+            metrics.timeouts,
+            metrics.shed,
+            metrics.rows,
+            metrics.batches,
+            tuple(metrics.latency.counts),
+            metrics.latency.total,
+            tuple(metrics.batch_sizes),
+        )
+
+    @property
+    def failures(self) -> int:
+        """Requests that failed: model errors and timeouts."""
+        return self.errors + self.timeouts
+
+    def histogram(self) -> LatencyHistogram:
+        """Return the latency histogram these totals hold."""
+        return LatencyHistogram.of_counts(self.latency, self.latency_seconds)
+
+    def __add__(self, other: MetricsTotals) -> MetricsTotals:
+        return self._combine(other, operator.add)
+
+    def __sub__(self, other: MetricsTotals) -> MetricsTotals:
+        return self._combine(other, operator.sub)
+
+    def _combine(self, other: MetricsTotals, op: Callable[[Any, Any], Any]) -> MetricsTotals:
+        # map over the operator: the leader adds these after every batch of a canary.
+        values: list[Any] = []
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            values.append(
+                tuple(map(op, mine, theirs)) if isinstance(mine, tuple) else op(mine, theirs)
+            )
+        return MetricsTotals(*values)
+
+    def to_data(self) -> dict[str, Any]:
+        """Return the totals as JSON-able data; the latency buckets sparse, as most are 0."""
+        data: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name != "latency"
+        }
+        data["batch_sizes"] = list(self.batch_sizes)
+        data["latency"] = {str(i): c for i, c in enumerate(self.latency) if c}
+        return data
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> MetricsTotals:
+        """Return the totals :meth:`to_data` gave; raise ValueError if ``data`` is not that."""
+        try:
+            latency = [0] * _BUCKETS
+            for index, count in data["latency"].items():
+                if not 0 <= int(index) < _BUCKETS:
+                    raise ValueError(f"no latency bucket {index}")
+                latency[int(index)] = int(count)
+            sizes = tuple(int(c) for c in data["batch_sizes"])
+            if len(sizes) != len(BATCH_SIZE_BOUNDS) + 1:
+                raise ValueError(f"{len(sizes)} batch-size buckets")
+            return cls(
+                int(data["requests"]),
+                int(data["errors"]),
+                int(data["timeouts"]),
+                int(data["shed"]),
+                int(data["rows"]),
+                int(data["batches"]),
+                tuple(latency),
+                float(data["latency_seconds"]),
+                sizes,
+            )
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise ValueError(f"not metrics totals: {exc}") from exc

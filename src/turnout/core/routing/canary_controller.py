@@ -1,9 +1,11 @@
 """The rollout controller: judges each canary step and decides to advance, promote or roll back.
 
-The controller holds, per model, the counters both versions had when the
+The controller holds, per model, the totals both versions had when the
 current step began, so each step is judged on its own traffic only. It is
-asked to judge after every batch either version runs; the judgement is a
-few subtractions until the step has seen enough requests.
+asked to judge after every batch either version runs, and once a second;
+the totals it is given are the whole fleet's (this server's own, live, and
+what the others last published: :mod:`turnout.core.service.fleet_traffic`).
+The judgement is a few subtractions until the step has seen enough requests.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from turnout.core.clock import Clock
-from turnout.core.execution.metrics import LatencyHistogram, VersionMetrics
+from turnout.core.execution.metrics import MetricsTotals
 from turnout.core.routing.canary_plan import CanaryPlan
 
 __all__ = ["Judgement", "RolloutAction", "RolloutController", "RolloutEvent"]
@@ -52,33 +54,12 @@ class RolloutEvent:
     reason: str
 
 
-class _Mark:
-    __slots__ = ("counts", "failures", "requests")
-
-    def __init__(self, metrics: VersionMetrics) -> None:
-        self.requests = metrics.requests
-        self.failures = metrics.errors + metrics.timeouts
-        self.counts = list(metrics.latency.counts)
-
-    def window(self, metrics: VersionMetrics) -> tuple[int, int, LatencyHistogram]:
-        latency = LatencyHistogram()
-        latency.counts = [
-            now - then for now, then in zip(metrics.latency.counts, self.counts, strict=True)
-        ]
-        latency.count = sum(latency.counts)
-        return (
-            metrics.requests - self.requests,
-            metrics.errors + metrics.timeouts - self.failures,
-            latency,
-        )
-
-
 @dataclass
 class _Step:
     started: float  # the controller's clock, which judges the window
     started_at: datetime  # wall-clock time, which the control state records
-    baseline: _Mark
-    candidate: _Mark
+    baseline: MetricsTotals  # each version's totals when the step began
+    candidate: MetricsTotals
 
 
 class RolloutController:
@@ -93,16 +74,14 @@ class RolloutController:
         self,
         model_id: str,
         plan: CanaryPlan,
-        baseline: VersionMetrics,
-        candidate: VersionMetrics,
+        baseline: MetricsTotals,
+        candidate: MetricsTotals,
         *,
         event: str = "step",
         reason: str = "",
     ) -> None:
         """Start judging ``plan.step`` from now, and record it in the history."""
-        self._steps[model_id] = _Step(
-            self._clock.now(), datetime.now(UTC), _Mark(baseline), _Mark(candidate)
-        )
+        self._steps[model_id] = _Step(self._clock.now(), datetime.now(UTC), baseline, candidate)
         self.record(model_id, plan, event, reason)
 
     def record(self, model_id: str, plan: CanaryPlan, event: str, reason: str) -> None:
@@ -133,8 +112,8 @@ class RolloutController:
         self,
         model_id: str,
         plan: CanaryPlan,
-        baseline: VersionMetrics,
-        candidate: VersionMetrics,
+        baseline: MetricsTotals,
+        candidate: MetricsTotals,
         *,
         candidate_broken: bool = False,
     ) -> Judgement | None:
@@ -144,7 +123,8 @@ class RolloutController:
             return None
         if candidate_broken:
             return Judgement(RolloutAction.ROLL_BACK, f"{plan.candidate}'s circuit breaker opened")
-        requests, failures, latency = step.candidate.window(candidate)
+        requests = candidate.requests - step.candidate.requests
+        failures = candidate.failures - step.candidate.failures
         allowed = plan.max_error_rate * max(requests, plan.min_requests)
         if failures > allowed:
             return Judgement(
@@ -155,9 +135,11 @@ class RolloutController:
         elapsed = self._clock.now() - step.started
         if requests < plan.min_requests or elapsed < plan.min_seconds:
             return None
-        base_requests, _, base_latency = step.baseline.window(baseline)
-        if base_requests < MIN_BASELINE_WINDOW:
-            base_latency = baseline.latency
+        latency = (candidate - step.candidate).histogram()
+        if baseline.requests - step.baseline.requests < MIN_BASELINE_WINDOW:
+            base_latency = baseline.histogram()
+        else:
+            base_latency = (baseline - step.baseline).histogram()
         p99 = latency.quantile(0.99)
         base_p99 = base_latency.quantile(0.99)
         if (

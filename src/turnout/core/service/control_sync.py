@@ -31,8 +31,10 @@ import anyio
 
 from turnout.core.deployments.registry import Deployment
 from turnout.core.errors import StateConflictError, StateUnavailableError, TurnoutError
+from turnout.core.execution.metrics import MetricsTotals
 from turnout.core.routing.outcomes import OutcomeTotals
 from turnout.core.service.controller_lease import ControllerLease
+from turnout.core.service.fleet_traffic import FleetTraffic, traffic_facts
 from turnout.core.service.parts import ServerCalls, ServerParts
 from turnout.core.state.control import EVERY_MODEL, ControlState, ModelState, VersionEntry
 from turnout.core.state.pending import PendingWrites
@@ -93,6 +95,8 @@ class ControlSync:
         self._unwritten: set[str] = set()  # changes an unreachable store refused
         # The controller lease, and the models whose next write it fences.
         self.lease = ControllerLease(state)
+        self.fleet = FleetTraffic(self.lease.holder)
+        self.announced: dict[str, Any] = {}  # facts the embedding application adds
         self._beating: asyncio.Task[None] | None = None
         self._controlling = False
         self._fenced: set[str] = set()
@@ -130,6 +134,7 @@ class ControlSync:
         """Note that ``version`` left the model here: the next write drops it from the catalogue."""
         self._retired.setdefault(model_id, set()).add(version)
         self._entries.pop((model_id, version), None)
+        self.fleet.forget(model_id, version)
         self.changed(model_id, choice=choice)
 
     async def _write(self, model_id: str) -> None:
@@ -436,8 +441,13 @@ class ControlSync:
     # -- heartbeats -----------------------------------------------------------------------
 
     def facts(self) -> dict[str, Any]:
-        """What this server tells its fleet each heartbeat: who it is, what it serves."""
+        """What this server tells its fleet each heartbeat: who it is, what it serves, how much."""
+        traffic: dict[str, dict[str, MetricsTotals]] = {}
+        for deployment in self._registry:
+            totals = MetricsTotals.of(deployment.metrics)
+            traffic.setdefault(deployment.model_id, {})[deployment.version] = totals
         return {
+            **self.announced,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "leads": self.leads,
@@ -449,12 +459,22 @@ class ControlSync:
                 for model_id in self._registry.model_ids()
             },
             "unloaded": self.unloaded(),
+            "traffic": traffic_facts(traffic),
         }
 
     async def _beat(self) -> None:
+        # Every server hears the others' traffic, not only the controller: one taking
+        # over a canary judges its step window with the fleet's numbers in hand.
         while True:
-            with contextlib.suppress(TurnoutError):  # an unreachable store: said elsewhere
+            try:
                 await self.state.heartbeat(self.lease.holder, self.facts(), 3 * HEARTBEAT_SECONDS)
+                self.fleet.observe(await self.state.heartbeats())
+                self._server._judge_rollouts()
+            except TurnoutError:
+                pass  # an unreachable store: said once, where it is found
+            except Exception:
+                # Not fatal to the beat: a server that stops beating drops out of its fleet.
+                logger.exception("a heartbeat of %s failed", self.lease.holder)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     # -- the controller lease ---------------------------------------------------------------

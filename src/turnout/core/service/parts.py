@@ -17,6 +17,7 @@ import numpy as np
 
 from turnout.core.clock import Clock
 from turnout.core.deployments.registry import Deployment, ModelRegistry
+from turnout.core.execution.metrics import MetricsTotals
 from turnout.core.resilience.fallback import Fallback
 from turnout.core.routing.canary_controller import RolloutController
 from turnout.core.routing.config import RoutingConfig, RoutingContext
@@ -65,6 +66,10 @@ class ServerCalls(Protocol):
     def _control_available(self) -> bool: ...
 
     def _leads(self) -> bool: ...
+
+    def _traffic(self, model_id: str, version: str) -> MetricsTotals: ...
+
+    def _judge_rollouts(self) -> None: ...
 
     def _as_controller(self) -> AbstractContextManager[None]: ...
 

@@ -30,6 +30,7 @@ from turnout.core.errors import (
     StoreError,
 )
 from turnout.core.execution.batching import BatchingConfig
+from turnout.core.execution.metrics import MetricsTotals
 from turnout.core.execution.outputs import OutputMode
 from turnout.core.names import check_name
 from turnout.core.resilience.breaker import BreakerConfig, BreakerSnapshot
@@ -701,6 +702,17 @@ class ModelServer:
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
         return self._closed
+
+    def _traffic(self, model_id: str, version: str) -> MetricsTotals:
+        """The version's totals over the fleet: this server's, live, and the others' last said."""
+        local = MetricsTotals.of(self._registry.get(model_id, version).metrics)
+        elsewhere = self._sync.fleet.totals(model_id, version)
+        return local + elsewhere if elsewhere.requests else local
+
+    def _judge_rollouts(self) -> None:
+        """Judge every canary in progress (on a timer: the fleet's traffic may be elsewhere)."""
+        for model_id in self._registry.model_ids():
+            self._rollout_ops.judge_canary(model_id)
 
     def _leads(self) -> bool:
         """True if this server is its fleet's controller (see ControlSync.leads)."""

@@ -1,0 +1,87 @@
+"""What the other servers of a fleet served: their heartbeats' metrics, added up per version.
+
+Each server publishes its versions' :class:`MetricsTotals` in its heartbeat
+(once a second). Every server reads the heartbeats as often and keeps, per
+process, the last totals it saw, so the controller can judge a canary on
+the whole fleet's traffic and take over a judgement with the numbers in
+hand. A process's counters start again from zero when it redeploys a
+version; a drop is taken as that, and the totals before it are kept, so the
+sum never goes back. A process that stopped beating keeps counting what it
+served: a step window must not shrink because a worker died.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from turnout.core.execution.metrics import MetricsTotals
+
+__all__ = ["FleetTraffic", "traffic_facts"]
+
+logger = logging.getLogger("turnout")
+
+# (process, model id, version)
+_Key = tuple[str, str, str]
+
+
+def traffic_facts(totals: Mapping[str, Mapping[str, MetricsTotals]]) -> dict[str, Any]:
+    """Return ``{model: {version: totals}}`` as the plain data a heartbeat carries."""
+    return {
+        model_id: {version: t.to_data() for version, t in versions.items()}
+        for model_id, versions in totals.items()
+    }
+
+
+class FleetTraffic:
+    """The metrics the other servers sharing a control state last published, per version."""
+
+    def __init__(self, process: str) -> None:
+        self._process = process  # this server's name: its own traffic it counts live
+        self._last: dict[_Key, MetricsTotals] = {}
+        self._before: dict[_Key, MetricsTotals] = {}  # totals before each counter reset
+        self._undecodable: set[str] = set()
+        self._sums: dict[tuple[str, str], MetricsTotals] = {}  # asked after every batch
+
+    def observe(self, beats: Mapping[str, Mapping[str, Any]]) -> None:
+        """Take the traffic each live process's heartbeat (``ControlState.heartbeats``) names."""
+        self._sums.clear()
+        for process, facts in beats.items():
+            if process == self._process:
+                continue
+            traffic = facts.get("traffic")
+            for model_id, versions in traffic.items() if isinstance(traffic, Mapping) else ():
+                for version, data in versions.items() if isinstance(versions, Mapping) else ():
+                    self._take((process, model_id, version), data)
+
+    def _take(self, key: _Key, data: Any) -> None:
+        try:
+            totals = MetricsTotals.from_data(data)
+        except ValueError as exc:
+            if key[0] not in self._undecodable:  # a server of another release, maybe
+                self._undecodable.add(key[0])
+                logger.warning("the traffic %s published is not understood: %s", key[0], exc)
+            return
+        last = self._last.get(key)
+        if last is not None and totals.requests < last.requests:
+            self._before[key] = self._before.get(key, MetricsTotals()) + last
+        self._last[key] = totals
+
+    def totals(self, model_id: str, version: str) -> MetricsTotals:
+        """Return what every other process served of the version, as far as heard."""
+        total = self._sums.get((model_id, version))
+        if total is None:
+            total = MetricsTotals()
+            for key, last in self._last.items():
+                if key[1] == model_id and key[2] == version:
+                    total = total + last + self._before.get(key, MetricsTotals())
+            self._sums[model_id, version] = total
+        return total
+
+    def forget(self, model_id: str, version: str) -> None:
+        """Drop what was heard of a version (it was retired)."""
+        self._sums.pop((model_id, version), None)
+        for table in (self._last, self._before):
+            for key in [k for k in table if k[1:] == (model_id, version)]:
+                del table[key]
