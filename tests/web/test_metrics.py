@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
@@ -26,6 +27,12 @@ async def scrape(http: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 
 def labels(version: str, **extra: str) -> tuple[tuple[str, str], ...]:
+    """The labels of a series of this worker's (a test server is one process)."""
+    return fleet_labels(version, worker=str(os.getpid()), **extra)
+
+
+def fleet_labels(version: str, **extra: str) -> tuple[tuple[str, str], ...]:
+    """The labels of a series the fleet shares (routing weights)."""
     return tuple(sorted({"model": "cancer", "version": version, **extra}.items()))
 
 
@@ -48,8 +55,8 @@ async def test_counters_latency_batches_breaker_and_weights_per_version(
     assert samples[("turnout_batch_rows_sum", labels("v1"))] == 20
     assert samples[("turnout_circuit_breaker_state", labels("v1", state="closed"))] == 1
     assert samples[("turnout_circuit_breaker_state", labels("v1", state="open"))] == 0
-    assert samples[("turnout_routing_weight", labels("v1"))] == 0.75
-    assert samples[("turnout_routing_weight", labels("v2"))] == 0.25
+    assert samples[("turnout_routing_weight", fleet_labels("v1"))] == 0.75
+    assert samples[("turnout_routing_weight", fleet_labels("v2"))] == 0.25
     assert samples[("turnout_queue_rows", labels("v1"))] == 0
 
 

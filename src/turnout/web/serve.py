@@ -168,8 +168,10 @@ async def _serve(
         for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, stop.set)
+        url = _url(runners[0].addresses[0])
+        server.announce(listen=url)  # its siblings of one port answer each other's scrapes
         if on_started is not None:
-            on_started(_url(runners[0].addresses[0]))
+            on_started(url)
         if admin is not None and on_admin_started is not None:
             on_admin_started(_url(runners[1].addresses[0]))
         await stop.wait()

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict
 from functools import partial
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -686,6 +687,19 @@ class ModelServer:
         and ``at``, when it last said so (a heartbeat every second).
         """
         return await self._sync.state.heartbeats()
+
+    def announce(self, **facts: Any) -> None:
+        """Add ``facts`` (plain data) to what this server's heartbeat tells its fleet.
+
+        ``turnout serve`` announces ``listen``, the address it serves on:
+        workers on one host announcing the same one share a port.
+        """
+        self._sync.announced.update(facts)
+
+    @property
+    def announced(self) -> Mapping[str, Any]:
+        """The facts :meth:`announce` added."""
+        return MappingProxyType(self._sync.announced)
 
     @property
     def unloaded_versions(self) -> list[str]:
