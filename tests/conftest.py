@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,10 +166,24 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A real redis-server on a free loopback port for the whole session (installed if missing)."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+def _running_redis(directory: Path) -> Iterator[RedisServer]:
+    server = RedisServer(directory)
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port for the whole session (installed if missing)."""
+    yield from _running_redis(tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of this test's own, started: empty, and free to be stopped and started.
+
+    For servers that use the default key prefix (``turnout serve --state``), which
+    would meet other tests' models in the session's Redis, and for outages.
+    """
+    yield from _running_redis(tmp_path / "redis")

@@ -4,28 +4,38 @@ The supervisor starts the workers; the demo trained in worker 0 is loaded by
 the others from the shared artifacts. Each scenario reports its figure in
 its assertion message. Requests go over fresh connections, so that the
 kernel's SO_REUSEPORT hashing spreads them over the workers.
+
+The last scenarios run the workers on a real Redis of their own
+(``--state redis://...``): 100 routing changes timed to every one of 4
+workers, and a 5 s Redis outage under inference load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
 
-from support import read_banner, turnout_serve
+from services import RedisServer
+from support import eventually, read_banner, turnout_serve
+from turnout import RoutingConfig
+from turnout.core.state.redis_state import RedisState
 
 TOKEN = "workers-test-token-0123456789"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 MODEL = "breast_cancer"
 WORKERS = 2
+INFER = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [0.5] * 30}]}
 
 
 @dataclass
@@ -35,6 +45,7 @@ class Fleet:
     process: asyncio.subprocess.Process
     url: str
     admin: str
+    pids: set[int] = field(default_factory=set)  # of the workers ready at the start
 
 
 async def fresh(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
@@ -45,6 +56,11 @@ async def fresh(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
         session.request(method, url, **kwargs) as response,
     ):
         return response.status, await response.json()
+
+
+async def infer(fleet: Fleet, **kwargs: Any) -> tuple[int, Any]:
+    """One V2 inference of the demo over a new connection."""
+    return await fresh("POST", f"{fleet.url}/v2/models/{MODEL}/infer", json=INFER, **kwargs)
 
 
 async def worker_pids(fleet: Fleet, want: int, seconds: float = 20.0) -> set[int]:
@@ -61,31 +77,67 @@ async def worker_pids(fleet: Fleet, want: int, seconds: float = 20.0) -> set[int
     raise AssertionError(f"saw {len(seen)} of {want} ready workers in {seconds} s")
 
 
-@pytest.fixture
-async def fleet() -> AsyncIterator[Fleet]:
+async def listed(
+    fleet: Fleet, until: Callable[[dict[int, Any]], bool], seconds: float = 10.0
+) -> dict[int, Any]:
+    """GET /admin/fleet every 0.1 s until ``until(facts by pid)`` holds; return those facts.
+
+    Each worker beats once a second, so what it lists may be up to a second old.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        status, body = await fresh("GET", f"{fleet.admin}/admin/fleet", headers=HEADERS)
+        assert status == 200, body
+        by_pid = {facts["pid"]: facts for facts in body["processes"].values()}
+        if until(by_pid):
+            return by_pid
+        assert time.monotonic() < deadline, f"/admin/fleet never settled in {seconds} s: {by_pid}"
+        await asyncio.sleep(0.1)
+
+
+def loaded_on(pids: set[int]) -> Callable[[dict[int, Any]], bool]:
+    """True of a fleet listing in which exactly ``pids`` serve the demo's two versions."""
+
+    def holds(by_pid: dict[int, Any]) -> bool:
+        return set(by_pid) == pids and all(
+            MODEL in facts["models"] and facts["models"][MODEL]["loaded"] == ["v1", "v2"]
+            for facts in by_pid.values()
+        )
+
+    return holds
+
+
+@asynccontextmanager
+async def serving(workers: int, *args: str) -> AsyncIterator[Fleet]:
+    """Run ``turnout serve --demo --workers N *args`` until every worker is ready; stop it after."""
     env = {"TURNOUT_ADMIN_TOKEN": TOKEN}
-    args = ("--demo", "--workers", str(WORKERS), "--admin-port", "0")
+    args = ("--demo", "--workers", str(workers), "--admin-port", "0", *args)
     async with turnout_serve(*args, env=env) as process:
         banner = await read_banner(process, "/admin/status")
         url = banner[0].split()[4]
         admin = banner[-1].strip().split()[-1].removesuffix("/admin/status")
         fleet = Fleet(process, url, admin)
-        await worker_pids(fleet, WORKERS)
+        try:
+            fleet.pids = await worker_pids(fleet, workers)
+            yield fleet
+        finally:
+            # SIGTERM, not turnout_serve's SIGKILL, even for a failed test: the supervisor
+            # stops its workers; killed, it would leave them running.
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(process.wait(), 30)
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[Fleet]:
+    async with serving(WORKERS) as fleet:
         yield fleet
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 30)
 
 
 async def test_every_worker_serves_the_demo_and_a_routing_change_reaches_all(
     fleet: Fleet,
 ) -> None:
-    row = [0.5] * 30
-    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row}]}
-    statuses = [
-        (await fresh("POST", f"{fleet.url}/v2/models/{MODEL}/infer", json=body))[0]
-        for _ in range(40)
-    ]
+    statuses = [(await infer(fleet))[0] for _ in range(40)]
     assert statuses == [200] * 40
 
     delays: list[float] = []
@@ -110,18 +162,10 @@ async def test_every_worker_serves_the_demo_and_a_routing_change_reaches_all(
 
 async def test_the_admin_api_lists_every_worker(fleet: Fleet) -> None:
     pids = await worker_pids(fleet, WORKERS)
-    for _ in range(50):  # each worker beats once a second: wait for one after loading
-        status, body = await fresh("GET", f"{fleet.admin}/admin/fleet", headers=HEADERS)
-        assert status == 200, body
-        beats = body["processes"].values()
-        if len(beats) == WORKERS and all(MODEL in facts["models"] for facts in beats):
-            break
-        await asyncio.sleep(0.1)
-    listed = {facts["pid"] for facts in body["processes"].values()}
-    assert listed == pids
-    assert sum(facts["leads"] for facts in body["processes"].values()) == 1
-    for facts in body["processes"].values():
-        assert facts["models"][MODEL]["loaded"] == ["v1", "v2"]
+    # A worker may answer before it has loaded v2: wait for a beat from each after loading.
+    by_pid = await listed(fleet, loaded_on(pids), seconds=5.0)
+    assert sum(facts["leads"] for facts in by_pid.values()) == 1
+    for facts in by_pid.values():
         assert facts["unloaded"] == []
 
     # turnout status lists them too, a line per worker.
@@ -173,3 +217,192 @@ async def test_a_taken_port_is_refused_before_any_worker_starts() -> None:
         assert "workers started" not in errors.decode()
         first.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(first.wait(), 30) == 0
+
+
+# -- workers sharing a real Redis (--state redis://...) ------------------------------------------
+
+# Concurrent /admin/status probes per round: enough for 4 workers to be hit in a round or two.
+PROBES = 4
+
+
+def weighted(weights: list[int]) -> dict[str, Any]:
+    return {"strategy": "weighted", "params": {"versions": ["v1", "v2"], "weights": weights}}
+
+
+async def put_routing(fleet: Fleet, weights: list[int]) -> tuple[int, Any]:
+    url = f"{fleet.admin}/admin/models/{MODEL}/routing"
+    return await fresh("PUT", url, json=weighted(weights), headers=HEADERS)
+
+
+async def probe_status(fleet: Fleet) -> tuple[float, Any]:
+    """GET /admin/status over a new connection; return when it was answered, and the body."""
+    status, body = await fresh("GET", f"{fleet.admin}/admin/status", headers=HEADERS)
+    assert status == 200, body
+    return time.perf_counter(), body
+
+
+async def in_force_everywhere(
+    fleet: Fleet, pids: set[int], weights: list[int], since: float, seconds: float = 5.0
+) -> float:
+    """Seconds from ``since`` until every worker of ``pids`` has answered with ``weights``.
+
+    Fresh connections to /admin/status, which says which worker answered, reach
+    the workers as the kernel spreads them; a worker counts from its first answer
+    with the change in force. That is an upper bound on when it took effect there:
+    the probe before it may have gone to another worker.
+    """
+    seen: dict[int, float] = {}
+    while len(seen) < len(pids):
+        missing = sorted(pids - set(seen))
+        assert time.perf_counter() - since < seconds, f"{missing} lack {weights} after {seconds} s"
+        for answered, body in await asyncio.gather(*(probe_status(fleet) for _ in range(PROBES))):
+            assert body["pid"] in pids, f"worker {body['pid']} is new: one of {pids} restarted"
+            if body["models"][MODEL]["routing"]["params"].get("weights") == weights:
+                seen.setdefault(body["pid"], answered - since)
+    return max(seen.values())
+
+
+@asynccontextmanager
+async def sharing(redis: RedisServer, workers: int) -> AsyncIterator[Fleet]:
+    """``workers`` workers with their control state in ``redis``, each with the demo loaded."""
+    async with serving(workers, "--state", redis.url) as fleet:
+        await listed(fleet, loaded_on(fleet.pids))
+        yield fleet
+
+
+async def test_each_of_100_routing_changes_is_in_force_on_4_workers_within_1_s(
+    own_redis: RedisServer,
+) -> None:
+    workers = 4
+    async with sharing(own_redis, workers) as fleet:
+        pids = fleet.pids
+        before = await listed(fleet, loaded_on(pids))
+        first = max(facts["models"][MODEL]["revision"] for facts in before.values())
+        delays: list[float] = []
+        for change in range(100):
+            weights = [100 - change, change + 1]
+            started = time.perf_counter()
+            status, answer = await put_routing(fleet, weights)
+            assert status == 200, answer
+            delays.append(await in_force_everywhere(fleet, pids, weights, started))
+        delays.sort()
+        p50, p99, worst = (delays[rank] * 1e3 for rank in (49, 98, 99))
+        figures = f"PUT to in force on all {workers} workers, 100 changes:"
+        figures += f" p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms"
+        assert worst < 1000, figures
+
+        # Cross-check from the heartbeats: every worker holds one revision, 100 writes on.
+        def caught_up(by_pid: dict[int, Any]) -> bool:
+            revisions = {facts["models"][MODEL]["revision"] for facts in by_pid.values()}
+            return loaded_on(pids)(by_pid) and len(revisions) == 1 and min(revisions) >= first + 100
+
+        await listed(fleet, caught_up, seconds=5.0)
+
+
+@asynccontextmanager
+async def steady_load(fleet: Fleet, clients: int = 4) -> AsyncIterator[list[tuple[float, Any]]]:
+    """Inference from ``clients`` loops, each over fresh connections, until the block ends.
+
+    Yields the answers as they come, ``(when, status)``; a request that got no
+    answer has the exception's repr for status. Each loop stops after 5000.
+    """
+    answers: list[tuple[float, Any]] = []
+    stop = asyncio.Event()
+    timeout = aiohttp.ClientTimeout(total=10)
+
+    async def client() -> None:
+        for _ in range(5000):
+            if stop.is_set():
+                return
+            answer: int | str
+            try:
+                answer, _ = await infer(fleet, timeout=timeout)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                answer = repr(exc)
+            answers.append((time.perf_counter(), answer))
+
+    tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    try:
+        yield answers
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def stored_again(url: str, weights: list[int], seconds: float = 10.0) -> float:
+    """Seconds until the Redis at ``url`` holds the demo's versions under ``weights`` again."""
+    state = RedisState(url)
+    started = time.perf_counter()
+    try:
+        while True:
+            stored = await state.read(MODEL)
+            if set(stored.versions) == {"v1", "v2"} and stored.routing == RoutingConfig(
+                **weighted(weights)
+            ):
+                return time.perf_counter() - started
+            assert time.perf_counter() - started < seconds, f"not stored again: {stored}"
+            await asyncio.sleep(0.05)
+    finally:
+        await state.close()
+
+
+async def test_a_5_s_redis_outage_fails_no_inference_and_refuses_control_writes(
+    own_redis: RedisServer,
+) -> None:
+    outage = 5.0
+    async with sharing(own_redis, WORKERS) as fleet, steady_load(fleet) as answers:
+        pids = fleet.pids
+        await eventually(lambda: len(answers) >= 100)  # the load is steady before the outage
+        kept = [80, 20]
+        status, answer = await put_routing(fleet, kept)
+        assert status == 200, answer
+        await in_force_everywhere(fleet, pids, kept, time.perf_counter())
+
+        own_redis.stop()  # without persistence: it comes back empty
+        down = time.perf_counter()
+        refusals: list[tuple[float, int, Any]] = []
+        while time.perf_counter() - down < outage - 1.5:
+            asked = time.perf_counter()
+            status, answer = await put_routing(fleet, [50, 50])
+            refusals.append((time.perf_counter() - asked, status, answer))
+            await asyncio.sleep(0.2)
+        slowest = max(seconds for seconds, _, _ in refusals) * 1e3
+        codes = {(status, answer.get("code")) for _, status, answer in refusals}
+        assert codes == {(503, "state_unavailable")}, f"{refusals}"
+        assert all(isinstance(answer["error"], str) for _, _, answer in refusals)
+        # Refused, so made nowhere: every worker still routes as before the outage.
+        await in_force_everywhere(fleet, pids, kept, time.perf_counter(), seconds=1.0)
+        await asyncio.sleep(max(0.0, outage - (time.perf_counter() - down)))
+
+        own_redis.start()  # on the same port
+        up = time.perf_counter()
+        # Reconciled: the workers store what they serve again, beat, and one leads.
+        reseeded = await stored_again(own_redis.url, kept)
+        by_pid = await listed(fleet, loaded_on(pids))
+        await listed(fleet, lambda by_pid: sum(f["leads"] for f in by_pid.values()) == 1)
+
+        changed = [30, 70]
+        started = time.perf_counter()
+        status, answer = await put_routing(fleet, changed)
+        assert status == 200, answer
+        after = await in_force_everywhere(fleet, pids, changed, started) * 1e3
+    statuses = [status for _, status in answers]
+    during = sum(down <= when < up for when, _ in answers)
+    gap = max(b - a for (a, _), (b, _) in itertools.pairwise(answers)) * 1e3
+    failed = [status for status in statuses if status != 200]
+    figures = (
+        f"{len(failed)} of {len(statuses)} inference requests failed, {during} of them answered"
+        f" during the {up - down:.1f} s outage; longest wait between answers {gap:.0f} ms;"
+        f" {len(refusals)} routing changes refused (slowest in {slowest:.0f} ms);"
+        f" stored again {reseeded * 1e3:.0f} ms after Redis returned;"
+        f" a change after it in force on all {len(by_pid)} workers in {after:.1f} ms"
+    )
+    assert failed == [], figures + f": {failed[:5]}"
+    assert during > 0, figures
+    assert gap < 1000, figures
+    assert after < 1000, figures
+    assert fleet.process.returncode == 0
+    assert fleet.process.stderr is not None
+    log = (await fleet.process.stderr.read()).decode()
+    assert "Traceback" not in log, log
+    assert "went back from revision" in log  # the store came back empty, and was written again
