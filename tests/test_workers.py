@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services import RedisServer
 from support import eventually, read_banner, turnout_serve
@@ -182,6 +183,41 @@ async def test_the_admin_api_lists_every_worker(fleet: Fleet) -> None:
         assert any(
             line.startswith(str(pid)) and f"{MODEL}:v1/v2" in line for line in text.splitlines()
         )
+
+
+async def scraped_requests(fleet: Fleet) -> dict[str, float]:
+    """``turnout_requests_total`` of the demo's versions per worker, from one scrape."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(f"{fleet.url}/metrics") as response,
+    ):
+        text = await response.text()
+    per_worker: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "turnout_requests_total" and sample.labels["model"] == MODEL:
+                worker = sample.labels["worker"]
+                per_worker[worker] = per_worker.get(worker, 0.0) + sample.value
+    return per_worker
+
+
+async def test_one_scrape_counts_the_requests_every_worker_served(fleet: Fleet) -> None:
+    await asyncio.sleep(1.5)  # earlier requests published: the baseline is settled
+    before = sum((await scraped_requests(fleet)).values())
+    sent = 40
+    for _ in range(sent):
+        status, _ = await infer(fleet)
+        assert status == 200
+    deadline = time.monotonic() + 5.0
+    while True:
+        per_worker = await scraped_requests(fleet)
+        counted = sum(per_worker.values()) - before
+        if counted == sent or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert counted == sent, f"one scrape counted {counted} of {sent} requests: {per_worker}"
+    assert len(per_worker) >= WORKERS, f"series of {sorted(per_worker)} only"
 
 
 async def test_a_killed_worker_is_restarted_and_the_others_keep_serving(fleet: Fleet) -> None:
