@@ -10,7 +10,10 @@ of them alike. Sections:
   each request's due time (no coordinated omission);
 * ``routing``: one turnout server holding a model per routing setup (active,
   50/50 weighted, sticky, 100% shadow, shadow to a slow version, shadow to a
-  failing version), measured side by side.
+  failing version), measured side by side;
+* ``workers`` (``--workers 1,2``): ``turnout serve --workers N`` for each N,
+  each on every usable core, closed loop at concurrency 64 (V2 JSON, one
+  row), side by side; its CPU is the supervisor's and all its workers'.
 
 The server that goes first rotates from one round to the next, across cells
 and sections. After every slice the harness waits until the server measured
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +41,7 @@ from benchmarks.peers import mlserver_specs, mlserver_version
 from benchmarks.servers import (
     RunningServer,
     ServerSpec,
+    machine_cpu_seconds,
     pin_generator,
     python_module,
     start_all,
@@ -55,7 +60,10 @@ ADAPTIVE = "turnout adaptive"
 ROUTER = "turnout routing"
 WORKDIR = Path(__file__).resolve().parent / ".work"
 SLOW_SHADOW_SECONDS = 0.05  # per batch: far slower than the primary's ~0.3 ms
-SECTIONS = ("closed", "open", "routing")
+SECTIONS = ("closed", "open", "routing", "workers")
+DEFAULT_SECTIONS = ("closed", "open", "routing")  # workers: only when asked for
+WORKERS = (1, 2)  # the workers section's counts, unless --workers says
+WORKERS_CONCURRENCY = (64,)
 SERVERS = ("ceiling", "off", "adaptive", "mlserver")
 SETTLE_CAP = 30.0  # seconds a server may take to go idle after a slice
 QUICK_SETTLE_CAP = 3.0  # quick mode, after a slice; between sections it is SECTION_SETTLE_CAP
@@ -88,6 +96,8 @@ class Settings:
     quick: bool
     profile: bool
     settle_cap: float = SETTLE_CAP
+    workers: tuple[int, ...] = ()  # the workers section: turnout serve --workers N, each N
+    workers_concurrency: tuple[int, ...] = WORKERS_CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -120,33 +130,28 @@ class Run:
         return ordered
 
 
+def serve_turnout(repository: Path, loop: str, *args: str) -> tuple[str, ...]:
+    """Return the argv of ``turnout serve --repository`` on ``loop`` (benchmarks.serve_turnout)."""
+    return python_module(
+        "benchmarks.serve_turnout",
+        "--repository",
+        str(repository),
+        "--port",
+        "{port}",
+        "--loop",
+        loop,
+        *args,
+    )
+
+
 def turnout_specs(artifacts: Artifacts, loop: str) -> list[ServerSpec]:
     """Return the ceiling and turnout with batching off and adaptive."""
-    serve = "benchmarks.serve_turnout"
     return [
         ServerSpec(
             CEILING, python_module("benchmarks.ceiling", "--port", "{port}", "--loop", loop)
         ),
-        ServerSpec(
-            OFF,
-            python_module(
-                serve, "--repository", str(artifacts.off_repo), "--port", "{port}", "--loop", loop
-            ),
-            reports_batches=True,
-        ),
-        ServerSpec(
-            ADAPTIVE,
-            python_module(
-                serve,
-                "--repository",
-                str(artifacts.adaptive_repo),
-                "--port",
-                "{port}",
-                "--loop",
-                loop,
-            ),
-            reports_batches=True,
-        ),
+        ServerSpec(OFF, serve_turnout(artifacts.off_repo, loop), reports_batches=True),
+        ServerSpec(ADAPTIVE, serve_turnout(artifacts.adaptive_repo, loop), reports_batches=True),
     ]
 
 
@@ -154,15 +159,7 @@ def baseline_spec(artifacts: Artifacts, loop: str, ref: str, workdir: Path) -> S
     """Return turnout adaptive run from the sources of git ``ref``: before/after, side by side."""
     src = export_sources(ref, workdir / f"baseline-{ref.replace('/', '-')}")
     name = f"{ADAPTIVE} @{ref}"
-    argv = python_module(
-        "benchmarks.serve_turnout",
-        "--repository",
-        str(own_copy(artifacts.adaptive_repo, name)),
-        "--port",
-        "{port}",
-        "--loop",
-        loop,
-    )
+    argv = serve_turnout(own_copy(artifacts.adaptive_repo, name), loop)
     # The exported sources come first on the path, before the installed (editable) turnout.
     return ServerSpec(name, argv, reports_batches=True, env={"PYTHONPATH": str(src)})
 
@@ -178,15 +175,43 @@ def own_copy(repo: Path, name: str) -> Path:
     return copy
 
 
+def workers_name(count: int) -> str:
+    """Return the report's name of ``turnout serve --workers count``."""
+    return f"{ADAPTIVE}, {count} worker{'s' if count > 1 else ''}"
+
+
+def workers_specs(artifacts: Artifacts, loop: str, counts: Sequence[int]) -> list[ServerSpec]:
+    """Return turnout adaptive under ``turnout serve --workers N`` for each N, each its own copy.
+
+    Each may use every usable core, whatever N: the points differ in their
+    workers only, and one worker is not kept off the second core that its
+    model thread can partly use. Ready once every worker serves the model:
+    one still loading it answers 404. Rows per batch are the fleet's: any
+    worker's /metrics reports every worker, as last published in its
+    heartbeat (up to a second old).
+    """
+    specs = []
+    for count in counts:
+        name = workers_name(count)
+        argv = serve_turnout(own_copy(artifacts.adaptive_repo, name), loop, "--workers", str(count))
+        ready = f"/v2/models/{MODEL}/ready"
+        specs.append(
+            ServerSpec(
+                name,
+                argv,
+                ready_path=ready,
+                reports_batches=True,
+                workers=count,
+                cores=len(usable_cores()),
+            )
+        )
+    return specs
+
+
 def routing_spec(artifacts: Artifacts, loop: str) -> ServerSpec:
     """Return the turnout server of the routing section, its shadows made slow and failing."""
-    argv = python_module(
-        "benchmarks.serve_turnout",
-        "--repository",
-        str(artifacts.routing_repo),
-        "--port",
-        "{port}",
-        "--loop",
+    argv = serve_turnout(
+        artifacts.routing_repo,
         loop,
         "--fault",
         f"shadow_slow/v2=slow:{SLOW_SHADOW_SECONDS}",
@@ -243,7 +268,10 @@ class Measurer:
     def _around(self, server: RunningServer, model: str, measure: Callable[[], Window]) -> Window:
         cpu = server.cpu_seconds()
         batches = server.batch_counters(model)
+        generator, machine = _generator_cpu_seconds(), machine_cpu_seconds()
         window = measure()
+        window.machine_cpu_seconds = machine_cpu_seconds() - machine
+        window.generator_cpu_seconds = _generator_cpu_seconds() - generator
         window.cpu_seconds = server.cpu_seconds() - cpu
         after = server.batch_counters(model)
         if batches is not None and after is not None:
@@ -282,6 +310,22 @@ class Measurer:
                 note += f" {capped} time(s) it was still busy at the cap (seconds above)."
             notes.append(note)
         return notes
+
+
+def _generator_cpu_seconds() -> float:
+    """Return the CPU time of this process and of its children waited for (wrk) so far.
+
+    The built-in generator runs in this process, wrk in a child that has
+    exited once its slice is read; the servers are children too, but are
+    counted only once stopped, after the run.
+    """
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+    )
 
 
 def hand_answers(run: Run, servers: list[RunningServer], artifacts: Artifacts) -> None:
@@ -340,10 +384,19 @@ def _slices(settings: Settings) -> float:
     return settings.seconds / settings.rounds
 
 
-def run_closed(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: Measurer) -> None:
-    """Closed loop: every kind, every concurrency, servers round-robin."""
+def run_closed(
+    run: Run,
+    servers: list[RunningServer],
+    artifacts: Artifacts,
+    m: Measurer,
+    section: str = "closed",
+    kinds: Sequence[str] | None = None,
+    concurrencies: Sequence[int] | None = None,
+) -> None:
+    """Closed loop: every kind, every concurrency (the settings' unless given), round-robin."""
     s = run.settings
-    for kind_name in s.kinds:
+    kinds = s.kinds if kinds is None else kinds
+    for kind_name in kinds:
         kind = KINDS[kind_name]
         payloads = {
             srv.spec.name: build_payload(kind, MODEL, artifacts.rows, flavour=srv.spec.flavour)
@@ -355,13 +408,13 @@ def run_closed(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: 
                 run.notes.append(
                     f"{srv.spec.name} does not take {kind_name} requests: not measured."
                 )
-        if s.warmup > 0 and kind_name == s.kinds[0]:
+        if s.warmup > 0 and kind_name == kinds[0]:
             for srv in able:
                 payload = payloads[srv.spec.name]
                 assert payload is not None
                 m.closed(srv, MODEL, payload, kind_name, 16, s.warmup)
-        for concurrency in s.concurrency:
-            _say(f"closed loop: {kind_name}, concurrency {concurrency}")
+        for concurrency in s.concurrency if concurrencies is None else concurrencies:
+            _say(f"{section}: {kind_name}, concurrency {concurrency}")
             windows: dict[str, list[Window]] = {srv.spec.name: [] for srv in able}
             for _ in range(s.rounds):
                 for srv in run.order(able):
@@ -371,7 +424,42 @@ def run_closed(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: 
                         m.closed(srv, MODEL, payload, kind_name, concurrency, _slices(s))
                     )
             for name, ws in windows.items():
-                run.cells.append(Cell("closed", kind_name, name, concurrency, merge(ws)))
+                run.cells.append(Cell(section, kind_name, name, concurrency, merge(ws)))
+
+
+def run_workers(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: Measurer) -> None:
+    """turnout serve --workers N for each N: closed loop, V2 JSON one row, round-robin.
+
+    Notes how each server's CPU time split over its processes in the section,
+    so a worker left without connections would show.
+    """
+    before = {srv.spec.name: srv.cpu_by_process() for srv in servers}
+    run_closed(
+        run, servers, artifacts, m, "workers", ("v2-json-1",), run.settings.workers_concurrency
+    )
+    for srv in servers:
+        run.notes.append(cpu_split_note(srv, before[srv.spec.name], srv.cpu_by_process()))
+
+
+def cpu_split_note(server: RunningServer, before: dict[int, float], after: dict[int, float]) -> str:
+    """Say which cores ``server`` had and how its CPU time split over its processes."""
+    cores = ", ".join(str(core) for core in server.spec.pinned)
+    text = f"{server.spec.name}: pinned to CPU {cores}"
+    used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
+    total = sum(used.values())
+    leader = server.process.pid
+    workers = sorted(pid for pid in used if pid != leader)
+    if not workers or not total:
+        return text + "; one process."
+    shares = ", ".join(f"{used[pid] / total:.0%}" for pid in workers)
+    text += (
+        f"; of its CPU time over the section (warm-up and settling included) the supervisor"
+        f" used {used.get(leader, 0.0) / total:.1%} and its {len(workers)}"
+        f" worker{'s' if len(workers) > 1 else ''} {shares}"
+    )
+    if set(before) != set(after):
+        text += "; its processes changed during the section (a worker restarted?)"
+    return text + "."
 
 
 def run_open(run: Run, servers: list[RunningServer], artifacts: Artifacts, m: Measurer) -> None:
@@ -436,15 +524,9 @@ def run_profile(run: Run, servers: list[RunningServer], artifacts: Artifacts, m:
     run.profile = summarize(raw)
 
 
-def execute(settings: Settings) -> Run:
-    """Build the model, start the servers, measure every section, stop them."""
-    from benchmarks.machine import package_version
-
-    run = Run(settings, usable_cores=len(usable_cores()))
-    run.notes.append(pin_generator())
-    workdir = settings.workdir
-    _say(f"fitting the model ({settings.trees} trees, depth {settings.depth}); writing its copies")
-    artifacts = build_artifacts(workdir / "models", trees=settings.trees, depth=settings.depth)
+def compared_specs(run: Run, artifacts: Artifacts) -> list[ServerSpec]:
+    """Return the servers the closed and open sections compare, as the settings choose them."""
+    settings = run.settings
     specs = [
         spec
         for spec in turnout_specs(artifacts, settings.loop)
@@ -456,8 +538,28 @@ def execute(settings: Settings) -> Run:
         (adaptive,) = [s for s in turnout_specs(copy, "asyncio") if s.name == ADAPTIVE]
         specs.append(replace(adaptive, name=name))
     for ref in settings.baselines:
-        specs.append(baseline_spec(artifacts, settings.loop, ref, workdir))
+        specs.append(baseline_spec(artifacts, settings.loop, ref, settings.workdir))
     version = mlserver_version() if "mlserver" in settings.servers else None
+    if version is not None:
+        specs += mlserver_specs(artifacts.joblib_path, settings.workdir / "peers")
+        run.versions["MLServer"] = f"{version} (own virtualenv, its stock sklearn runtime)"
+    elif "mlserver" in settings.servers:
+        hint = "run `python -m benchmarks peers --setup` to install it in its own virtualenv"
+        if not specs:
+            raise SystemExit(f"MLServer is the only server asked for, and it is not set up: {hint}")
+        run.notes.append(f"MLServer is not set up, so it is not measured: {hint}.")
+    return specs
+
+
+def execute(settings: Settings) -> Run:
+    """Build the model, start the servers, measure every section, stop them."""
+    from benchmarks.machine import package_version
+
+    run = Run(settings, usable_cores=len(usable_cores()))
+    run.notes.append(pin_generator())
+    workdir = settings.workdir
+    _say(f"fitting the model ({settings.trees} trees, depth {settings.depth}); writing its copies")
+    artifacts = build_artifacts(workdir / "models", trees=settings.trees, depth=settings.depth)
     run.versions = {
         name: package_version(name) for name in ("aiohttp", "uvloop", "orjson", "matplotlib")
     }
@@ -467,42 +569,39 @@ def execute(settings: Settings) -> Run:
         if settings.generator == "wrk"
         else "built-in (a lean HTTP/1.1 client)"
     )
-    if version is not None:
-        specs += mlserver_specs(artifacts.joblib_path, workdir / "peers")
-        run.versions["MLServer"] = f"{version} (own virtualenv, its stock sklearn runtime)"
-    elif "mlserver" in settings.servers:
-        hint = "run `python -m benchmarks peers --setup` to install it in its own virtualenv"
-        if not specs and set(settings.sections) - {"routing"}:
-            raise SystemExit(f"MLServer is the only server asked for, and it is not set up: {hint}")
-        run.notes.append(f"MLServer is not set up, so it is not measured: {hint}.")
+    measured = "closed" in settings.sections or "open" in settings.sections
+    specs = compared_specs(run, artifacts) if measured else []
     if settings.generator != "wrk":
         run.notes.append(f"Closed loop with the built-in generator: {INSTALL_HINT}.")
     measurer = Measurer(settings, workdir)
-    measured = "closed" in settings.sections or "open" in settings.sections
+    compared = len(specs)
     if "routing" in settings.sections:
         specs.append(routing_spec(artifacts, settings.loop))
-    elif not measured:
+    if "workers" in settings.sections:
+        specs += workers_specs(artifacts, settings.loop, settings.workers)
+    if not specs:
         return run
-    if not measured:
-        specs = specs[-1:]
     _say("starting the servers")
     servers = start_all(specs, workdir / "logs", _say)
     try:
-        compared = [srv for srv in servers if srv.spec.name != ROUTER]
-        hand_answers(run, compared, artifacts)
+        hand_answers(run, servers[:compared], artifacts)
         if "closed" in settings.sections:
-            run_closed(run, compared, artifacts, measurer)
+            run_closed(run, servers[:compared], artifacts, measurer)
         if "routing" in settings.sections:
             measurer.settle_all(servers)
-            run_routing(run, servers[-1], artifacts, measurer)
+            run_routing(run, servers[compared], artifacts, measurer)
         if settings.profile:
             measurer.settle_all(servers)
-            run_profile(run, compared, artifacts, measurer)
+            run_profile(run, servers[:compared], artifacts, measurer)
+        if "workers" in settings.sections:
+            measurer.settle_all(servers)
+            fleet = servers[compared + ("routing" in settings.sections) :]
+            run_workers(run, fleet, artifacts, measurer)
         # Last: above the rate it can serve, MLServer keeps working through its backlog
         # for longer than any settling cap, and would take the core from what came next.
         if "open" in settings.sections:
             measurer.settle_all(servers)
-            run_open(run, compared, artifacts, measurer)
+            run_open(run, servers[:compared], artifacts, measurer)
     finally:
         for server in servers:
             server.stop()
@@ -524,6 +623,12 @@ def _positive(kind: Callable[[str], T], *, zero: bool = False) -> Callable[[str]
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def _worker_counts(text: str) -> tuple[int, ...]:
+    """Read ``1,2``: counts of workers, each > 0, in the order given, each once."""
+    count = _positive(int)
+    return tuple(dict.fromkeys(count(part.strip()) for part in text.split(",")))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -552,7 +657,21 @@ def _parser() -> argparse.ArgumentParser:
         help="open loop req/s (500 1000 2000 3000)",
     )
     add("--kinds", nargs="+", choices=sorted(KINDS), default=None, help="request kinds (all)")
-    add("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    add(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=None,
+        help="closed open routing; workers alone with --workers",
+    )
+    add(
+        "--workers",
+        type=_worker_counts,
+        default=None,
+        metavar="N,N...",
+        help="measure turnout serve --workers N for each N, side by side (1,2 with --sections"
+        " workers); alone unless --sections is given",
+    )
     add("--loop", choices=LOOPS, default=default_loop(), help="servers' event loop")
     add(
         "--generator",
@@ -594,8 +713,13 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser = _parser()
     args = parser.parse_args(argv)
     quick = args.quick
+    if args.sections is None:
+        sections = ["workers"] if args.workers else list(DEFAULT_SECTIONS)
+    else:
+        sections = [*args.sections, *(["workers"] if args.workers else [])]
+    sections = list(dict.fromkeys(sections))
     servers = tuple(s for s in args.servers if not (args.no_peers and s == "mlserver"))
-    if not servers and set(args.sections) - {"routing"}:
+    if not servers and {"closed", "open"} & set(sections):
         parser.error(
             f"no server left to measure: --servers {' '.join(args.servers)} with --no-peers"
             " (the closed and open sections need at least one)"
@@ -622,7 +746,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         rates=tuple(pick(args.rates, [500, 1000, 2000, 3000], [1000])),  # type: ignore[arg-type]
         kinds=tuple(pick(args.kinds, list(KINDS), list(KINDS))),  # type: ignore[arg-type]
         routing_concurrency=tuple(args.concurrency or ((64,) if quick else (1, 64))),
-        sections=tuple(args.sections),
+        sections=tuple(sections),
         loop=args.loop,
         generator=generator,
         servers=servers,
@@ -636,6 +760,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
         quick=quick,
         profile=args.profile,
         settle_cap=QUICK_SETTLE_CAP if quick else SETTLE_CAP,
+        workers=(args.workers or WORKERS) if "workers" in sections else (),
+        workers_concurrency=tuple(args.concurrency or WORKERS_CONCURRENCY),
     )
 
 

@@ -18,7 +18,9 @@ KIND = "v2-json-1"
 
 
 def write_plots(run: Run, out: Path, prefix: str) -> list[Path]:
-    """Draw the run's plots into ``out``; return their paths."""
+    """Draw the run's plots into ``out``; return their paths (none without closed or open cells)."""
+    if not any(cell.section in ("closed", "open") for cell in run.cells):
+        return []
     import matplotlib
 
     matplotlib.use("Agg")

@@ -8,14 +8,15 @@ import shlex
 from collections.abc import Sequence
 
 from benchmarks.artifacts import model_text
-from benchmarks.httpbench import ADAPTIVE, CEILING, Cell, Run
+from benchmarks.httpbench import ADAPTIVE, CEILING, Cell, Run, workers_name
 from benchmarks.machine import machine_info
 from benchmarks.stats import Window
 
-__all__ = ["best_mlserver", "render", "target_checks"]
+__all__ = ["best_mlserver", "render", "target_checks", "workers_table"]
 
 MLSERVERS = ("MLServer adaptive", "MLServer batching off")
 TARGET_KIND = "v2-json-1"
+WORKERS_SCALING = 1.6  # the target: 2 workers at least this many times 1 worker's throughput
 
 
 def _ms(seconds: float) -> str:
@@ -127,6 +128,34 @@ def routing_table(cells: Sequence[Cell]) -> list[str]:
     return lines
 
 
+def workers_table(cells: Sequence[Cell], counts: Sequence[int]) -> list[str]:
+    """Return the workers table: each ``--workers N`` against the fewest workers measured."""
+    fewest = min(counts)
+    lines = [
+        "| workers | conc | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | server CPU %"
+        " | server CPU µs/req | generator CPU % | other CPU % | errors"
+        f" | req/s vs {fewest} | CPU µs/req vs {fewest} |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    loads = sorted({c.load for c in cells if c.section == "workers"})
+    for load in loads:
+        base = _find(cells, "workers", TARGET_KIND, workers_name(fewest), load)
+        for count in counts:
+            w = _find(cells, "workers", TARGET_KIND, workers_name(count), load)
+            if w is None:
+                continue
+            lines.append(
+                f"| {count} | {load:g} | {w.throughput:,.0f} | {_ms(w.percentile(50))}"
+                f" | {_ms(w.percentile(99))} | {_ms(w.percentile(99.9))}"
+                f" | {_opt(w.mean_batch, '.1f')} | {_opt(w.cpu_percent, '.0f')} | {_cpu_us(w)}"
+                f" | {_opt(w.generator_cpu_percent, '.0f')}"
+                f" | {_opt(w.other_cpu_percent, '.0f')} | {w.errors}"
+                f" | {_ratio(w.throughput, base and base.throughput)}"
+                f" | {_ratio(w.cpu_per_request, base and base.cpu_per_request)} |"
+            )
+    return lines
+
+
 _ROUTING_TEXT = {
     "active": "active (one version)",
     "weighted": "weighted 50/50",
@@ -224,6 +253,18 @@ def target_checks(cells: Sequence[Cell]) -> list[str]:
                     f"{failing.errors} errors in {failing.requests:,} requests",
                 )
             )
+    for load in sorted({c.load for c in cells if c.section == "workers"}):
+        one = _find(cells, "workers", TARGET_KIND, workers_name(1), load)
+        two = _find(cells, "workers", TARGET_KIND, workers_name(2), load)
+        if one and two and one.throughput:
+            times = two.throughput / one.throughput
+            lines.append(
+                _check(
+                    f"concurrency {load:g}, 2 workers >= {WORKERS_SCALING:g}x the throughput of 1",
+                    times >= WORKERS_SCALING,
+                    f"{times:.2f}x",
+                )
+            )
     return lines
 
 
@@ -257,10 +298,9 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
         lines += ["## Targets", "", *checks, ""]
     if any(c.section == "closed" for c in run.cells):
         lines += ["## Closed loop", "", *closed_table(run.cells), ""]
-    if any(c.section == "open" for c in run.cells):
-        lines += [
-            "## Open loop (V2 JSON, one row)",
-            "",
+    sections = {
+        "open": (
+            "Open loop (V2 JSON, one row)",
             "Requests due at a fixed rate, latency timed from each one's due time. req/s is the"
             " requests answered over the scheduled window (answered / window length), whatever"
             " the wait for the last replies; 'tail s' is that wait, from the last request's due"
@@ -268,21 +308,32 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
             " sent over 1 ms after their due time, for whatever reason (busy loop, late wake-up):"
             " where that is over 1% of them, the row measures the generator as much as the"
             " server (and the plot leaves it out).",
-            "",
-            *open_table(run.cells),
-            "",
-        ]
-    if any(c.section == "routing" for c in run.cells):
-        lines += [
-            "## Routing and resilience cost (turnout adaptive, V2 JSON, one row)",
-            "",
+            lambda: open_table(run.cells),
+        ),
+        "routing": (
+            "Routing and resilience cost (turnout adaptive, V2 JSON, one row)",
             "One server, one model per routing setup (versions v1 and v2 are the same forest),"
             " measured side by side. Under shadow routing every request is also run on v2;"
             " latency and errors are the primary's (what the client sees).",
-            "",
-            *routing_table(run.cells),
-            "",
-        ]
+            lambda: routing_table(run.cells),
+        ),
+        "workers": (
+            "Workers (turnout serve --workers N, turnout adaptive, V2 JSON, one row)",
+            "One server per N, measured side by side, each free to use every usable core; the"
+            " load generator stays pinned to its own core, which the servers may use too."
+            " Server CPU is the whole process group's: the"
+            " supervisor and every worker. Generator CPU is the load generator's own (wrk, or"
+            " the built-in client) over the same windows, % of one core; other CPU is the rest"
+            " of the machine's busy time over them (other processes, the kernel, the"
+            " hypervisor's steal). Mean batch is over all workers: any worker's /metrics"
+            " reports every worker, as last published (up to a second old). Ratios are against"
+            " the fewest workers measured.",
+            lambda: workers_table(run.cells, s.workers),
+        ),
+    }
+    for section, (heading, text, table) in sections.items():
+        if any(c.section == section for c in run.cells):
+            lines += [f"## {heading}", "", text, "", *table(), ""]
     if run.profile is not None:
         lines += [
             "## Where the time goes (py-spy, turnout adaptive, V2 JSON, concurrency 64)",

@@ -1,10 +1,11 @@
 """Launch ``turnout serve --repository DIR`` for the benchmark, on the event loop asked for.
 
 Run: ``python -m benchmarks.serve_turnout --repository DIR --port P [--loop uvloop|asyncio]
-[--fault MODEL/VERSION=slow:SECONDS|fail]``.
+[--workers N] [--fault MODEL/VERSION=slow:SECONDS|fail]``.
 
-Without ``--fault`` this is the ``turnout serve`` command line itself, after
-choosing the loop. With it, the same server is assembled from the same
+Without ``--fault`` this is the ``turnout serve`` command line itself, on the
+loop chosen (``--event-loop``, which ``--workers N`` hands on to every
+worker). With it, the same server is assembled from the same
 parts (``ModelServer(repository=...)`` and ``turnout.web.serve.serve``),
 with the named versions' runtimes made slow or failing: the resilience
 scenarios need a misbehaving version, which no repository can store.
@@ -28,15 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--loop", choices=LOOPS, default=default_loop())
+    parser.add_argument("--workers", type=int, default=1, help="turnout serve --workers (1)")
     parser.add_argument("--fault", action="append", default=[], metavar="MODEL/VERSION=FAULT")
     args = parser.parse_args(argv)
+    if args.fault and args.workers != 1:
+        parser.error("--fault serves in this process: it takes no --workers")
     use_loop(args.loop)
     if not args.fault:
         from turnout.cli import main as turnout_main
 
-        return turnout_main(
-            ["serve", "--repository", args.repository, "--port", str(args.port), "--no-demo"]
-        )
+        serve = ["serve", "--repository", args.repository, "--port", str(args.port), "--no-demo"]
+        # turnout serve picks its own loop (uvloop when installed): name the one asked for.
+        serve += ["--event-loop", args.loop, "--workers", str(args.workers)]
+        return turnout_main(serve)
     faults = [_parse_fault(text) for text in args.fault]
     asyncio.run(_serve_with_faults(args.repository, args.port, faults))
     return 0

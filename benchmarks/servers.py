@@ -3,7 +3,11 @@
 Every server runs in its own process group pinned to ``SERVER_CPU``, the
 first core this process may use (set with ``os.sched_setaffinity`` before it
 starts, so its threads and the processes it forks inherit it); the load
-generator keeps another usable core, ``GENERATOR_CPU``. All servers of a run
+generator keeps another usable core, ``GENERATOR_CPU``. A server may be
+given more of the usable cores (``ServerSpec.cores``; the workers section
+gives each ``turnout serve --workers N`` all of them, the generator's
+included). A server's CPU time is its whole process group's: a supervisor's
+and every one of its workers'. All servers of a run
 stay up together and take turns, so each is measured in the same conditions
 as the others. After each turn the harness waits until the server measured
 is idle again (:meth:`RunningServer.settle`): a server still working through
@@ -32,6 +36,7 @@ __all__ = [
     "RunningServer",
     "ServerSpec",
     "free_port",
+    "machine_cpu_seconds",
     "pin_generator",
     "usable_cores",
 ]
@@ -42,8 +47,21 @@ GENERATOR_CPU = _USABLE[1] if len(_USABLE) > 1 else _USABLE[0]
 _SPLIT = len(_USABLE) > 1
 IDLE_WINDOW = 0.2  # seconds over which a server's CPU time is watched while settling
 IDLE_SHARE = 0.05  # a server using at most this share of a core over the window is idle
+READY_PER_WORKER = 10  # fresh connections answered ready in a row, per worker, at start
 _TICKS = os.sysconf("SC_CLK_TCK")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine_cpu_seconds() -> float:
+    """Return the CPU time all cores of the machine have been busy so far (``/proc/stat``).
+
+    Busy: user, nice, system, irq, softirq, and steal (taken by the hypervisor
+    for other guests); neither idle nor iowait.
+    """
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()  # "cpu user nice system idle iowait irq softirq steal"
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
 def usable_cores() -> list[int]:
@@ -80,6 +98,18 @@ class ServerSpec:
     cwd: Path | None = None
     ports: int = 1  # MLServer also listens for gRPC and metrics: "{port1}", "{port2}"
     start_timeout: float = 120.0
+    workers: int = 1  # turnout serve --workers N: N worker processes under a supervisor
+    cores: int = 1  # pinned to this many of the usable cores, the first ones (all at most)
+
+    @property
+    def pinned(self) -> list[int]:
+        """Return the cores it is pinned to."""
+        return _USABLE[: max(1, self.cores)]
+
+    @property
+    def processes(self) -> int:
+        """Return how many processes its group holds once up: the workers and their supervisor."""
+        return 1 if self.workers == 1 else self.workers + 1
 
 
 class RunningServer:
@@ -101,7 +131,7 @@ class RunningServer:
                 env=env,
                 cwd=spec.cwd or REPO_ROOT,
                 start_new_session=True,  # its own group: workers it forks are stopped with it
-                preexec_fn=_pin_server if _SPLIT else None,
+                preexec_fn=_pinning(spec.pinned) if _SPLIT else None,
             )
 
     def _fill(self, text: str) -> str:
@@ -110,14 +140,24 @@ class RunningServer:
         return text.replace("{port}", str(self.ports[0]))
 
     def wait_ready(self) -> None:
-        """Wait until the ready endpoint answers 200; raise with the log's tail if it dies."""
+        """Wait until the ready endpoint answers 200; raise with the log's tail if it dies.
+
+        With several workers, until all of them run and the endpoint answered 200
+        on ``READY_PER_WORKER`` fresh connections per worker in a row: the kernel
+        spreads connections over the workers, and one still loading its models
+        answers 404, so every worker has all but surely been asked.
+        """
         deadline = time.monotonic() + self.spec.start_timeout
+        wanted = 1 if self.spec.workers == 1 else READY_PER_WORKER * self.spec.workers
+        answered = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.spec.name} exited at start:\n{self.log_tail()}")
-            if self._answers_ready():
+            up = len(self.cpu_by_process()) >= self.spec.processes
+            answered = answered + 1 if up and self._answers_ready() else 0
+            if answered >= wanted:
                 return
-            time.sleep(0.2)
+            time.sleep(0.2 if answered == 0 else 0.01)
         raise RuntimeError(f"{self.spec.name} not ready in time:\n{self.log_tail()}")
 
     def _answers_ready(self) -> bool:
@@ -136,7 +176,16 @@ class RunningServer:
 
     def cpu_seconds(self) -> float:
         """Return the CPU time (user + system) used so far by the server's process group."""
-        total = 0
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[int, float]:
+        """Return the CPU time (user + system) used so far by each live process of its group.
+
+        The group is the server's process and every process it started (a
+        supervisor's workers), read from ``/proc/<pid>/stat``; a process that
+        has exited is no longer counted.
+        """
+        used: dict[int, float] = {}
         group = self.process.pid
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
@@ -147,8 +196,8 @@ class RunningServer:
                 continue
             fields = stat[stat.rindex(")") + 2 :].split()
             if int(fields[2]) == group:  # field 5 of stat, the process group
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / _TICKS
+                used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+        return used
 
     def settle(self, cap: float) -> tuple[float, bool]:
         """Wait until the server is idle, at most ``cap`` seconds; return (waited, cap hit).
@@ -199,8 +248,13 @@ class RunningServer:
             self.process.wait(timeout=5)
 
 
-def _pin_server() -> None:
-    os.sched_setaffinity(0, {SERVER_CPU})
+def _pinning(cores: Sequence[int]) -> Callable[[], None]:
+    """Return what pins a server, in its process before it starts, to ``cores``."""
+
+    def pin() -> None:
+        os.sched_setaffinity(0, set(cores))
+
+    return pin
 
 
 def python_module(module: str, *args: str) -> tuple[str, ...]:

@@ -41,6 +41,8 @@ class Window:
     latencies: np.ndarray[Any, Any] = field(default_factory=lambda: np.empty(0))
     weights: np.ndarray[Any, Any] = field(default_factory=lambda: np.empty(0))
     cpu_seconds: float | None = None
+    generator_cpu_seconds: float | None = None  # the load generator's own, over the window
+    machine_cpu_seconds: float | None = None  # every core's busy time, whoever used it
     batch_rows: int | None = None
     batches: int | None = None
     sent_late: int = 0  # open loop: requests the generator itself sent late (> 1 ms)
@@ -55,6 +57,22 @@ class Window:
     def cpu_percent(self) -> float | None:
         """The server's CPU time over the window, as % of one core."""
         return None if self.cpu_seconds is None else 100.0 * self.cpu_seconds / self.seconds
+
+    @property
+    def generator_cpu_percent(self) -> float | None:
+        """The load generator's CPU time over the window, as % of one core."""
+        if self.generator_cpu_seconds is None or not self.seconds:
+            return None
+        return 100.0 * self.generator_cpu_seconds / self.seconds
+
+    @property
+    def other_cpu_percent(self) -> float | None:
+        """CPU time of everything but the server and the generator (% of one core)."""
+        used = (self.machine_cpu_seconds, self.cpu_seconds, self.generator_cpu_seconds)
+        machine, server, generator = used
+        if machine is None or server is None or generator is None or not self.seconds:
+            return None
+        return 100.0 * max(0.0, machine - server - generator) / self.seconds
 
     @property
     def cpu_per_request(self) -> float | None:
@@ -100,6 +118,8 @@ def merge(windows: Iterable[Window]) -> Window:
         latencies.append(w.latencies)
         weights.append(w.weights)
         total.cpu_seconds = _add_opt(total.cpu_seconds, w.cpu_seconds)
+        total.generator_cpu_seconds = _add_opt(total.generator_cpu_seconds, w.generator_cpu_seconds)
+        total.machine_cpu_seconds = _add_opt(total.machine_cpu_seconds, w.machine_cpu_seconds)
         rows = _add_opt(total.batch_rows, w.batch_rows)
         batches = _add_opt(total.batches, w.batches)
         total.batch_rows = None if rows is None else int(rows)
