@@ -202,8 +202,10 @@ class RunningServer:
     def settle(self, cap: float) -> tuple[float, bool]:
         """Wait until the server is idle, at most ``cap`` seconds; return (waited, cap hit).
 
-        Idle: its process group used at most ``IDLE_SHARE`` of a core over the
-        last ``IDLE_WINDOW`` seconds, so no queued request is still being worked on.
+        Idle: its process group used at most ``IDLE_SHARE`` of a core per worker
+        over the last ``IDLE_WINDOW`` seconds, so no queued request is still
+        being worked on (an idle worker of ``--workers N`` keeps beating: about
+        4% of a core each, in bursts).
         """
         began = time.monotonic()
         before = self.cpu_seconds()
@@ -211,7 +213,7 @@ class RunningServer:
             time.sleep(IDLE_WINDOW)
             now = self.cpu_seconds()
             waited = time.monotonic() - began
-            if now - before <= IDLE_SHARE * IDLE_WINDOW + 1e-9:
+            if now - before <= IDLE_SHARE * self.spec.workers * IDLE_WINDOW + 1e-9:
                 return waited, False
             if waited >= cap or self.process.poll() is not None:
                 return waited, True
