@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from turnout.core.errors import TurnoutError
 from turnout.core.execution.metrics import BATCH_SIZE_BOUNDS, LatencyHistogram, MetricsTotals
+from turnout.core.service.fleet_traffic import Traffic, traffic_of
 from turnout.core.service.server import ModelServer
 from turnout.web.keys import SERVER_KEY
 
@@ -63,7 +64,7 @@ _LABELS = ["model", "version"]
 _WORKER_LABELS = [*_LABELS, "worker"]
 
 # {worker (pid): {model: {version: totals}}}
-WorkerTraffic = dict[str, dict[str, dict[str, MetricsTotals]]]
+WorkerTraffic = dict[str, Traffic]
 
 
 def routing_weights(
@@ -140,11 +141,8 @@ async def worker_traffic(server: ModelServer) -> WorkerTraffic:
         if facts.get("host") != host or facts.get("listen") != listen:
             continue
         try:
-            published[str(facts["pid"])] = {
-                model_id: {v: MetricsTotals.from_data(data) for v, data in versions.items()}
-                for model_id, versions in facts["traffic"].items()
-            }
-        except (KeyError, ValueError, AttributeError, TypeError):
+            published[str(facts["pid"])] = traffic_of(facts)
+        except (KeyError, ValueError):
             continue  # a server of another release: it is not summed, rather than summed wrong
     if set(published) - {own}:
         published.setdefault(own, traffic[own])  # not beaten yet

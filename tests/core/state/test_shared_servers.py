@@ -24,6 +24,7 @@ from support import DelegatingState, eventually
 from turnout import (
     ControlState,
     Fallback,
+    InvalidConfigError,
     InvalidInputError,
     ModelServer,
     RoutingConfig,
@@ -398,3 +399,16 @@ async def test_every_server_sharing_a_state_is_listed_with_what_it_serves(
         assert facts["models"]["bc"]["loaded"] == ["v1", "v2"]
         assert facts["models"]["bc"]["revision"] > 0
         assert facts["pid"] == os.getpid()
+
+
+async def test_a_server_announces_plain_facts_of_its_own_names_only(
+    pair: tuple[ModelServer, ModelServer, LaggingFeed],
+) -> None:
+    one, _, _ = pair
+    one.announce(listen="http://127.0.0.1:8080")
+    one.announce(listen="http://127.0.0.1:8081")  # said again, it is replaced
+    assert one.announced == {"listen": "http://127.0.0.1:8081"}
+    with pytest.raises(InvalidConfigError, match="itself"):
+        one.announce(pid=1)
+    with pytest.raises(InvalidConfigError, match="JSON"):
+        one.announce(when=object())

@@ -18,12 +18,14 @@ from typing import Any
 
 from turnout.core.execution.metrics import MetricsTotals
 
-__all__ = ["FleetTraffic", "traffic_facts"]
+__all__ = ["FleetTraffic", "Traffic", "traffic_facts", "traffic_of"]
 
 logger = logging.getLogger("turnout")
 
 # (process, model id, version)
 _Key = tuple[str, str, str]
+# {model id: {version: totals}}
+Traffic = dict[str, dict[str, MetricsTotals]]
 
 
 def traffic_facts(totals: Mapping[str, Mapping[str, MetricsTotals]]) -> dict[str, Any]:
@@ -32,6 +34,17 @@ def traffic_facts(totals: Mapping[str, Mapping[str, MetricsTotals]]) -> dict[str
         model_id: {version: t.to_data() for version, t in versions.items()}
         for model_id, versions in totals.items()
     }
+
+
+def traffic_of(facts: Mapping[str, Any]) -> Traffic:
+    """Return the traffic a heartbeat's facts carry; ValueError if they carry none we read."""
+    try:
+        return {
+            model_id: {v: MetricsTotals.from_data(data) for v, data in versions.items()}
+            for model_id, versions in facts["traffic"].items()
+        }
+    except (KeyError, AttributeError, TypeError) as exc:
+        raise ValueError(f"no traffic in the facts: {exc!r}") from exc
 
 
 class FleetTraffic:
@@ -50,19 +63,18 @@ class FleetTraffic:
         for process, facts in beats.items():
             if process == self._process:
                 continue
-            traffic = facts.get("traffic")
-            for model_id, versions in traffic.items() if isinstance(traffic, Mapping) else ():
-                for version, data in versions.items() if isinstance(versions, Mapping) else ():
-                    self._take((process, model_id, version), data)
+            try:
+                traffic = traffic_of(facts)
+            except ValueError as exc:
+                if process not in self._undecodable:  # a server of another release, maybe
+                    self._undecodable.add(process)
+                    logger.warning("the traffic %s published is not understood: %s", process, exc)
+                continue
+            for model_id, versions in traffic.items():
+                for version, totals in versions.items():
+                    self._take((process, model_id, version), totals)
 
-    def _take(self, key: _Key, data: Any) -> None:
-        try:
-            totals = MetricsTotals.from_data(data)
-        except ValueError as exc:
-            if key[0] not in self._undecodable:  # a server of another release, maybe
-                self._undecodable.add(key[0])
-                logger.warning("the traffic %s published is not understood: %s", key[0], exc)
-            return
+    def _take(self, key: _Key, totals: MetricsTotals) -> None:
         last = self._last.get(key)
         if last is not None and totals.requests < last.requests:
             self._before[key] = self._before.get(key, MetricsTotals()) + last

@@ -8,6 +8,7 @@ respect to requests: a request is routed wholly before or wholly after it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -693,7 +694,16 @@ class ModelServer:
 
         ``turnout serve`` announces ``listen``, the address it serves on:
         workers on one host announcing the same one share a port.
+        InvalidConfigError for a fact the server says itself, or one that
+        is not JSON data.
         """
+        taken = set(facts) & (set(self._sync.facts()) - set(self._sync.announced))
+        if taken:
+            raise InvalidConfigError(f"the server says {sorted(taken)} itself: pick other names")
+        try:
+            json.dumps(facts, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidConfigError(f"announced facts must be JSON data: {exc}") from exc
         self._sync.announced.update(facts)
 
     @property
