@@ -13,6 +13,7 @@ workers, and a 5 s Redis outage under inference load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -109,8 +110,11 @@ def loaded_on(pids: set[int]) -> Callable[[dict[int, Any]], bool]:
 
 
 @asynccontextmanager
-async def serving(workers: int, *args: str) -> AsyncIterator[Fleet]:
-    """Run ``turnout serve --demo --workers N *args`` until every worker is ready; stop it after."""
+async def serving(workers: int, *args: str, wait: bool = True) -> AsyncIterator[Fleet]:
+    """Run ``turnout serve --demo --workers N *args``; stop it after.
+
+    Yields once every worker is ready, or with ``wait=False`` once the banner is printed.
+    """
     env = {"TURNOUT_ADMIN_TOKEN": TOKEN}
     args = ("--demo", "--workers", str(workers), "--admin-port", "0", *args)
     async with turnout_serve(*args, env=env) as process:
@@ -119,7 +123,8 @@ async def serving(workers: int, *args: str) -> AsyncIterator[Fleet]:
         admin = banner[-1].strip().split()[-1].removesuffix("/admin/status")
         fleet = Fleet(process, url, admin)
         try:
-            fleet.pids = await worker_pids(fleet, workers)
+            if wait:
+                fleet.pids = await worker_pids(fleet, workers)
             yield fleet
         finally:
             # SIGTERM, not turnout_serve's SIGKILL, even for a failed test: the supervisor
@@ -159,6 +164,39 @@ async def test_every_worker_serves_the_demo_and_a_routing_change_reaches_all(
         delays.append(time.perf_counter() - started)
     slowest = max(delays) * 1e3
     assert slowest < 1000, f"slowest change in force on all workers after {slowest:.0f} ms"
+
+
+async def test_a_restarted_worker_answers_only_once_it_serves_what_the_fleet_routes_to(
+    fleet: Fleet,
+) -> None:
+    victim = min(fleet.pids)
+    os.kill(victim, signal.SIGKILL)
+    answers: list[int] = []
+    cut = 0  # connections the killed worker had accepted, or queued, die with it
+    replaced = asyncio.Event()
+
+    async def load() -> None:
+        nonlocal cut
+        while not replaced.is_set():
+            try:
+                answers.append((await infer(fleet))[0])
+            except aiohttp.ClientError:
+                cut += 1
+
+    async def watch() -> None:
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                _, body = await fresh("GET", f"{fleet.admin}/admin/status", headers=HEADERS)
+                if body["pid"] not in fleet.pids:
+                    await asyncio.sleep(1.0)  # and a while of traffic on the new worker
+                    break
+        replaced.set()
+
+    await asyncio.gather(watch(), *(load() for _ in range(4)))
+    wrong = len(answers) - answers.count(200)
+    assert wrong == 0, f"{wrong} of {len(answers)} answers were not 200: {set(answers)}"
+    assert cut < 20, f"{cut} connections cut by the kill"
 
 
 async def test_the_admin_api_lists_every_worker(fleet: Fleet) -> None:

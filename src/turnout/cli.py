@@ -156,6 +156,7 @@ def _add_serve(commands: Any) -> None:
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     serve.add_argument(
         "--shutdown-timeout",
         metavar="SECONDS",
@@ -342,6 +343,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                     mlflow_experiment=args.mlflow_experiment,
                     reuse_port=args.reuse_port,
                     banner=not args.worker_index,
+                    ready_file=args.ready_file,
                 )
             )
     except TurnoutError as exc:  # e.g. --mlflow-experiment without MLflow installed
@@ -388,6 +390,7 @@ def _supervise(args: argparse.Namespace, token: str | None) -> int:
     run = RunDirectory()
     state = args.state or f"sqlite:///{run.path / 'control-state.db'}"
     artifacts = args.artifacts or str(run.path / "artifacts")
+    ready_file = run.path / "worker-0-serves"
 
     def command(index: int) -> list[str]:
         line = [sys.executable, "-m", "turnout", "serve", "--host", args.host]
@@ -404,6 +407,7 @@ def _supervise(args: argparse.Namespace, token: str | None) -> int:
             line += ["--mlflow-experiment", args.mlflow_experiment]
         # Worker 0 trains the demo and keeps the repository; the others load what it deploys.
         if index == 0:
+            line += ["--ready-file", str(ready_file)]
             line.append("--no-demo" if args.demo is False else "--demo")
             if args.repository is not None:
                 line += ["--repository", args.repository]
@@ -414,7 +418,10 @@ def _supervise(args: argparse.Namespace, token: str | None) -> int:
     # The token goes to the workers in their environment, never on a command line.
     env = {TOKEN_ENV: token} if token is not None else {}
     try:
-        return Supervisor(args.workers, command, args.shutdown_timeout, env).run()
+        supervisor = Supervisor(
+            args.workers, command, args.shutdown_timeout, env, first_ready=ready_file
+        )
+        return supervisor.run()
     finally:
         reserved.close()
         run.close()

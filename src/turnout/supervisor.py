@@ -14,6 +14,9 @@ files by digest), so a change made through any worker's admin API is in
 force on all, and a version deployed through one is loaded by the others.
 Only worker 0 trains the demo and keeps ``--repository``: the others load
 what it deploys, and it writes to the repository what any of them changes.
+The others start once worker 0 serves (it touches a ready file), and each
+listens only once it has loaded every version the fleet routes to: no
+connection reaches a worker that would answer 404 for a model still loading.
 
 A worker that dies is restarted after a back-off (0.5 s, doubling to 30 s;
 reset once a worker has run for a minute), and the supervisor says so. On
@@ -72,10 +75,15 @@ class Supervisor:
     shutdown_timeout: float
     env: dict[str, str] = field(default_factory=dict)
     log: Callable[[str], None] = lambda line: print(f"turnout: {line}", file=sys.stderr, flush=True)
+    # Worker 0 touches this file once it serves; until then the others wait (at most
+    # ``first_timeout`` seconds: a worker 0 that cannot start must not hold up the rest).
+    first_ready: Path | None = None
+    first_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         self._slots = [WorkerSlot(i) for i in range(self.count)]
         self._stopping = False
+        self._waiting = self._slots[1:] if self.first_ready is not None else []
 
     def run(self) -> int:
         """Supervise until SIGTERM or SIGINT; return 0 once every worker has stopped."""
@@ -84,16 +92,31 @@ class Supervisor:
         }
         try:
             for slot in self._slots:
-                self._start(slot)
-            pids = ", ".join(str(s.process.pid) for s in self._slots if s.process)
-            self.log(f"{self.count} workers started (pids {pids})")
+                if slot not in self._waiting:
+                    self._start(slot)
+            if not self._waiting:
+                self._started()
+            until = time.monotonic() + self.first_timeout
             while not self._stopping:
-                self._tend(time.monotonic())
+                now = time.monotonic()
+                if self._waiting and (now >= until or self._first_serves()):
+                    for slot in self._waiting:
+                        self._start(slot)
+                    self._waiting = []
+                    self._started()
+                self._tend(now)
                 time.sleep(POLL_SECONDS)
             return self._stop_all()
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
+
+    def _first_serves(self) -> bool:
+        return self.first_ready is not None and self.first_ready.exists()
+
+    def _started(self) -> None:
+        pids = ", ".join(str(s.process.pid) for s in self._slots if s.process)
+        self.log(f"{self.count} workers started (pids {pids})")
 
     def _stop(self, number: int, frame: FrameType | None) -> None:
         self._stopping = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 from turnout.core.service.server import ModelServer
 from turnout.core.state.locations import open_state
@@ -30,6 +31,7 @@ async def run_serve(
     mlflow_experiment: str | None = None,
     reuse_port: bool = False,
     banner: bool = True,
+    ready_file: str | os.PathLike[str] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then answer in-flight requests and close the server.
 
@@ -43,7 +45,8 @@ async def run_serve(
     given the same location; ``artifacts`` the directory where they share
     deployed ONNX. ``reuse_port`` binds with SO_REUSEPORT, as every worker of
     ``--workers N`` does; ``banner=False`` prints no banner (all workers but
-    the first).
+    the first). ``ready_file`` is touched once the server listens: the
+    supervisor starts the other workers then.
     """
     # Bound before the repository is opened or the demo trained: a port in use fails at once.
     listeners = Listeners.bind(
@@ -65,7 +68,7 @@ async def run_serve(
         server = await stack.enter_async_context(
             ModelServer(repository=repository, plugins=plugins, state=control, artifacts=artifacts)
         )
-        await _run(server, listeners, demo, repository, admin, shutdown_timeout, banner)
+        await _run(server, listeners, demo, repository, admin, shutdown_timeout, banner, ready_file)
     print("turnout: stopped", file=sys.stderr, flush=True)
 
 
@@ -77,6 +80,7 @@ async def _run(
     admin: AdminSettings | None,
     shutdown_timeout: float,
     banner: bool = True,
+    ready_file: str | os.PathLike[str] | None = None,
 ) -> None:
     """Deploy the demo if asked, then serve until a signal; the caller closes the server."""
     if repository is not None and server.get_all_models_status():
@@ -88,6 +92,8 @@ async def _run(
 
     def started(url: str) -> None:
         """Print where the server listens and how to query it."""
+        if ready_file is not None:
+            Path(ready_file).touch()
         if not banner:
             return
         _print_banner(server, url, example_row)

@@ -198,6 +198,22 @@ async def test_a_version_deployed_on_one_server_is_loaded_and_served_by_the_othe
     assert set(stored.versions) == {"v1", "v2"}
 
 
+async def test_a_server_started_later_serves_every_version_once_started(
+    connect: Callable[[], ControlState], tmp_path: Any, logistic_model: Any, forest_model: Any
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    async with ModelServer(state=connect(), artifacts=artifacts, entry_points=False) as one:
+        await one.deploy_model("bc", "v1", logistic_model)
+        await one.deploy_model("bc", "v2", forest_model, set_active=False)
+        await one.set_routing("bc", SPLIT)
+
+        # No waiting: a worker listens right after this, and must not answer 404 meanwhile.
+        async with ModelServer(state=connect(), artifacts=artifacts, entry_points=False) as two:
+            assert two.unloaded_versions == []
+            assert set(two.get_all_models_status()["bc"]) == {"v1", "v2"}
+            assert two.get_routing("bc") == SPLIT
+
+
 async def test_a_version_retired_on_one_server_is_retired_on_the_other(
     fleet: tuple[ModelServer, ModelServer], logistic_model: Any, forest_model: Any
 ) -> None:

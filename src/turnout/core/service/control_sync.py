@@ -256,7 +256,9 @@ class ControlSync:
         """Get in step with the shared state: adopt what it holds, write what only this view has.
 
         Called once the server has restored its repository; from then on the
-        change feed brings every other writer's change.
+        change feed brings every other writer's change. Returns once every
+        version catalogued elsewhere is loaded here (or found unloadable), so a
+        server that starts listening after it serves what the fleet routes to.
         """
         self.paused = False
         if self._unsubscribe is None:
@@ -267,6 +269,7 @@ class ControlSync:
         shared = set(await self.state.model_ids())
         for model_id in sorted(shared):
             await self._refresh(model_id)
+        await self._following.settle()
         for model_id in self._registry.model_ids():
             if model_id not in shared:
                 self.changed(model_id)
