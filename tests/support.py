@@ -105,8 +105,10 @@ class DelegatingState:
     async def heartbeats(self) -> dict[str, dict[str, Any]]:
         return await self.inner.heartbeats()
 
-    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
-        return await self.inner.add_outcome(model_id, version, value)
+    async def add_outcome(
+        self, model_id: str, version: str, value: float, *, once: str | None = None
+    ) -> OutcomeTotals | None:
+        return await self.inner.add_outcome(model_id, version, value, once=once)
 
     async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
         return await self.inner.outcomes(model_id)

@@ -11,8 +11,11 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from turnout import InvalidInputError, InvalidRoutingError, RouteRequest, RoutingContext
+from turnout.core.routing.outcomes import OutcomeTotals
 from turnout.strategies.bandit import BanditRouting
 
 CONTEXT = RoutingContext(model_id="churn", active="v1", versions=frozenset({"v1", "v2", "v3"}))
@@ -120,3 +123,36 @@ def test_a_reward_outside_zero_to_one_is_refused_and_changes_nothing(reward):
 def test_invalid_params_are_refused(params):
     with pytest.raises(InvalidRoutingError):
         BanditRouting(params, CONTEXT)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=200))
+def test_the_fleets_totals_give_the_posterior_the_rewards_themselves_give(rewards):
+    # Every server hands its bandit the shared totals: they must say what the rewards say.
+    learned = BanditRouting({"versions": ["v1", "v2"]}, CONTEXT)
+    adopted = BanditRouting({"versions": ["v1", "v2"]}, CONTEXT)
+    totals = OutcomeTotals()
+    for reward in rewards:
+        learned.record_outcome("v1", reward)
+        totals = totals.add(reward)
+
+    adopted.adopt_outcomes("v1", totals)
+
+    alpha, beta = adopted.posteriors()["v1"]
+    assert (alpha, beta) == pytest.approx(learned.posteriors()["v1"], rel=1e-9, abs=1e-9)
+    assert alpha >= 1.0
+    assert beta >= 1.0
+    assert adopted.posteriors()["v2"] == (1.0, 1.0)
+
+
+def test_totals_of_outcomes_other_than_rewards_are_not_learned(caplog):
+    # Revenue recorded for v1 under a weighted test before it joined the bandit.
+    bandit = BanditRouting({"versions": ["v1", "v2"]}, CONTEXT)
+    bandit.record_outcome("v1", 1.0)
+    revenue = OutcomeTotals().add(120.0).add(80.0)
+
+    bandit.adopt_outcomes("v1", revenue)
+    bandit.adopt_outcomes("v1", revenue)
+
+    assert bandit.posteriors()["v1"] == (2.0, 1.0)
+    warnings = [r for r in caplog.records if "not all rewards in [0, 1]" in r.getMessage()]
+    assert len(warnings) == 1

@@ -5,11 +5,16 @@ Params: ``{"versions": ["v1", "v2"], "algorithm": "thompson", "epsilon": 0.1,
 (1 a success, 0 a failure, fractions in between). Thompson sampling draws
 from each version's Beta posterior and routes to the best draw; epsilon-greedy
 explores at random with probability ``epsilon`` and otherwise exploits the
-best mean. The posteriors live in memory: a new routing config starts afresh.
+best mean. A posterior counts every outcome recorded for its version by any
+server sharing the control state: the server hands the bandit each version's
+shared totals (``adopt_outcomes``) after each outcome and once a second, so
+all processes route on one posterior, and a rebuilt bandit (a new config, a
+restart) resumes where the fleet's outcomes stand.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -25,8 +30,11 @@ from turnout.core.routing.config import (
     RoutingStrategyFactory,
     check_versions,
 )
+from turnout.core.routing.outcomes import OutcomeTotals
 
 __all__ = ["BanditRouting"]
+
+logger = logging.getLogger("turnout")
 
 ALGORITHMS = ("thompson", "epsilon_greedy")
 
@@ -60,6 +68,7 @@ class BanditRouting:
         # Beta(1, 1) priors: [successes + 1, failures + 1] per version.
         self._posterior = {version: [1.0, 1.0] for version in versions}
         self._lock = threading.Lock()
+        self._foreign: set[str] = set()  # versions whose shared outcomes are not rewards
 
     def route(self, request: RouteRequest) -> Route:
         """Return the version chosen by the configured algorithm."""
@@ -91,6 +100,33 @@ class BanditRouting:
         with self._lock:
             posterior[0] += reward
             posterior[1] += 1.0 - reward
+
+    def adopt_outcomes(self, version: str, totals: OutcomeTotals) -> None:
+        """Set ``version``'s posterior to the prior plus ``totals``: every reward it was given.
+
+        Totals no set of rewards in [0, 1] adds up to (outcomes of another
+        kind, recorded for the version before it was in a bandit) are
+        ignored: the posterior stays as it is.
+        """
+        posterior = self._posterior.get(version)
+        if posterior is None or totals.count == 0:
+            return
+        successes = totals.count * totals.shift + totals.total
+        # A little slack for the rounding in sums of many fractions.
+        slack = 1e-9 * totals.count
+        if not -slack <= successes <= totals.count + slack:
+            if version not in self._foreign:  # said once, not at every refresh
+                self._foreign.add(version)
+                logger.warning(
+                    "bandit: the outcomes of %s are not all rewards in [0, 1];"
+                    " not learning from them",
+                    version,
+                )
+            return
+        successes = min(max(successes, 0.0), float(totals.count))
+        with self._lock:
+            posterior[0] = 1.0 + successes
+            posterior[1] = 1.0 + totals.count - successes
 
     def posteriors(self) -> dict[str, tuple[float, float]]:
         """Return each version's Beta posterior parameters (alpha, beta)."""

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -123,6 +124,38 @@ async def test_outcomes_add_up_per_version_without_a_revision(state: ControlStat
     assert outcomes["v1"].statistics("v1").binary
     assert not outcomes["v2"].statistics("v2").binary
     assert (await state.read("m")).revision == written.revision
+
+
+async def test_outcomes_near_a_large_value_keep_their_spread(state: ControlState) -> None:
+    values = [1e9 + i for i in range(5)]
+    for value in values:
+        totals = await state.add_outcome("m", "v1", value)
+    assert totals is not None
+    statistics = totals.statistics("v1")
+    assert statistics.mean == pytest.approx(1e9 + 2)
+    assert statistics.std == pytest.approx(float(np.std(values, ddof=1)))
+    assert await state.outcomes("m") == {"v1": totals}
+
+
+async def test_a_request_id_takes_one_outcome_through_every_handle(connect: Connect) -> None:
+    one, two = connect(), connect()
+    first = await one.add_outcome("m", "v1", 1.0, once="m~v1~abc-1")
+
+    assert await two.add_outcome("m", "v1", 0.0, once="m~v1~abc-1") is None
+    assert await one.add_outcome("m", "v1", 0.0, once="m~v1~abc-1") is None
+    assert (await two.outcomes("m"))["v1"] == first
+    # Ids are per model; without one, every outcome counts.
+    assert await two.add_outcome("other", "v1", 1.0, once="m~v1~abc-1") is not None
+    assert await two.add_outcome("m", "v1", 1.0) is not None
+
+
+async def test_handles_racing_one_request_id_add_exactly_one_outcome(connect: Connect) -> None:
+    handles = [connect() for _ in range(8)]
+    added = await asyncio.gather(
+        *(handle.add_outcome("m", "v1", 1.0, once="m~v1~race") for handle in handles)
+    )
+    assert sum(totals is not None for totals in added) == 1
+    assert (await handles[0].outcomes("m"))["v1"].count == 1
 
 
 async def test_a_state_without_versions_removes_the_model_and_its_outcomes(

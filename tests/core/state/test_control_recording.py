@@ -38,9 +38,11 @@ class RecordingState(DelegatingState):
         self.calls.append(("write", state.model_id, state))
         return await super().write(state, fence=fence)
 
-    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
+    async def add_outcome(
+        self, model_id: str, version: str, value: float, *, once: str | None = None
+    ) -> OutcomeTotals | None:
         self.calls.append(("add_outcome", model_id, (version, value)))
-        return await super().add_outcome(model_id, version, value)
+        return await super().add_outcome(model_id, version, value, once=once)
 
     async def close(self) -> None:
         self.calls.append(("close", "", None))

@@ -164,6 +164,80 @@ async def test_outcomes_from_both_servers_add_up_in_one_comparison(
     assert one.compare_versions("bc", "v1", "v2").a.count == 3
 
 
+async def test_a_request_takes_one_outcome_through_any_server(
+    pair: tuple[ModelServer, ModelServer, LaggingFeed], binary_data: Any
+) -> None:
+    one, two, _ = pair
+    rows = binary_data.X_test.to_numpy()[:1]
+    issued = await one.infer("bc", rows, version="v1")
+    answered = await two.infer("bc", rows, version="v1")
+
+    assert await two.record_outcome("bc", issued.request_id, 1.0) == "v1"
+    for server in (one, two):  # neither the issuer nor the same server takes it again
+        with pytest.raises(InvalidInputError, match="already has an outcome"):
+            await server.record_outcome("bc", issued.request_id, 0.0)
+    assert await one.record_outcome("bc", answered.request_id, 0.0) == "v1"
+    with pytest.raises(InvalidInputError, match="already has an outcome"):
+        await two.record_outcome("bc", answered.request_id, 1.0)
+    totals = (await one.control_state.outcomes("bc"))["v1"]
+    assert (totals.count, totals.statistics("v1").mean) == (2, 0.5)
+
+
+class FailingOutcomes(DelegatingState):
+    """A handle whose next ``failures`` outcome additions find the store unreachable."""
+
+    failures = 0
+
+    async def add_outcome(
+        self, model_id: str, version: str, value: float, *, once: str | None = None
+    ) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise StateUnavailableError("the control state is unreachable (injected)")
+        return await super().add_outcome(model_id, version, value, once=once)
+
+
+async def test_an_outcome_the_store_could_not_take_may_be_sent_again(
+    connect: Callable[[], ControlState], logistic_model: Any, binary_data: Any
+) -> None:
+    state = FailingOutcomes(connect())
+    async with ModelServer(state=state, entry_points=False) as server:
+        await server.deploy_model("bc", "v1", logistic_model)
+        result = await server.infer("bc", binary_data.X_test.to_numpy()[:1])
+        state.failures = 1
+        with pytest.raises(StateUnavailableError):
+            await server.record_outcome("bc", result.request_id, 1.0)
+
+        assert await server.record_outcome("bc", result.request_id, 1.0) == "v1"
+        assert (await state.outcomes("bc"))["v1"].count == 1
+
+
+BANDIT = RoutingConfig("bandit", {"versions": ["v1", "v2"], "seed": 0})
+
+
+async def test_bandits_on_every_server_learn_from_the_outcomes_any_server_recorded(
+    pair: tuple[ModelServer, ModelServer, LaggingFeed], binary_data: Any
+) -> None:
+    one, two, _ = pair
+    await one.set_routing("bc", BANDIT)
+    await eventually(lambda: two.get_routing("bc") == BANDIT)
+    rows = binary_data.X_test.to_numpy()[:1]
+    for version, reward in (("v1", 1.0), ("v1", 1.0), ("v2", 0.0), ("v1", 0.25)):
+        result = await one.infer("bc", rows, version=version)
+        await one.record_outcome("bc", result.request_id, reward)
+    fleet_posteriors = {"v1": (3.25, 1.75), "v2": (1.0, 2.0)}
+
+    def posteriors(server: ModelServer) -> dict[str, tuple[float, float]]:
+        return server._router.traffic("bc").strategy.posteriors()  # type: ignore[attr-defined,no-any-return]
+
+    assert posteriors(one) == pytest.approx(fleet_posteriors)
+    # The other server takes them within a heartbeat, with no outcome of its own.
+    await eventually(lambda: posteriors(two) == pytest.approx(fleet_posteriors), 3.0)
+    # A new bandit config resumes from the fleet's outcomes, not from the prior.
+    await two.set_routing("bc", RoutingConfig("bandit", {"versions": ["v1", "v2"], "seed": 1}))
+    await eventually(lambda: posteriors(two) == pytest.approx(fleet_posteriors), 3.0)
+
+
 # -- shared artifacts: a version deployed on one server is loaded by the others ----------------
 
 

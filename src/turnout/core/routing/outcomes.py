@@ -16,10 +16,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from turnout.core.errors import InvalidInputError
+from turnout.core.names import MAX_NAME_LENGTH
 
 __all__ = ["ABComparison", "OutcomeStatistics", "OutcomeTotals", "OutcomeTracker", "compare"]
 
 DEFAULT_CAPACITY = 100_000
+# model~version~token: two names and a token ("1a2b3c4d-<counter>") with room to spare.
+MAX_REQUEST_ID_LENGTH = 2 * MAX_NAME_LENGTH + 66
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,11 @@ class OutcomeTracker:
 
     def version_of(self, request_id: str) -> str:
         """Return the version that served ``request_id``; raise if the id is not known."""
+        if isinstance(request_id, str) and len(request_id) > MAX_REQUEST_ID_LENGTH:
+            raise InvalidInputError(
+                f"request id is {len(request_id)} characters long; no id turnout issues"
+                f" is longer than {MAX_REQUEST_ID_LENGTH}"
+            )
         version = self._served.get(request_id) or self._issued_elsewhere(request_id)
         if version is None:
             raise self._unknown(request_id)
@@ -136,16 +144,24 @@ class OutcomeTracker:
             f" outcome, or is older than the last {self._capacity} requests"
         )
 
-    def record(self, request_id: str, outcome: float) -> str:
-        """Attach ``outcome`` to the request; return the version that served it."""
+    def check(self, request_id: str, outcome: object) -> tuple[str, float]:
+        """Return the version that served the request and ``outcome`` as a float; raise if either
+        is not one :meth:`record` takes. Nothing changes: the id may still take an outcome."""
         if isinstance(outcome, bool):
             outcome = float(outcome)
         if not isinstance(outcome, numbers.Real) or not _finite(outcome):
             raise InvalidInputError(f"outcome must be a finite number, got {outcome!r}")
-        version = self._served.pop(request_id, None) or self._issued_elsewhere(request_id)
-        if version is None:
-            raise self._unknown(request_id)
-        self._outcomes[version] = self._outcomes.get(version, OutcomeTotals()).add(float(outcome))
+        return self.version_of(request_id), float(outcome)
+
+    def forget(self, request_id: str) -> None:
+        """Forget the request: its outcome is recorded (here or by another server)."""
+        self._served.pop(request_id, None)
+
+    def record(self, request_id: str, outcome: float) -> str:
+        """Attach ``outcome`` to the request; return the version that served it."""
+        version, value = self.check(request_id, outcome)
+        self.forget(request_id)
+        self._outcomes[version] = self._outcomes.get(version, OutcomeTotals()).add(value)
         return version
 
     def adopt(self, version: str, totals: OutcomeTotals) -> None:
@@ -157,9 +173,9 @@ class OutcomeTracker:
         return self._outcomes.get(version, OutcomeTotals()).statistics(version)
 
 
-def _finite(value: float) -> bool:
+def _finite(value: numbers.Real) -> bool:
     try:
-        return math.isfinite(value)
+        return math.isfinite(float(value))
     except OverflowError:  # an int too large for a float
         return False
 

@@ -30,7 +30,12 @@ from typing import Any
 import anyio
 
 from turnout.core.deployments.registry import Deployment
-from turnout.core.errors import StateConflictError, StateUnavailableError, TurnoutError
+from turnout.core.errors import (
+    ModelNotFoundError,
+    StateConflictError,
+    StateUnavailableError,
+    TurnoutError,
+)
 from turnout.core.execution.metrics import MetricsTotals
 from turnout.core.routing.outcomes import OutcomeTotals
 from turnout.core.service.controller_lease import ControllerLease
@@ -246,9 +251,12 @@ class ControlSync:
 
     # -- outcomes ---------------------------------------------------------------------
 
-    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
-        """Add one outcome to the version's shared aggregates; return the new totals."""
-        return await self.state.add_outcome(model_id, version, value)
+    async def add_outcome(
+        self, model_id: str, version: str, value: float, *, once: str
+    ) -> OutcomeTotals | None:
+        """Add request ``once``'s outcome to the version's shared aggregates; return the new
+        totals, or None if the request already has an outcome."""
+        return await self.state.add_outcome(model_id, version, value, once=once)
 
     # -- other writers' changes ----------------------------------------------------------
 
@@ -473,12 +481,20 @@ class ControlSync:
                 await self.state.heartbeat(self.lease.holder, self.facts(), 3 * HEARTBEAT_SECONDS)
                 self.fleet.observe(await self.state.heartbeats())
                 self._server._judge_rollouts()
+                await self._learn_outcomes()
             except TurnoutError:
                 pass  # an unreachable store: said once, where it is found
             except Exception:
                 # Not fatal to the beat: a server that stops beating drops out of its fleet.
                 logger.exception("a heartbeat of %s failed", self.lease.holder)
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _learn_outcomes(self) -> None:
+        """Hand each strategy that learns from outcomes (a bandit) the fleet's totals."""
+        for model_id in self._registry.model_ids():
+            with contextlib.suppress(ModelNotFoundError):  # retired a moment ago
+                if hasattr(self._router.traffic(model_id).strategy, "adopt_outcomes"):
+                    await self._server.refresh_outcomes(model_id)
 
     # -- the controller lease ---------------------------------------------------------------
 

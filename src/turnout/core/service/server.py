@@ -41,7 +41,7 @@ from turnout.core.resilience.health import HealthReport
 from turnout.core.routing.canary_controller import RolloutController, RolloutEvent
 from turnout.core.routing.canary_plan import CANARY, DEFAULT_STEPS, same_rollout
 from turnout.core.routing.config import RoutingConfig, RoutingContext
-from turnout.core.routing.outcomes import ABComparison, compare
+from turnout.core.routing.outcomes import ABComparison, OutcomeTotals, compare
 from turnout.core.routing.router import ACTIVE, ModelTraffic, Router
 from turnout.core.routing.shadow_stats import ShadowStatistics
 from turnout.core.service.batch_events import BatchEvents
@@ -492,12 +492,14 @@ class ModelServer:
 
         A bandit routing learns from it; :meth:`compare_versions` tests it.
         The request may have been served by another server sharing the
-        control state: its id names the version.
+        control state: its id names the version. Each id takes one outcome
+        in the whole fleet: a second, through any server, is refused with
+        InvalidInputError.
         """
         traffic = self._router.traffic(check_name("model_id", model_id))
         if not isinstance(request_id, str):
             raise InvalidInputError("request_id must be a string from an InferenceResult")
-        served = traffic.outcomes.version_of(request_id)
+        served, value = traffic.outcomes.check(request_id, outcome)
         if served != FIXED_VALUE and served not in self._sync.catalogue(model_id):
             await self._sync.catch_up(model_id)  # deployed elsewhere a moment ago, maybe
         if served != FIXED_VALUE and served not in self._sync.catalogue(model_id):
@@ -508,11 +510,22 @@ class ModelServer:
         learn = getattr(traffic.strategy, "record_outcome", None)
         if learn is not None:
             # The strategy validates the reward first, so a refused one changes nothing.
-            learn(traffic.outcomes.version_of(request_id), outcome)
-        version = traffic.outcomes.record(request_id, outcome)
-        totals = await self._sync.add_outcome(model_id, version, float(outcome))
+            learn(served, outcome)
+        # The store claims the id and adds the outcome in one step; until it has, the id
+        # stays known here, so a caller may retry one the store could not take.
+        totals = await self._sync.add_outcome(model_id, served, value, once=request_id)
+        if totals is None:
+            await self.refresh_outcomes(model_id)  # undoes what a strategy learned above
+            raise InvalidInputError(f"request id {request_id!r} already has an outcome")
+        traffic.outcomes.forget(request_id)
+        self._adopt_outcomes(traffic, served, totals)
+        return served
+
+    def _adopt_outcomes(self, traffic: ModelTraffic, version: str, totals: OutcomeTotals) -> None:
         traffic.outcomes.adopt(version, totals)
-        return version
+        adopt = getattr(traffic.strategy, "adopt_outcomes", None)
+        if adopt is not None:
+            adopt(version, totals)
 
     async def refresh_outcomes(self, model_id: str) -> None:
         """Take the outcome totals every server sharing the control state recorded.
@@ -522,7 +535,7 @@ class ModelServer:
         """
         traffic = self._router.traffic(check_name("model_id", model_id))
         for version, totals in (await self._sync.state.outcomes(model_id)).items():
-            traffic.outcomes.adopt(version, totals)
+            self._adopt_outcomes(traffic, version, totals)
 
     def compare_versions(self, model_id: str, a: str, b: str) -> ABComparison:
         """Compare two versions' recorded outcomes: difference, p-value and a verdict."""

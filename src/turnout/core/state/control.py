@@ -11,7 +11,8 @@
 
 and, beside it, each version's outcome aggregates
 (:class:`~turnout.core.routing.outcomes.OutcomeTotals`), which the A/B
-comparison reads and from which a bandit's Beta posterior follows.
+comparison reads and from which a bandit's Beta posterior follows, and the
+request ids that got an outcome (for a day), so that each gets one.
 
 A model's state is written whole, by compare-and-set on its revision: a
 writer whose revision is stale gets :class:`~turnout.core.errors.StateConflictError`
@@ -42,6 +43,7 @@ from turnout.core.routing.router import ACTIVE
 __all__ = [
     "EVERY_MODEL",
     "HISTORY_LIMIT",
+    "OUTCOME_ID_SECONDS",
     "ChangeListener",
     "ControlState",
     "Fence",
@@ -53,6 +55,8 @@ __all__ = [
 
 # Rollout events a model keeps: enough for every step of several rollouts.
 HISTORY_LIMIT = 200
+# How long a request id that got an outcome is remembered, so that no server takes a second.
+OUTCOME_ID_SECONDS = 24 * 3600.0
 
 # listener(model_id, revision): the model's state is now at that revision; re-read it.
 ChangeListener = Callable[[str, int], None]
@@ -142,8 +146,16 @@ class ControlState(Protocol):
         """
         ...
 
-    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
-        """Add one outcome to the version's aggregates, atomically; return the new totals."""
+    async def add_outcome(
+        self, model_id: str, version: str, value: float, *, once: str | None = None
+    ) -> OutcomeTotals | None:
+        """Add one outcome to the version's aggregates, atomically; return the new totals.
+
+        With ``once`` (a request id), the outcome is added only if no outcome
+        with that id was added to the model in the last ``OUTCOME_ID_SECONDS``:
+        otherwise nothing changes and the answer is None. The check and the
+        addition are one atomic step, across every process sharing the store.
+        """
         ...
 
     async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:

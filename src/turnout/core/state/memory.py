@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from turnout.core.routing.outcomes import OutcomeTotals
-from turnout.core.state.control import ChangeListener, Fence, ModelState, fenced_out, stale_revision
+from turnout.core.state.control import (
+    OUTCOME_ID_SECONDS,
+    ChangeListener,
+    Fence,
+    ModelState,
+    fenced_out,
+    stale_revision,
+)
 
 __all__ = ["MemoryState"]
 
@@ -26,6 +34,8 @@ class MemoryState:
     def __init__(self) -> None:
         self._models: dict[str, ModelState] = {}
         self._outcomes: dict[str, dict[str, OutcomeTotals]] = {}
+        # (model, request id) -> when it may take an outcome again (monotonic clock).
+        self._outcome_ids: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._listeners: list[ChangeListener] = []
         self._closed = False
         # name -> (holder, token, expiry on the monotonic clock); name -> last token given.
@@ -83,8 +93,21 @@ class MemoryState:
         current = self._leases.get(name)
         return None if current is None or current[2] <= time.monotonic() else current[1]
 
-    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
-        """Add one outcome to the version's aggregates; return the new totals."""
+    async def add_outcome(
+        self, model_id: str, version: str, value: float, *, once: str | None = None
+    ) -> OutcomeTotals | None:
+        """Add one outcome to the version's aggregates; return the new totals.
+
+        None, and nothing added, if ``once`` already took an outcome.
+        """
+        if once is not None:
+            now = time.monotonic()
+            # Every id is kept equally long, so the oldest are first: expired ones leave in order.
+            while self._outcome_ids and next(iter(self._outcome_ids.values())) <= now:
+                self._outcome_ids.popitem(last=False)
+            if (model_id, once) in self._outcome_ids:
+                return None
+            self._outcome_ids[model_id, once] = now + OUTCOME_ID_SECONDS
         per_version = self._outcomes.setdefault(model_id, {})
         totals = per_version[version] = per_version.get(version, OutcomeTotals()).add(value)
         return totals

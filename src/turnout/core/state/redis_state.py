@@ -5,16 +5,19 @@ Keys, under a prefix (``turnout`` unless told)::
     {prefix}:state:{model_id}      hash: revision, body (the ModelState as JSON)
     {prefix}:models                set of the models that have a version
     {prefix}:outcomes:{model_id}   hash: {version}:count|shift|total|squares|non_binary
+    {prefix}:outcome-id:{model_id}:{request_id}   a request id that got an outcome (a day)
     {prefix}:changes               pub/sub channel: "{model_id} {revision}" per write
 
 A write is one Lua script, so the compare of the revision and the set of the
 body are atomic in Redis; it publishes the change in the same script, so no
 subscriber hears of a write that did not happen. Outcome totals are Redis
-counters (``HINCRBY``, ``HINCRBYFLOAT`` in a ``MULTI``), never a
-read-modify-write from Python; the shift (a version's first outcome) is set
-once with ``HSETNX``. A subscriber whose connection drops announces every
-model's revision again once it is back (``EVERY_MODEL``), so a notification lost in the gap
-costs a re-read, not a change (redis-py's ``PubSub``:
+counters (``HINCRBY``, ``HINCRBYFLOAT``), never a read-modify-write from
+Python; one script claims the request id (``SET NX EX``) and adds to them,
+so an id takes one outcome in the whole fleet and a claimed id never lacks
+its outcome. The shift (a version's first outcome) is set once with
+``HSETNX``. A subscriber whose connection drops announces every model's
+revision again once it is back (``EVERY_MODEL``), so a notification lost in
+the gap costs a re-read, not a change (redis-py's ``PubSub``:
 https://redis.readthedocs.io/en/stable/advanced_features.html#publish-subscribe).
 """
 
@@ -32,6 +35,7 @@ from turnout.core.errors import InvalidConfigError, StateUnavailableError
 from turnout.core.routing.outcomes import OutcomeTotals
 from turnout.core.state.control import (
     EVERY_MODEL,
+    OUTCOME_ID_SECONDS,
     ChangeListener,
     Fence,
     ModelState,
@@ -74,6 +78,31 @@ else
 end
 redis.call('PUBLISH', KEYS[4], ARGV[3] .. ' ' .. revision)
 return {1, revision}
+"""
+
+# KEYS: outcomes hash, the request id's key. ARGV: version, value, seconds the id is
+# kept ('' for no id). Returns false if the id took an outcome already, else the
+# version's count, shift, total, squares and non_binary (floats as strings: Redis
+# would truncate a Lua number to an integer). The shift is set once, by whichever
+# process records first; all then use it.
+_ADD_OUTCOME = """
+if ARGV[3] ~= '' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
+  return false
+end
+local prefix = ARGV[1] .. ':'
+redis.call('HSETNX', KEYS[1], prefix .. 'shift', ARGV[2])
+local shift = redis.call('HGET', KEYS[1], prefix .. 'shift')
+local value = tonumber(ARGV[2])
+local deviation = value - tonumber(shift)
+local binary = (value == 0 or value == 1) and 0 or 1
+return {
+  redis.call('HINCRBY', KEYS[1], prefix .. 'count', 1),
+  shift,
+  redis.call('HINCRBYFLOAT', KEYS[1], prefix .. 'total', string.format('%.17g', deviation)),
+  redis.call('HINCRBYFLOAT', KEYS[1], prefix .. 'squares',
+    string.format('%.17g', deviation * deviation)),
+  redis.call('HINCRBY', KEYS[1], prefix .. 'non_binary', binary),
+}
 """
 
 CONNECT_SECONDS = 0.5
@@ -129,6 +158,7 @@ class RedisState:
             raise InvalidConfigError(f"not a Redis URL: {url!r}: {exc}") from exc
         self._write = self._redis.register_script(_WRITE)
         self._lease = self._redis.register_script(_LEASE)
+        self._add_outcome = self._redis.register_script(_ADD_OUTCOME)
         self._listeners: list[ChangeListener] = []
         self._feed: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Event | None = None
@@ -182,23 +212,27 @@ class RedisState:
         token = await self._call(self._lease(keys=keys, args=[holder, int(seconds * 1000)]))
         return None if token is None else int(token)
 
-    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
-        """Add one outcome to the version's aggregates, atomically; return the new totals."""
-        key = self._key("outcomes", model_id)
-        # The shift is set once, by whichever process records first; all then use it.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hsetnx(key, f"{version}:shift", repr(float(value)))
-            pipe.hget(key, f"{version}:shift")
-            _, shift_text = await self._call(pipe.execute())
-        shift = float(shift_text)
-        deviation = float(value) - shift
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, f"{version}:count", 1)
-            pipe.hincrbyfloat(key, f"{version}:total", deviation)
-            pipe.hincrbyfloat(key, f"{version}:squares", deviation * deviation)
-            pipe.hincrby(key, f"{version}:non_binary", int(value not in (0.0, 1.0)))
-            count, total, squares, non_binary = await self._call(pipe.execute())
-        return OutcomeTotals(int(count), shift, float(total), float(squares), int(non_binary))
+    async def add_outcome(
+        self, model_id: str, version: str, value: float, *, once: str | None = None
+    ) -> OutcomeTotals | None:
+        """Add one outcome to the version's aggregates, atomically; return the new totals.
+
+        None, and nothing added, if ``once`` already took an outcome.
+        """
+        keys = [
+            self._key("outcomes", model_id),
+            self._key("outcome-id", f"{model_id}:{once or ''}"),
+        ]
+        ttl = "" if once is None else str(int(OUTCOME_ID_SECONDS))
+        added = await self._call(
+            self._add_outcome(keys=keys, args=[version, repr(float(value)), ttl])
+        )
+        if not added:
+            return None
+        count, shift, total, squares, non_binary = added
+        return OutcomeTotals(
+            int(count), float(shift), float(total), float(squares), int(non_binary)
+        )
 
     async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
         """Return the model's outcome aggregates per version."""

@@ -33,6 +33,7 @@ from turnout.core.errors import InvalidConfigError, StateUnavailableError
 from turnout.core.routing.outcomes import OutcomeTotals
 from turnout.core.state.control import (
     EVERY_MODEL,
+    OUTCOME_ID_SECONDS,
     ChangeListener,
     Fence,
     ModelState,
@@ -72,6 +73,13 @@ CREATE TABLE IF NOT EXISTS outcomes (
     non_binary INTEGER NOT NULL,
     PRIMARY KEY (model_id, version)
 );
+CREATE TABLE IF NOT EXISTS outcome_ids (
+    model_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (model_id, request_id)
+);
+CREATE INDEX IF NOT EXISTS outcome_ids_expiry ON outcome_ids (expires);
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -243,14 +251,29 @@ class SQLiteState:
 
         return await self._run(work)
 
-    async def add_outcome(self, model_id: str, version: str, value: float) -> OutcomeTotals:
-        """Add one outcome to the version's aggregates, atomically; return the new totals."""
+    async def add_outcome(
+        self, model_id: str, version: str, value: float, *, once: str | None = None
+    ) -> OutcomeTotals | None:
+        """Add one outcome to the version's aggregates, atomically; return the new totals.
+
+        None, and nothing added, if ``once`` already took an outcome.
+        """
         value = float(value)
         non_binary = int(value not in (0.0, 1.0))
 
         def work(db: sqlite3.Connection) -> Any:
             db.execute("BEGIN IMMEDIATE")
             try:
+                if once is not None:
+                    now = time.time()
+                    db.execute("DELETE FROM outcome_ids WHERE expires <= ?", (now,))
+                    taken = db.execute(
+                        "INSERT OR IGNORE INTO outcome_ids VALUES (?, ?, ?)",
+                        (model_id, once, now + OUTCOME_ID_SECONDS),
+                    )
+                    if taken.rowcount == 0:
+                        db.execute("COMMIT")
+                        return None
                 # The first outcome of a version sets its shift; every later one uses it.
                 db.execute(
                     "INSERT OR IGNORE INTO outcomes VALUES (?, ?, 0, ?, 0.0, 0.0, 0)",
@@ -274,8 +297,8 @@ class SQLiteState:
                     db.execute("ROLLBACK")
                 raise
 
-        count, shift, total, squares, non_binary_count = await self._run(work)
-        return OutcomeTotals(count, shift, total, squares, non_binary_count)
+        row = await self._run(work)
+        return None if row is None else OutcomeTotals(*row)
 
     async def outcomes(self, model_id: str) -> dict[str, OutcomeTotals]:
         """Return the model's outcome aggregates per version."""
