@@ -42,6 +42,7 @@ EXPECTED = {
     "ShadowStatistics",
     "SmokeTestError",
     "StoreError",
+    "RepositoryInUseError",
     "hookimpl",
     "hookspec",
     "CircuitOpenError",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import signal
 import sys
@@ -275,6 +276,42 @@ async def test_a_killed_worker_is_restarted_and_the_others_keep_serving(fleet: F
     log = (await fleet.process.stderr.read()).decode()
     assert f"(pid {victim}) exited with signal SIGKILL; restarting it in 0.5 s" in log
     assert "Traceback" not in log
+
+
+async def test_one_worker_writes_the_repository_and_another_takes_over_when_it_dies(
+    tmp_path: Any,
+) -> None:
+    repository = tmp_path / "models"
+    lock = repository / ".lock"
+
+    def holder() -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return int(lock.read_text().strip())
+        return 0
+
+    def stored_weights() -> list[int] | None:
+        with contextlib.suppress(OSError, ValueError):
+            model = json.loads((repository / MODEL / "model.json").read_text())
+            return model["routing"]["params"].get("weights")  # type: ignore[no-any-return]
+        return None
+
+    async def route(weights: list[int]) -> None:
+        config = {"strategy": "weighted", "params": {"versions": ["v1", "v2"], "weights": weights}}
+        status, answer = await fresh(
+            "PUT", f"{fleet.admin}/admin/models/{MODEL}/routing", json=config, headers=HEADERS
+        )
+        assert status == 200, answer
+
+    async with serving(WORKERS, "--repository", str(repository)) as fleet:
+        first = holder()
+        assert first in fleet.pids
+        await route([60, 40])
+        await eventually(lambda: stored_weights() == [60, 40], 5.0)
+
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: holder() not in (0, first), 5.0)
+        await route([20, 80])  # written by the new holder, whichever worker took the change
+        await eventually(lambda: stored_weights() == [20, 80], 5.0)
 
 
 async def test_a_taken_port_is_refused_before_any_worker_starts() -> None:

@@ -405,12 +405,13 @@ def _supervise(args: argparse.Namespace, token: str | None) -> int:
             line.append("--allow-remote")
         if args.mlflow_experiment is not None:
             line += ["--mlflow-experiment", args.mlflow_experiment]
-        # Worker 0 trains the demo and keeps the repository; the others load what it deploys.
+        # Worker 0 trains the demo; the others load what it deploys. Every worker is given
+        # the repository: worker 0 writes it, and another takes over if it dies.
+        if args.repository is not None:
+            line += ["--repository", args.repository]
         if index == 0:
             line += ["--ready-file", str(ready_file)]
             line.append("--no-demo" if args.demo is False else "--demo")
-            if args.repository is not None:
-                line += ["--repository", args.repository]
         else:
             line.append("--no-demo")
         return line

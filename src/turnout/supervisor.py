@@ -12,8 +12,10 @@ The workers share their control state (``--state``; by default a SQLite file
 in the supervisor's run directory) and their artifacts (a directory of ONNX
 files by digest), so a change made through any worker's admin API is in
 force on all, and a version deployed through one is loaded by the others.
-Only worker 0 trains the demo and keeps ``--repository``: the others load
-what it deploys, and it writes to the repository what any of them changes.
+Only worker 0 trains the demo: the others load what it deploys. Every
+worker is given ``--repository``; one writes it (worker 0, which locks it
+first), storing what any of them changes, and the others stand by to take
+the lock over if it dies.
 The others start once worker 0 serves (it touches a ready file), and each
 listens only once it has loaded every version the fleet routes to: no
 connection reaches a worker that would answer 404 for a model still loading.

@@ -44,6 +44,7 @@ __all__ = [
     "OverloadedError",
     "PluginError",
     "RemoteError",
+    "RepositoryInUseError",
     "ServerClosedError",
     "ServiceUnavailableError",
     "SmokeTestError",
@@ -117,6 +118,10 @@ class SmokeTestError(TurnoutError):
 
 class StoreError(TurnoutError):
     """Raised when the model repository cannot be written, or a path in it is refused."""
+
+
+class RepositoryInUseError(StoreError):
+    """Raised when another running server holds the model repository's lock."""
 
 
 class StateConflictError(TurnoutError):

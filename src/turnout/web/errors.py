@@ -32,6 +32,7 @@ from turnout.core.errors import (
     OverloadedError,
     PluginError,
     RemoteError,
+    RepositoryInUseError,
     ServerClosedError,
     ServiceUnavailableError,
     SmokeTestError,
@@ -87,6 +88,8 @@ ERROR_CODES: Mapping[type[TurnoutError], ErrorCode] = {
     PluginError: ErrorCode(500, "internal_error"),
     # Raised by turnout's own clients of another server, never by a handler here.
     RemoteError: ErrorCode(502, "remote_failed"),
+    # Never raised by a handler: a server holds its repository from the start.
+    RepositoryInUseError: ErrorCode(409, "repository_in_use"),
     StoreError: ErrorCode(500, "store_failed"),
     TurnoutError: ErrorCode(500, "internal_error"),
 }

@@ -27,6 +27,7 @@ from turnout import (
     InvalidConfigError,
     InvalidInputError,
     ModelServer,
+    RepositoryInUseError,
     RoutingConfig,
     StateConflictError,
     StateUnavailableError,
@@ -35,6 +36,7 @@ from turnout import (
 from turnout.core.deployments.faults import inject_faults
 from turnout.core.service import controller_lease
 from turnout.core.state.redis_state import RedisState
+from turnout.core.state.repository import ModelStore
 
 SPLIT = RoutingConfig("weighted", {"versions": ["v1", "v2"], "weights": [70, 30]})
 
@@ -299,6 +301,47 @@ async def test_a_version_retired_on_one_server_is_retired_on_the_other(
     await one.retire_model("bc", "v2")
     await eventually(lambda: set(two.get_all_models_status()["bc"]) == {"v1"})
     assert set((await two.control_state.read("bc")).versions) == {"v1"}
+
+
+# -- one repository, many servers: one writes it, the others stand by ---------------------------
+
+
+async def test_servers_sharing_a_state_share_a_repository_with_one_writer_at_a_time(
+    connect: Callable[[], ControlState], tmp_path: Any, logistic_model: Any, forest_model: Any
+) -> None:
+    repository, artifacts = tmp_path / "models", tmp_path / "artifacts"
+
+    def on_disk() -> dict[str, Any]:
+        (record,) = ModelStore(repository, read_only=True).load()
+        return {"versions": {v.version for v in record.versions}, "active": record.active}
+
+    one = ModelServer(
+        state=connect(), repository=repository, artifacts=artifacts, entry_points=False
+    )
+    await one.__aenter__()
+    try:
+        await one.deploy_model("bc", "v1", logistic_model)
+        await one.deploy_model("bc", "v2", forest_model, set_active=False)
+        async with ModelServer(
+            state=connect(), repository=repository, artifacts=artifacts, entry_points=False
+        ) as two:
+            assert set(two.get_all_models_status()["bc"]) == {"v1", "v2"}
+            # Without a shared state, a second server is refused, as before.
+            with pytest.raises(RepositoryInUseError, match="in use by a running server"):
+                async with ModelServer(repository=repository, entry_points=False):
+                    pass
+
+            # A change made through the standby is written by the holder, which hears it.
+            await two.set_active_version("bc", "v2")
+            await eventually(lambda: on_disk()["active"] == "v2", 5.0)
+
+            await one.close()  # its lock goes with it: the standby takes over within a beat
+            await eventually(lambda: not two._store.standby, 5.0)  # type: ignore[union-attr]
+            await two.deploy_model("bc", "v3", logistic_model, set_active=True)
+            await two.retire_model("bc", "v1")
+            assert on_disk() == {"versions": {"v2", "v3"}, "active": "v3"}
+    finally:
+        await one.close()
 
 
 # -- the store goes away, and comes back empty ---------------------------------------------------

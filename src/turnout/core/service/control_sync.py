@@ -482,6 +482,7 @@ class ControlSync:
                 self.fleet.observe(await self.state.heartbeats())
                 self._server._judge_rollouts()
                 await self._learn_outcomes()
+                await self._server._tend_repository()
             except TurnoutError:
                 pass  # an unreachable store: said once, where it is found
             except Exception:

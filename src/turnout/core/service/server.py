@@ -165,6 +165,7 @@ class ModelServer:
             StoreWriter(
                 ModelStore(repository, read_only=bool(repository_read_only)),
                 partial(model_record, self._registry, self._router, self._fallbacks),
+                shared=state is not None,
             )
             if repository is not None
             else None
@@ -206,7 +207,11 @@ class ModelServer:
         natural order (``v10`` after ``v9``). A canary in progress resumes at
         its stored step, judged on a fresh step window: counters, breakers and
         rollout history start anew. Unless the repository is read-only, it is
-        locked first: StoreError if another server holds it.
+        locked first: RepositoryInUseError if another server holds it, unless
+        this one shares a control state (``state=``): then it reads the
+        repository, writes nothing, and takes the lock over once the server
+        holding it is gone (checked every second), so one server of a fleet
+        writes it.
         """
         await self._restorer.restore()
 
@@ -692,6 +697,32 @@ class ModelServer:
         await self._sync.flush()
         if stored is not None:
             raise stored
+
+    async def _tend_repository(self) -> None:
+        """Write the repository from now on if the server that wrote it is gone."""
+        if self._store is None:
+            return
+        records = await self._store.take_over()
+        if records is None:
+            return
+        for deployment in self._registry:
+            if deployment.version not in self._store.stored_versions(deployment.model_id):
+                self._store.save_version(deployment)
+        for record in records:
+            # Only what the fleet retired leaves the disk: not a version this server
+            # could not load, which the catalogue still names.
+            catalogue = self._sync.catalogue(record.model_id)
+            for version in record.versions:
+                if version.version not in catalogue:
+                    self._store.delete_version(record.model_id, version.version)
+            if not catalogue:
+                self._store.model_changed(record.model_id)
+        for model_id in self._registry.model_ids():
+            self._store.model_changed(model_id)
+        try:
+            await self._store.flush()
+        except StoreError as exc:
+            logger.error("took over the model repository, but cannot write it: %s", exc)
 
     async def fleet(self) -> dict[str, dict[str, Any]]:
         """Return every live server sharing this one's control state, by its lease holder name.

@@ -16,7 +16,7 @@ try:
 except ImportError:  # Windows: the repository is not locked
     fcntl = None  # type: ignore[assignment]
 
-from turnout.core.errors import StoreError
+from turnout.core.errors import RepositoryInUseError, StoreError
 from turnout.core.state.repository_files import NOFOLLOW
 
 __all__ = ["LOCK_FILE", "check_unlocked", "flock_repository", "locking"]
@@ -49,14 +49,15 @@ def check_unlocked(directory: str | os.PathLike[str]) -> None:
 
 
 def flock_repository(root: Path, fd: int) -> None:
-    """Lock the open lock file of the repository at ``root``; StoreError says who holds it."""
+    """Lock the open lock file of the repository at ``root``; RepositoryInUseError says who
+    holds it."""
     assert fcntl is not None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise StoreError(f"cannot lock the model repository {root}: {exc}") from exc
-        raise StoreError(
+        raise RepositoryInUseError(
             f"the model repository {root} is in use by a running server{_lock_holder(fd)};"
             " only one server opens a repository at a time. Change its models through that"
             " server instead: turnout deploy --server URL (its admin API), not --repository"

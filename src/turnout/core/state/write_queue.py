@@ -16,7 +16,7 @@ from functools import partial
 import anyio
 
 from turnout.core.deployments.registry import Deployment
-from turnout.core.errors import StoreError
+from turnout.core.errors import RepositoryInUseError, StoreError
 from turnout.core.state.pending import PendingWrites
 from turnout.core.state.repository import ModelStore
 from turnout.core.state.repository_records import ModelRecord, VersionRecord, version_record
@@ -41,11 +41,25 @@ class StoreWriter:
     that names it, so model.json never names a version a crash could lose.
     Disabled (every call a no-op) until the server has restored what the
     store holds.
+
+    With ``shared`` (the server shares its control state with others), a
+    repository another server holds is no error: this writer stands by,
+    reads it without writing, and takes the lock over (:meth:`take_over`)
+    once its holder is gone. One server of a fleet writes the repository,
+    however many are given it.
     """
 
-    def __init__(self, store: ModelStore, state: Callable[[str], ModelRecord | None]) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        state: Callable[[str], ModelRecord | None],
+        *,
+        shared: bool = False,
+    ) -> None:
         self.store = store
         self.enabled = False
+        self.standby = False
+        self._shared = shared
         self._state = state
         self._lock = asyncio.Lock()
         self._tasks = PendingWrites()
@@ -70,16 +84,61 @@ class StoreWriter:
         return records
 
     def _lock_and_load(self) -> list[ModelRecord]:
-        self.store.lock()
+        try:
+            self.store.lock()
+        except RepositoryInUseError:
+            if not self._shared:
+                raise
+            # Read as a read-only store reads: no repairs in a directory another writes.
+            self.standby = self.store.read_only = True
+            logger.info(
+                "the model repository %s is written by another server sharing the control"
+                " state; this one stands by to take over",
+                self.store.root,
+            )
         try:
             return self.store.load()
         except BaseException:
             self.store.close()
             raise
 
+    async def take_over(self) -> list[ModelRecord] | None:
+        """Take the lock of a repository this writer stands by for, if it is free now.
+
+        Returns what the repository holds once this writer holds it (the
+        server then writes what differs from its view), None while another
+        server still holds it or when this writer is not standing by.
+        """
+        if not self.standby:
+            return None
+
+        def attempt() -> list[ModelRecord] | None:
+            self.store.read_only = False
+            try:
+                self.store.lock()
+                return self.store.load()
+            except StoreError:
+                self.store.close()
+                self.store.read_only = True
+                return None
+
+        async with self._lock:
+            records = await anyio.to_thread.run_sync(attempt)
+            if records is None:
+                return None
+            self.standby = False
+            self._stored = {r.model_id: {v.version for v in r.versions} for r in records}
+            self._pending.clear()
+        logger.info("this server now writes the model repository %s", self.store.root)
+        return records
+
+    def stored_versions(self, model_id: str) -> set[str]:
+        """The versions of the model the repository holds, as far as this writer knows."""
+        return set(self._stored.get(model_id, ()))
+
     def save_version(self, deployment: Deployment) -> None:
         """Queue storing a deployed version and its model's state."""
-        if self.enabled:
+        if self.enabled and not self.standby:
             record = version_record(deployment)
             self._queue(lambda: partial(self._save_version, record))
             self.model_changed(deployment.model_id)
@@ -91,13 +150,13 @@ class StoreWriter:
 
     def record_found(self, deployment: Deployment, sha256: str) -> None:
         """Queue writing the deployment.json of a version found as a bare model.onnx."""
-        if self.enabled:
+        if self.enabled and not self.standby:
             write = partial(self.store.save_found, version_record(deployment), sha256)
             self._queue(lambda: write)
 
     def delete_version(self, model_id: str, version: str) -> None:
         """Queue removing a retired version and storing its model's state."""
-        if self.enabled:
+        if self.enabled and not self.standby:
             self._queue(partial(self._delete_version, model_id, version))
             self.model_changed(model_id)
 
@@ -108,7 +167,7 @@ class StoreWriter:
 
     def model_changed(self, model_id: str) -> None:
         """Queue storing the model's state (or removing it, once it has no versions)."""
-        if self.enabled:
+        if self.enabled and not self.standby:
             taken = next(self._clock)
             self._pending.setdefault(model_id, []).append((taken, self._state(model_id)))
             self._queue(partial(self._model_write, model_id, taken))
