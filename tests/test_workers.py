@@ -200,6 +200,23 @@ async def test_a_restarted_worker_answers_only_once_it_serves_what_the_fleet_rou
     assert cut < 20, f"{cut} connections cut by the kill"
 
 
+async def test_a_sticky_key_gets_one_version_from_every_worker(fleet: Fleet) -> None:
+    config = {"strategy": "sticky", "params": {"versions": ["v1", "v2"], "weights": [50, 50]}}
+    status, answer = await fresh(
+        "PUT", f"{fleet.admin}/admin/models/{MODEL}/routing", json=config, headers=HEADERS
+    )
+    assert status == 200, answer
+    versions: dict[str, set[str]] = {}
+    for key, _ in itertools.product([f"user-{i}" for i in range(8)], range(10)):
+        body = {**INFER, "parameters": {"key": key}}
+        status, answer = await fresh("POST", f"{fleet.url}/v2/models/{MODEL}/infer", json=body)
+        assert status == 200, answer
+        versions.setdefault(key, set()).add(answer["model_version"])
+    # Over fresh connections the kernel spreads the 10 requests of a key over both workers.
+    assert all(len(seen) == 1 for seen in versions.values()), versions
+    assert set().union(*versions.values()) == {"v1", "v2"}, versions
+
+
 async def test_the_admin_api_lists_every_worker(fleet: Fleet) -> None:
     pids = await worker_pids(fleet, WORKERS)
     # A worker may answer before it has loaded v2: wait for a beat from each after loading.

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from turnout.core.execution.metrics import MetricsTotals, VersionMetrics
-from turnout.core.service.fleet_traffic import FleetTraffic, traffic_facts
+from turnout.core.service.fleet_traffic import FleetTraffic, RecentFailures, traffic_facts
 
 
 def served(requests: int, *, errors: int = 0, seconds: float = 0.002) -> MetricsTotals:
@@ -83,3 +83,32 @@ def test_traffic_a_newer_release_publishes_differently_is_skipped(
     fleet.observe({"a": odd})
     assert fleet.totals("m", "v1").requests == 0
     assert len([r for r in caplog.records if "not understood" in r.message]) == 1
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_fleets_recent_error_rate_is_taken_over_the_last_minute() -> None:
+    clock = Clock()
+    recent = RecentFailures(seconds=60.0, clock=clock)
+
+    # A burst of failures, then a minute and more of clean traffic: the burst leaves the window.
+    assert recent.rate("m", "v1", served(100, errors=50)) == 0.5
+    clock.now += 30
+    assert recent.rate("m", "v1", served(200, errors=50)) == 0.0  # 100 served since, none failed
+    clock.now += 40
+    assert recent.rate("m", "v1", served(300, errors=80)) == pytest.approx(30 / 200)
+    clock.now += 70
+    assert recent.rate("m", "v1", served(400, errors=80)) == 0.0
+    # Idle: the rate stays what it last was, as a server's own recent rate does.
+    clock.now += 120
+    assert recent.rate("m", "v1", served(400, errors=80)) == 0.0
+    recent.forget("m", "v1")
+    assert recent.rate("m", "v1", served(400, errors=80)) == pytest.approx(0.2)

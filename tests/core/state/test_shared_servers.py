@@ -488,6 +488,39 @@ async def test_a_candidate_failing_on_another_server_is_rolled_back_by_the_leade
     assert "failed" in stored.history[-1].reason, stored.history[-1].reason
 
 
+async def test_the_leaders_health_monitor_rolls_back_on_failures_another_server_saw(
+    pair: tuple[ModelServer, ModelServer, LaggingFeed], binary_data: Any
+) -> None:
+    leader, follower, _ = pair
+    rows = binary_data.X_test.to_numpy()[:1]
+    leader.start_health_monitor(interval=0.05, auto_rollback=True)
+    try:
+        for _ in range(20):  # v1 healthy while active, on the follower's traffic alone
+            await follower.predict("bc", rows)
+        await eventually(
+            lambda: leader._health._stable.get("bc") == ["v1"],
+            5.0,  # type: ignore[attr-defined]
+        )
+        await leader.set_active_version("bc", "v2")
+        await eventually(lambda: follower.active_models["bc"] == "v2")
+        with inject_faults(follower.get_deployment("bc", "v2")) as fault:
+            fault.fail_fraction(1.0)
+            for _ in range(40):
+                with contextlib.suppress(TurnoutError):
+                    await follower.predict("bc", rows)
+
+            await eventually(lambda: leader.active_models["bc"] == "v1", 5.0)
+        await eventually(lambda: follower.active_models["bc"] == "v1")
+        served = leader.get_all_models_status()["bc"]["v2"]["metrics"].request_count
+        assert served == 0, "the leader judged traffic it did not serve itself"
+        # Judged on the follower's requests (its breaker opened after the first failures).
+        report = await leader.health_check("bc", "v2")
+        assert report.request_count == follower.get_deployment("bc", "v2").metrics.requests
+        assert report.error_rate == 1.0
+    finally:
+        leader.stop_health_monitor()
+
+
 async def test_outcomes_recorded_through_three_servers_sum_exactly(
     connect: Callable[[], ControlState], tmp_path: Any, logistic_model: Any, binary_data: Any
 ) -> None:

@@ -55,6 +55,9 @@ class HealthFacts:
     """What a health check may look at: the version's numbers, state and model.
 
     ``error_rate`` is recent: the failed share of the last 100 batches' requests.
+    For a version other servers of the fleet serve too, the numbers are the
+    fleet's: ``request_count`` and ``p99_latency_ms`` over every server, and
+    ``error_rate`` the failed share of the last minute's requests.
     """
 
     model_id: str

@@ -13,14 +13,26 @@ served: a step window must not shrink because a worker died.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from turnout.core.execution.metrics import MetricsTotals
 
-__all__ = ["FleetTraffic", "Traffic", "traffic_facts", "traffic_of"]
+__all__ = [
+    "RECENT_SECONDS",
+    "FleetTraffic",
+    "RecentFailures",
+    "Traffic",
+    "traffic_facts",
+    "traffic_of",
+]
 
 logger = logging.getLogger("turnout")
+
+# How far back the fleet's recent error rate looks (a server's own looks 100 batches back).
+RECENT_SECONDS = 60.0
 
 # (process, model id, version)
 _Key = tuple[str, str, str]
@@ -97,3 +109,42 @@ class FleetTraffic:
         for table in (self._last, self._before):
             for key in [k for k in table if k[1:] == (model_id, version)]:
                 del table[key]
+
+
+class RecentFailures:
+    """The failed share of each version's fleet-wide requests over the last ``seconds``.
+
+    Fleet totals only grow, and arrive a heartbeat at a time: the rate is
+    taken between the oldest reading in the window and the newest. With no
+    request in the window it stays what it last was, as a server's own
+    recent rate does while it is idle.
+    """
+
+    def __init__(
+        self, seconds: float = RECENT_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._seconds = seconds
+        self._clock = clock
+        self._readings: dict[tuple[str, str], deque[tuple[float, int, int]]] = {}
+        self._rates: dict[tuple[str, str], float] = {}
+
+    def rate(self, model_id: str, version: str, totals: MetricsTotals) -> float:
+        """Take the version's fleet ``totals`` now; return its recent failed share."""
+        key, now = (model_id, version), self._clock()
+        readings = self._readings.setdefault(key, deque())
+        readings.append((now, totals.requests, totals.failures))
+        # The oldest reading kept is the last one older than the window: it starts it.
+        while len(readings) > 1 and readings[1][0] <= now - self._seconds:
+            readings.popleft()
+        _, first_requests, first_failures = readings[0]
+        served = totals.requests - first_requests
+        if served > 0:
+            self._rates[key] = (totals.failures - first_failures) / served
+        elif key not in self._rates:
+            self._rates[key] = totals.failures / totals.requests if totals.requests else 0.0
+        return self._rates[key]
+
+    def forget(self, model_id: str, version: str) -> None:
+        """Drop the readings of a retired version."""
+        self._readings.pop((model_id, version), None)
+        self._rates.pop((model_id, version), None)

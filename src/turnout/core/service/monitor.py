@@ -5,6 +5,12 @@ health-check plugins and the deployment's own ``health_check_fn``. Checks
 that are not turnout's own run in worker threads, each bounded by a timeout:
 one that raises or hangs counts as failed and cannot stall the server.
 
+A version other servers of the fleet serve too is judged on the fleet's
+numbers: requests, the failed share over the last minute, and p99 latency,
+from this server's live metrics plus the others' last heartbeats. So the
+controller, the one server that rolls back, rolls back on what every
+client sees, not on its own share of the traffic.
+
 The monitor evaluates every version each interval, emits ``health_changed``
 when a status moves, remembers which versions were healthy while active,
 and, with ``auto_rollback``, moves a model whose active version turned
@@ -16,12 +22,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 
 from turnout.core.deployments.registry import Deployment, ModelRegistry
+from turnout.core.execution.metrics import MetricsTotals
 from turnout.core.resilience.health import (
     HealthCheck,
     HealthFacts,
@@ -31,6 +38,7 @@ from turnout.core.resilience.health import (
     assess,
     worst,
 )
+from turnout.core.service.fleet_traffic import RecentFailures
 from turnout.core.service.plugins import EventEmitter
 
 __all__ = ["HEALTH_CHECK_TIMEOUT", "HealthMonitor", "MonitorSettings"]
@@ -57,8 +65,11 @@ class HealthMonitor:
         checks: Mapping[str, HealthCheck],
         events: EventEmitter,
         rollback: Callable[[str, str, str], None],
+        elsewhere: Callable[[str, str], MetricsTotals] | None = None,
     ) -> None:
         self._registry = registry
+        self._elsewhere = elsewhere
+        self._recent = RecentFailures()
         self._checks = checks
         self._events = events
         self._rollback = rollback
@@ -72,7 +83,7 @@ class HealthMonitor:
 
     async def report(self, deployment: Deployment) -> HealthReport:
         """Return ``deployment``'s health now, with the reasons behind it."""
-        facts = _facts(deployment)
+        facts = self._fleet_facts(deployment, _facts(deployment))
         verdicts = assess(facts)
         where = f"of {deployment.model_id}:{deployment.version}"
         for name, check in self._checks.items():
@@ -104,6 +115,22 @@ class HealthMonitor:
             request_count=facts.request_count,
             error_rate=facts.error_rate,
             reasons=tuple(v.reason for v in verdicts),
+        )
+
+    def _fleet_facts(self, deployment: Deployment, facts: HealthFacts) -> HealthFacts:
+        """The facts on the fleet's numbers, when other servers serve the version too."""
+        if self._elsewhere is None:
+            return facts
+        model_id, version = deployment.model_id, deployment.version
+        elsewhere = self._elsewhere(model_id, version)
+        if not elsewhere.requests:
+            return facts
+        fleet = MetricsTotals.of(deployment.metrics) + elsewhere
+        return replace(
+            facts,
+            request_count=fleet.requests,
+            error_rate=self._recent.rate(model_id, version, fleet),
+            p99_latency_ms=fleet.histogram().quantile(0.99) * 1e3,
         )
 
     async def _run_bounded(self, label: str, call: Callable[[], Any]) -> Any:
@@ -191,6 +218,7 @@ class HealthMonitor:
     def forget(self, model_id: str, version: str) -> None:
         """Drop what the monitor remembers of a retired version."""
         self._last.pop((model_id, version), None)
+        self._recent.forget(model_id, version)
         stable = self._stable.get(model_id)
         if stable and version in stable:
             stable.remove(version)

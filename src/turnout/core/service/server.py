@@ -157,6 +157,8 @@ class ModelServer:
             collect_health_checks(self.plugin_manager),
             self._events,
             rollback=self._roll_back,
+            # What the rest of the fleet served (ControlSync is made below, with the parts).
+            elsewhere=lambda model_id, version: self._sync.fleet.totals(model_id, version),
         )
         self._fallbacks: dict[str, Fallback] = {}
         self._background: set[asyncio.Task[None]] = set()
