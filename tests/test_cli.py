@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from support import read_banner, turnout_serve
-from turnout.cli import main
+from turnout.cli import build_parser, main
 from turnout.core.deployments.faults import FaultInjectingRuntime
+from turnout.serve_environment import SERVE_ENVIRONMENT, env_flag
 from turnout.web import is_loopback, serve
 
 
@@ -284,3 +285,53 @@ def test_the_event_loop_is_uvloop_when_installed_unless_asked_otherwise() -> Non
         loop = loop_factory("uvloop")()  # type: ignore[misc]
         assert type(loop).__module__.startswith("uvloop")
         loop.close()
+
+
+SERVE_ENV = {
+    "TURNOUT_HOST": ("0.0.0.0", "host", "0.0.0.0"),
+    "TURNOUT_PORT": ("9090", "port", 9090),
+    "TURNOUT_REPOSITORY": ("/models", "repository", "/models"),
+    "TURNOUT_STATE": ("redis://redis:6379/0", "state", "redis://redis:6379/0"),
+    "TURNOUT_ARTIFACTS": ("/models/.artifacts", "artifacts", "/models/.artifacts"),
+    "TURNOUT_WORKERS": ("3", "workers", 3),
+    "TURNOUT_SHUTDOWN_TIMEOUT": ("20", "shutdown_timeout", 20.0),
+    "TURNOUT_ADMIN_HOST": ("0.0.0.0", "admin_host", "0.0.0.0"),
+    "TURNOUT_ADMIN_PORT": ("9091", "admin_port", 9091),
+}
+
+
+def test_every_serve_option_a_container_sets_comes_from_its_environment_variable(
+    monkeypatch,
+) -> None:
+    for variable, (value, _, _) in SERVE_ENV.items():
+        monkeypatch.setenv(variable, value)
+    args = build_parser().parse_args(["serve"])
+    for variable, (_, name, parsed) in SERVE_ENV.items():
+        assert getattr(args, name) == parsed, variable
+    # A flag on the command line still wins.
+    assert build_parser().parse_args(["serve", "--port", "7000"]).port == 7000
+    # Every variable turnout serve reads is here, or is the token or the yes/no flag.
+    assert set(SERVE_ENVIRONMENT) == {*SERVE_ENV, "TURNOUT_ADMIN_TOKEN", "TURNOUT_ALLOW_REMOTE"}
+
+
+def test_serve_help_names_every_environment_variable(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for variable, option in SERVE_ENVIRONMENT.items():
+        assert f"${variable}" in out, f"{option}'s variable {variable} is not in --help"
+
+
+@pytest.mark.parametrize(("value", "allowed"), [("1", True), ("yes", True), ("0", False)])
+def test_turnout_allow_remote_is_a_yes_or_no(value: str, allowed: bool, monkeypatch) -> None:
+    monkeypatch.setenv("TURNOUT_ALLOW_REMOTE", value)
+    monkeypatch.delenv("TURNOUT_ADMIN_TOKEN", raising=False)
+    assert env_flag("TURNOUT_ALLOW_REMOTE") is allowed
+
+
+def test_a_misspelt_turnout_allow_remote_is_refused(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("TURNOUT_ALLOW_REMOTE", "ture")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--host", "0.0.0.0"])
+    assert exit_info.value.code == 2
+    assert "TURNOUT_ALLOW_REMOTE must be" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from typing import Any
 import turnout
 from turnout.core.errors import TurnoutError
 from turnout.core.execution.outputs import OutputMode
+from turnout.serve_environment import env_default, env_flag
 from turnout.web.auth import TOKEN_ENV
 from turnout.web.eventloop import EVENT_LOOPS
 
@@ -115,9 +116,16 @@ def _add_serve(commands: Any) -> None:
             f" and, when {TOKEN_ENV} (or --admin-token) is set, the admin API on --admin-port."
         ),
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument(
-        "--port", type=_port, default=8080, help="port to listen on (8080; 0 picks a free one)"
+        "--host",
+        default=env_default("TURNOUT_HOST", "127.0.0.1"),
+        help="address to listen on (127.0.0.1; $TURNOUT_HOST)",
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=env_default("TURNOUT_PORT", "8080"),
+        help="port to listen on (8080; 0 picks a free one; $TURNOUT_PORT)",
     )
     serve.add_argument(
         "--demo",
@@ -128,14 +136,14 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument(
         "--repository",
         metavar="DIR",
-        default=None,
+        default=env_default("TURNOUT_REPOSITORY", None),
         help="store deployments and routing in DIR and restore them at start"
-        " (--demo then deploys only into an empty repository)",
+        " (--demo then deploys only into an empty repository; $TURNOUT_REPOSITORY)",
     )
     serve.add_argument(
         "--state",
         metavar="URL",
-        default=os.environ.get(STATE_ENV),
+        default=env_default(STATE_ENV, None),
         help=f"where control state lives: memory (the default), or redis://host:port/db,"
         f" shared by every server given it (needs turnout[redis]; ${STATE_ENV})",
     )
@@ -143,16 +151,16 @@ def _add_serve(commands: Any) -> None:
         "--workers",
         metavar="N",
         type=_workers,
-        default=os.environ.get(WORKERS_ENV, "1"),
+        default=env_default(WORKERS_ENV, "1"),
         help=f"worker processes serving the port (1; auto: one per usable core; ${WORKERS_ENV})."
         " They share control state and artifacts, so a change through any reaches all",
     )
     serve.add_argument(
         "--artifacts",
         metavar="DIR",
-        default=None,
+        default=env_default("TURNOUT_ARTIFACTS", None),
         help="directory where servers sharing --state share deployed ONNX files by digest"
-        " (--workers makes one of its own)",
+        " (--workers makes one of its own; $TURNOUT_ARTIFACTS)",
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -161,8 +169,9 @@ def _add_serve(commands: Any) -> None:
         "--shutdown-timeout",
         metavar="SECONDS",
         type=_seconds,
-        default=30.0,
-        help="how long requests in flight get to be answered at shutdown (30)",
+        default=env_default("TURNOUT_SHUTDOWN_TIMEOUT", "30"),
+        help="how long requests in flight get to be answered at shutdown"
+        " (30; $TURNOUT_SHUTDOWN_TIMEOUT)",
     )
     serve.add_argument(
         "--event-loop",
@@ -180,7 +189,8 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow a non-loopback --host without an admin token",
+        default=None,
+        help="allow a non-loopback --host without an admin token ($TURNOUT_ALLOW_REMOTE=1)",
     )
     admin = serve.add_argument_group(
         "admin API",
@@ -194,9 +204,16 @@ def _add_serve(commands: Any) -> None:
         default=None,
         help=f"bearer token of the admin API (default: ${TOKEN_ENV}); 16+ characters",
     )
-    admin.add_argument("--admin-host", default="127.0.0.1", help="admin address (127.0.0.1)")
     admin.add_argument(
-        "--admin-port", type=_port, default=8081, help="admin port (8081; 0 picks a free one)"
+        "--admin-host",
+        default=env_default("TURNOUT_ADMIN_HOST", "127.0.0.1"),
+        help="admin address (127.0.0.1; $TURNOUT_ADMIN_HOST)",
+    )
+    admin.add_argument(
+        "--admin-port",
+        type=_port,
+        default=env_default("TURNOUT_ADMIN_PORT", "8081"),
+        help="admin port (8081; 0 picks a free one; $TURNOUT_ADMIN_PORT)",
     )
     admin.add_argument(
         "--admin-without-token",
@@ -303,6 +320,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from turnout.web.serve import AdminSettings
 
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
+    if args.allow_remote is None:
+        try:
+            args.allow_remote = env_flag("TURNOUT_ALLOW_REMOTE")
+        except ValueError as exc:
+            parser.error(str(exc))
     admin = None
     try:
         if token is not None or args.admin_without_token:
