@@ -227,10 +227,12 @@ async def test_bandits_on_every_server_learn_from_the_outcomes_any_server_record
     for version, reward in (("v1", 1.0), ("v1", 1.0), ("v2", 0.0), ("v1", 0.25)):
         result = await one.infer("bc", rows, version=version)
         await one.record_outcome("bc", result.request_id, reward)
-    fleet_posteriors = {"v1": (3.25, 1.75), "v2": (1.0, 2.0)}
+    fleet_posteriors = [3.25, 1.75, 1.0, 2.0]  # v1's alpha and beta, then v2's
 
-    def posteriors(server: ModelServer) -> dict[str, tuple[float, float]]:
-        return server._router.traffic("bc").strategy.posteriors()  # type: ignore[attr-defined,no-any-return]
+    def posteriors(server: ModelServer) -> list[float]:
+        """The bandit's (alpha, beta) of v1 then v2, flat: approx compares flat sequences."""
+        found = server._router.traffic("bc").strategy.posteriors()  # type: ignore[attr-defined]
+        return [*found["v1"], *found["v2"]]
 
     assert posteriors(one) == pytest.approx(fleet_posteriors)
     # The other server takes them within a heartbeat, with no outcome of its own.
