@@ -336,3 +336,12 @@ def test_identical_outcomes_are_no_difference():
         OutcomeStatistics("a", 5, 2.0, 0.0, False), OutcomeStatistics("b", 5, 2.0, 0.0, False)
     )
     assert (constant.test, constant.p_value) == ("Welch's t-test", 1.0)
+
+
+@pytest.mark.parametrize("outcome", [1e200, -1e151])
+def test_an_outcome_whose_square_would_overflow_is_refused_and_the_id_kept(outcome):
+    tracker = OutcomeTracker()
+    request = tracker.new_request("v1")
+    with pytest.raises(InvalidInputError, match="within"):
+        tracker.record(request, outcome)
+    assert tracker.record(request, 1e150) == "v1"

@@ -314,8 +314,14 @@ async def test_servers_sharing_a_state_share_a_repository_with_one_writer_at_a_t
     repository, artifacts = tmp_path / "models", tmp_path / "artifacts"
 
     def on_disk() -> dict[str, Any]:
-        (record,) = ModelStore(repository, read_only=True).load()
+        records = ModelStore(repository, read_only=True).load()
+        (record,) = [r for r in records if r.model_id == "bc"]
         return {"versions": {v.version for v in record.versions}, "active": record.active}
+
+    # A model no server can load: no catalogue names it, and no writer may delete it.
+    broken = repository / "broken" / "v1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not ONNX")
 
     one = ModelServer(
         state=connect(), repository=repository, artifacts=artifacts, entry_points=False
@@ -342,6 +348,7 @@ async def test_servers_sharing_a_state_share_a_repository_with_one_writer_at_a_t
             await two.deploy_model("bc", "v3", logistic_model, set_active=True)
             await two.retire_model("bc", "v1")
             assert on_disk() == {"versions": {"v2", "v3"}, "active": "v3"}
+            assert (broken / "model.onnx").read_bytes() == b"not ONNX"
     finally:
         await one.close()
 

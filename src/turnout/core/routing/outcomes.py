@@ -21,6 +21,8 @@ from turnout.core.names import MAX_NAME_LENGTH
 __all__ = ["ABComparison", "OutcomeStatistics", "OutcomeTotals", "OutcomeTracker", "compare"]
 
 DEFAULT_CAPACITY = 100_000
+# Outcomes larger than this in magnitude are refused: squares of sums of them stay finite.
+MAX_OUTCOME = 1e150
 # model~version~token: two names and a token ("1a2b3c4d-<counter>") with room to spare.
 MAX_REQUEST_ID_LENGTH = 2 * MAX_NAME_LENGTH + 66
 
@@ -151,6 +153,9 @@ class OutcomeTracker:
             outcome = float(outcome)
         if not isinstance(outcome, numbers.Real) or not _finite(outcome):
             raise InvalidInputError(f"outcome must be a finite number, got {outcome!r}")
+        if abs(float(outcome)) > MAX_OUTCOME:
+            # Its square would overflow the totals' sum of squares (in Redis, mid-update).
+            raise InvalidInputError(f"outcome must be within ±{MAX_OUTCOME:g}, got {outcome!r}")
         return self.version_of(request_id), float(outcome)
 
     def forget(self, request_id: str) -> None:

@@ -113,6 +113,7 @@ class ControlSync:
         self._tasks = PendingWrites()
         self._applying = False
         self.paused = False
+        self.in_step = False  # start() has adopted the shared state
         self._unsubscribe: Callable[[], None] | None = None
 
     # -- writing this server's changes ---------------------------------------------------
@@ -284,6 +285,7 @@ class ControlSync:
             elif self._catalogue_differs(model_id):
                 self.changed(model_id, choice=False)
         await self.flush()
+        self.in_step = True
 
     def _heard(self, model_id: str, revision: int) -> None:
         if model_id == EVERY_MODEL:
@@ -359,6 +361,11 @@ class ControlSync:
         known = self._known.get(model_id)
         local = self._registry.versions(model_id) if self._registry.contains_model(model_id) else {}
         return set(local) | set(known.versions if known else ())
+
+    def shared_versions(self, model_id: str) -> set[str] | None:
+        """The model's versions in the shared catalogue as last read; None if never read."""
+        known = self._known.get(model_id)
+        return None if known is None else set(known.versions)
 
     def unloaded(self) -> list[str]:
         """``model:version`` of each catalogued version not loaded here (with artifacts)."""
@@ -482,7 +489,8 @@ class ControlSync:
                 self.fleet.observe(await self.state.heartbeats())
                 self._server._judge_rollouts()
                 await self._learn_outcomes()
-                await self._server._tend_repository()
+                if self.in_step:  # a writer taking over must know the fleet's catalogue
+                    await self._server._tend_repository()
             except TurnoutError:
                 pass  # an unreachable store: said once, where it is found
             except Exception:

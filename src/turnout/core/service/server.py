@@ -707,20 +707,24 @@ class ModelServer:
         records = await self._store.take_over()
         if records is None:
             return
+        # Nothing is deleted on taking over: a version on disk that the catalogue lacks
+        # may be one no server could load (a custom op), not one the fleet retired.
         for deployment in self._registry:
+            shared = self._sync.shared_versions(deployment.model_id)
+            if shared is not None and deployment.version not in shared:
+                continue  # retired elsewhere while this server kept it: not written back
             if deployment.version not in self._store.stored_versions(deployment.model_id):
                 self._store.save_version(deployment)
-        for record in records:
-            # Only what the fleet retired leaves the disk: not a version this server
-            # could not load, which the catalogue still names.
-            catalogue = self._sync.catalogue(record.model_id)
-            for version in record.versions:
-                if version.version not in catalogue:
-                    self._store.delete_version(record.model_id, version.version)
-            if not catalogue:
-                self._store.model_changed(record.model_id)
         for model_id in self._registry.model_ids():
             self._store.model_changed(model_id)
+        for record in records:
+            lacking = {v.version for v in record.versions} - self._sync.catalogue(record.model_id)
+            if lacking:
+                logger.warning(
+                    "%s: %s on disk but in no server's catalogue; left as it is",
+                    record.model_id,
+                    ", ".join(sorted(lacking)),
+                )
         try:
             await self._store.flush()
         except StoreError as exc:
