@@ -51,14 +51,28 @@ class Fleet:
     pids: set[int] = field(default_factory=set)  # of the workers ready at the start
 
 
+# A worker that holds a request this long without answering is a failure in itself.
+ANSWER_SECONDS = 10.0
+
+
 async def fresh(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
-    """One request over a new connection; return its status and JSON body."""
+    """One request over a new connection; return its status and JSON body.
+
+    AssertionError, naming the request, if it is not answered in ANSWER_SECONDS.
+    """
     connector = aiohttp.TCPConnector(force_close=True)
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.request(method, url, **kwargs) as response,
-    ):
-        return response.status, await response.json()
+    own_timeout = "timeout" in kwargs  # then the caller counts its timeouts itself
+    kwargs.setdefault("timeout", aiohttp.ClientTimeout(total=ANSWER_SECONDS))
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.request(method, url, **kwargs) as response,
+        ):
+            return response.status, await response.json()
+    except TimeoutError:
+        if own_timeout:
+            raise
+        raise AssertionError(f"{method} {url} got no answer in {ANSWER_SECONDS} s") from None
 
 
 async def infer(fleet: Fleet, **kwargs: Any) -> tuple[int, Any]:
