@@ -310,8 +310,9 @@ def test_every_serve_option_a_container_sets_comes_from_its_environment_variable
         assert getattr(args, name) == parsed, variable
     # A flag on the command line still wins.
     assert build_parser().parse_args(["serve", "--port", "7000"]).port == 7000
-    # Every variable turnout serve reads is here, or is the token or the yes/no flag.
-    assert set(SERVE_ENVIRONMENT) == {*SERVE_ENV, "TURNOUT_ADMIN_TOKEN", "TURNOUT_ALLOW_REMOTE"}
+    # Every variable turnout serve reads is here, or is the token or a yes/no flag.
+    flags = {"TURNOUT_ALLOW_REMOTE", "TURNOUT_ALLOW_PICKLE"}
+    assert set(SERVE_ENVIRONMENT) == {*SERVE_ENV, "TURNOUT_ADMIN_TOKEN", *flags}
 
 
 def test_serve_help_names_every_environment_variable(capsys) -> None:

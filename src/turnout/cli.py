@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import turnout
+from turnout.commands.served_models import ServedModel, parse_served_model
 from turnout.core.errors import TurnoutError
 from turnout.core.execution.outputs import OutputMode
 from turnout.serve_environment import env_default, env_flag
@@ -69,6 +70,13 @@ def _seconds(text: str) -> float:
     if not 0 < seconds < 86400:
         raise argparse.ArgumentTypeError(f"must be more than 0 and less than a day: {text}")
     return seconds
+
+
+def _served_model(text: str) -> ServedModel:
+    try:
+        return parse_served_model(text)
+    except TurnoutError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _metadata(text: str) -> tuple[str, str]:
@@ -132,6 +140,23 @@ def _add_serve(commands: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="train and serve the built-in demo models (on when there are no models to serve)",
+    )
+    serve.add_argument(
+        "--model",
+        metavar="NAME[:VERSION]=PATH",
+        type=_served_model,
+        action="append",
+        default=[],
+        help="serve the model file PATH (.onnx; a joblib/pickle only with --allow-pickle), or"
+        " the one model file in the directory PATH, as NAME (version 1 unless named);"
+        " repeat for more models. As KServe runs a runtime: --model NAME=/mnt/models",
+    )
+    serve.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        default=None,
+        help="let --model load scikit-learn pickles, which runs the code inside them: only for"
+        " files you trust ($TURNOUT_ALLOW_PICKLE=1)",
     )
     serve.add_argument(
         "--repository",
@@ -320,11 +345,13 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from turnout.web.serve import AdminSettings
 
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
-    if args.allow_remote is None:
-        try:
+    try:
+        if args.allow_remote is None:
             args.allow_remote = env_flag("TURNOUT_ALLOW_REMOTE")
-        except ValueError as exc:
-            parser.error(str(exc))
+        if args.allow_pickle is None:
+            args.allow_pickle = env_flag("TURNOUT_ALLOW_PICKLE")
+    except ValueError as exc:
+        parser.error(str(exc))
     admin = None
     try:
         if token is not None or args.admin_without_token:
@@ -344,9 +371,9 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     # Without models to serve, the demo's are served; a repository's models win.
-    demo = True if args.demo is None else args.demo
+    demo = not args.model if args.demo is None else args.demo
     if args.workers > 1 and args.worker_index is None:
-        return _supervise(args, token)
+        return _supervise(args, token, demo)
     from turnout.web.eventloop import loop_factory
     from turnout.web.launch import run_serve
 
@@ -357,6 +384,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                     args.host,
                     args.port,
                     demo=demo,
+                    models=args.model,
+                    allow_pickle=args.allow_pickle,
                     repository=args.repository,
                     state=args.state,
                     artifacts=args.artifacts,
@@ -386,7 +415,7 @@ def _cannot_listen(exc: OSError) -> int:
     return 1
 
 
-def _supervise(args: argparse.Namespace, token: str | None) -> int:
+def _supervise(args: argparse.Namespace, token: str | None, demo: bool) -> int:
     """Run ``args.workers`` workers of this ``turnout serve`` under a supervisor."""
     from turnout.supervisor import RunDirectory, Supervisor
     from turnout.web.listeners import Listeners
@@ -433,7 +462,11 @@ def _supervise(args: argparse.Namespace, token: str | None) -> int:
             line += ["--repository", args.repository]
         if index == 0:
             line += ["--ready-file", str(ready_file)]
-            line.append("--no-demo" if args.demo is False else "--demo")
+            line.append("--demo" if demo else "--no-demo")
+            for model in args.model:
+                line += ["--model", f"{model.name}:{model.version}={model.path}"]
+            if args.allow_pickle:
+                line.append("--allow-pickle")
         else:
             line.append("--no-demo")
         return line

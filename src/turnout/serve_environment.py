@@ -22,6 +22,7 @@ SERVE_ENVIRONMENT: Mapping[str, str] = {
     "TURNOUT_WORKERS": "--workers",
     "TURNOUT_SHUTDOWN_TIMEOUT": "--shutdown-timeout",
     "TURNOUT_ALLOW_REMOTE": "--allow-remote",
+    "TURNOUT_ALLOW_PICKLE": "--allow-pickle",
     "TURNOUT_ADMIN_TOKEN": "--admin-token",
     "TURNOUT_ADMIN_HOST": "--admin-host",
     "TURNOUT_ADMIN_PORT": "--admin-port",
