@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
+
 from turnout import ControlState, ModelState, OutcomeTotals
 from turnout.core.state.control import Fence
 
@@ -118,3 +120,19 @@ class DelegatingState:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+async def answers(session: aiohttp.ClientSession, url: str, want: int = 200) -> None:
+    """Ask ``url`` over fresh connections until it answers ``want`` 10 times in a row."""
+    deadline = asyncio.get_running_loop().time() + 60
+    in_a_row, status = 0, 0
+    while in_a_row < 10:
+        assert asyncio.get_running_loop().time() < deadline, f"{url}: last {status}"
+        try:
+            async with session.get(url) as answer:
+                status = answer.status
+        except aiohttp.ClientConnectionError:
+            status = 0
+        in_a_row = in_a_row + 1 if status == want else 0
+        if status != want:
+            await asyncio.sleep(0.1)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services import RedisServer
+from services import RedisServer, free_port
+from support import answers
 from turnout import AdminClient
 from turnout.core.execution.convert import load_model
 from turnout.serve_environment import SERVE_ENVIRONMENT
@@ -134,28 +134,6 @@ def test_the_image_runs_turnout_serve_as_a_user_with_a_readiness_healthcheck() -
         assert variable in SERVE_ENVIRONMENT, variable
     run_as = kind("Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert str(run_as) == user.group(1)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def answers(session: aiohttp.ClientSession, url: str, want: int = 200) -> None:
-    """Ask ``url`` over fresh connections until it answers ``want`` 10 times in a row."""
-    deadline = asyncio.get_running_loop().time() + 60
-    in_a_row, status = 0, 0
-    while in_a_row < 10:
-        assert asyncio.get_running_loop().time() < deadline, f"{url}: last {status}"
-        try:
-            async with session.get(url) as answer:
-                status = answer.status
-        except aiohttp.ClientConnectionError:
-            status = 0
-        in_a_row = in_a_row + 1 if status == want else 0
-        if status != want:
-            await asyncio.sleep(0.1)
 
 
 async def test_turnout_serve_run_as_the_deployment_says_answers_its_probes(
