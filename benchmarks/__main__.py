@@ -1,4 +1,4 @@
-"""``python -m benchmarks {core,http,peers}``: turnout's benchmarks (see benchmarks/README.md)."""
+"""``python -m benchmarks COMMAND``: turnout's benchmarks (see benchmarks/README.md)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
-USAGE = """usage: python -m benchmarks {core,http,peers} [options]
+USAGE = """usage: python -m benchmarks {core,http,fleet,peers} [options]
 
   core    in-process: turnout against bare ONNX Runtime and batching off
   http    over HTTP: turnout against the bare aiohttp ceiling and MLServer,
           closed and open loop, routing and resilience cost; table and plots
+  fleet   3 replicas x 2 workers behind nginx, one Redis: rolling restart,
+          SIGKILL, a canary and routing changes under load; a table
   peers   set up (--setup) or check the peer servers' virtualenv (MLServer)
 
 python -m benchmarks COMMAND --help for a command's options."""
@@ -26,6 +28,10 @@ def _command(name: str) -> Callable[[Sequence[str]], int] | None:
         from benchmarks.httpbench import main as http
 
         return http
+    if name == "fleet":
+        from benchmarks.fleet import main as fleet
+
+        return fleet
     if name == "peers":
         from benchmarks.peers import main as peers
 
@@ -44,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         problem = f"unknown command {args[0]!r}" if args else "a command is required"
         print(
-            f"python -m benchmarks: error: {problem} (choose from core, http, peers)",
+            f"python -m benchmarks: error: {problem} (choose from core, http, fleet, peers)",
             file=sys.stderr,
         )
         return 2

@@ -115,9 +115,10 @@ class ServerSpec:
 class RunningServer:
     """One started server process group."""
 
-    def __init__(self, spec: ServerSpec, log: Path) -> None:
+    def __init__(self, spec: ServerSpec, log: Path, ports: Sequence[int] = ()) -> None:
         self.spec = spec
-        self.ports = [free_port() for _ in range(spec.ports)]
+        # Given the ports of a server it replaces (a restart); else free ones.
+        self.ports = list(ports) or [free_port() for _ in range(spec.ports)]
         self.url = f"http://127.0.0.1:{self.ports[0]}"
         argv = [self._fill(arg) for arg in spec.argv]
         env = {**os.environ, **{k: self._fill(v) for k, v in spec.env.items()}}
