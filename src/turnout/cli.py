@@ -9,9 +9,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import turnout
 from turnout.commands.served_models import ServedModel, parse_served_model
@@ -20,6 +20,9 @@ from turnout.core.execution.outputs import OutputMode
 from turnout.serve_environment import env_default, env_flag
 from turnout.web.auth import TOKEN_ENV
 from turnout.web.eventloop import EVENT_LOOPS
+
+if TYPE_CHECKING:  # loading the server (ONNX Runtime) waits until a command needs it
+    from turnout.core.service.server import ModelServer
 
 __all__ = ["STATE_ENV", "WORKERS_ENV", "build_parser", "main"]
 
@@ -384,8 +387,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                     args.host,
                     args.port,
                     demo=demo,
-                    models=args.model,
-                    allow_pickle=args.allow_pickle,
+                    prepare=_deploying(args.model, args.allow_pickle) if args.model else None,
                     repository=args.repository,
                     state=args.state,
                     artifacts=args.artifacts,
@@ -405,6 +407,18 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # before the server took over the signal, e.g. while training
         return 130
     return 0
+
+
+def _deploying(
+    models: Sequence[ServedModel], allow_pickle: bool
+) -> Callable[[ModelServer], Awaitable[None]]:
+    """What deploys the --model files into a server at start."""
+    from turnout.commands.served_models import deploy_served_models
+
+    async def deploy(server: ModelServer) -> None:
+        await deploy_served_models(server, models, allow_pickle=allow_pickle)
+
+    return deploy
 
 
 def _cannot_listen(exc: OSError) -> int:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from turnout.commands.served_models import ServedModel, deploy_served_models
 from turnout.core.service.server import ModelServer
 from turnout.core.state.locations import open_state
 from turnout.web.auth import TOKEN_ENV
@@ -25,8 +24,7 @@ async def run_serve(
     port: int,
     *,
     demo: bool,
-    models: Sequence[ServedModel] = (),
-    allow_pickle: bool = False,
+    prepare: Callable[[ModelServer], Awaitable[None]] | None = None,
     repository: str | os.PathLike[str] | None = None,
     state: str | None = None,
     artifacts: str | os.PathLike[str] | None = None,
@@ -40,9 +38,9 @@ async def run_serve(
     """Serve until SIGINT/SIGTERM; then answer in-flight requests and close the server.
 
     With ``repository`` the server restores its models from there first, and
-    the demo is deployed only if that leaves it with none. ``models`` are
-    files deployed at start (``--model``; pickles only with ``allow_pickle``),
-    each unless the server has it already. Shutdown takes at
+    the demo is deployed only if that leaves it with none. ``prepare`` is awaited
+    with the server before the demo or the listeners: ``turnout serve
+    --model`` deploys its files there. Shutdown takes at
     most about ``shutdown_timeout`` seconds: requests the HTTP side has not
     answered by then are cut off, and those the server admitted get
     ServerClosedError. With ``mlflow_experiment``, deployments and serving
@@ -74,7 +72,8 @@ async def run_serve(
         server = await stack.enter_async_context(
             ModelServer(repository=repository, plugins=plugins, state=control, artifacts=artifacts)
         )
-        await deploy_served_models(server, models, allow_pickle=allow_pickle)
+        if prepare is not None:
+            await prepare(server)
         await _run(server, listeners, demo, repository, admin, shutdown_timeout, banner, ready_file)
     print("turnout: stopped", file=sys.stderr, flush=True)
 
