@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.servers import free_port
 
-__all__ = ["UPSTREAM_HEADER", "Nginx", "RedisServer"]
+__all__ = ["UPSTREAM_HEADER", "Nginx", "RedisServer", "find_binary"]
 
 # The header nginx adds to each answer: every upstream it tried, in order ("a, b").
 UPSTREAM_HEADER = "X-Upstream"
 
 
-def _wait_for(answers: object, process: subprocess.Popen[bytes], name: str) -> None:
-    assert callable(answers)
+def find_binary(name: str) -> str | None:
+    """The path of the program ``name``: on the PATH, or in the sbin directories a PATH may lack."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
+    return shutil.which(name, path=search)
+
+
+def _wait_for(answers: Callable[[], bool], process: subprocess.Popen[bytes], name: str) -> None:
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
         if answers():

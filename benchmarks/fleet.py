@@ -35,7 +35,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -50,7 +49,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from benchmarks.daemons import UPSTREAM_HEADER, Nginx, RedisServer
+from benchmarks.daemons import UPSTREAM_HEADER, Nginx, RedisServer, find_binary
 from benchmarks.servers import RunningServer, ServerSpec, python_module, usable_cores
 from turnout import AdminClient
 
@@ -274,25 +273,24 @@ class Fleet:
         (found,) = [r for r in self.replicas if url.rstrip("/") == r.url]
         return found
 
+    async def _leading(self, asked: Replica) -> list[Replica]:
+        """The replica of each process that says it leads, in the heartbeats ``asked`` reads."""
+        async with AdminClient(asked.admin_url, TOKEN) as admin:
+            processes = (await admin.fleet())["processes"]
+        return [self.replica_at(p["listen"]) for p in processes.values() if p.get("leads")]
+
     async def leader(self, among: Sequence[Replica] | None = None) -> Replica | None:
         """The replica whose worker leads rollouts now, by the fleet's heartbeats; None if none.
 
         ``among``: only these replicas count (a dead one's heartbeat outlives it a while).
         """
-        asked = self.replicas[0] if among is None else among[0]
-        async with AdminClient(asked.admin_url, TOKEN) as admin:
-            processes = (await admin.fleet())["processes"]
-        leading = [self.replica_at(p["listen"]) for p in processes.values() if p.get("leads")]
-        alive = [r for r in leading if among is None or r in among]
+        among = among or self.replicas
+        alive = [r for r in await self._leading(among[0]) if r in among]
         return alive[0] if alive else None
 
     async def leaders(self) -> int:
-        """How many live processes say they lead (one, in a sound fleet)."""
-        async with AdminClient(self.replicas[0].admin_url, TOKEN) as admin:
-            processes = (await admin.fleet())["processes"]
-        now = time.time()
-        # A heartbeat is written every second; an older one is a process gone.
-        return sum(1 for p in processes.values() if p.get("leads") and now - _epoch(p) < 3.0)
+        """How many processes say they lead (one, in a sound fleet)."""
+        return len(await self._leading(self.replicas[0]))
 
     def close(self) -> None:
         """Stop everything started."""
@@ -308,13 +306,6 @@ class Fleet:
         if self.nginx is not None:
             parts.append(f"nginx:\n{self.nginx.error_log()[-3000:]}")
         return "\n\n".join(parts)
-
-
-def _epoch(process: dict[str, Any]) -> float:
-    at = process.get("at")
-    if isinstance(at, (int, float)):
-        return float(at)
-    return datetime.fromisoformat(str(at)).timestamp()
 
 
 class Load:
@@ -635,9 +626,8 @@ def table(reports: Sequence[Report]) -> list[str]:
 
 
 def _binary(name: str) -> str:
-    """The path of a Debian package's daemon, from the PATH or the sbin directories."""
-    search = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
-    found = shutil.which(name, path=search)
+    """The path of a Debian package's daemon; exit naming the package if it is missing."""
+    found = find_binary(name)
     if found is None:
         raise SystemExit(f"{name} is missing: apt-get install -y {name}")
     return found
@@ -670,23 +660,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from benchmarks.machine import RESULTS_DIR, load_average, machine_info, stamp, write_atomic
 
-    args = _parser().parse_args(argv)
-    settings = FleetSettings(
-        replicas=args.replicas,
-        workers=args.workers,
-        concurrency=args.concurrency,
-        settle=args.settle,
-        canary_min_requests=args.canary_min_requests,
-        routing_changes=args.routing_changes,
-    )
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = FleetSettings(
+            replicas=args.replicas,
+            workers=args.workers,
+            concurrency=args.concurrency,
+            settle=args.settle,
+            canary_min_requests=args.canary_min_requests,
+            routing_changes=args.routing_changes,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     binaries = {"redis_binary": _binary("redis-server"), "nginx_binary": _binary("nginx")}
     load_at_start = load_average()
     nginx_version = subprocess.run(
         [binaries["nginx_binary"], "-v"], capture_output=True, text=True
     ).stderr.strip()
 
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     async def run(workdir: Path) -> list[Report]:
-        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         say(f"starting {settings.replicas} replicas x {settings.workers} workers in {workdir}...")
         async with running_fleet(settings, workdir, **binaries) as fleet:
             return await run_scenarios(fleet, say)

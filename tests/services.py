@@ -15,18 +15,15 @@ from pathlib import Path
 
 import pytest
 from benchmarks.daemons import RedisServer as RedisProcess
+from benchmarks.daemons import find_binary
 from benchmarks.servers import free_port
 
 __all__ = ["RedisServer", "free_port", "nginx_binary", "redis_binary", "require_binary"]
 
 
-# Daemons' binaries live in the sbin directories, which a user's PATH may lack.
-_SEARCH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
-
-
 def require_binary(name: str, package: str) -> str:
     """Return the path of ``name``, installing Debian's ``package`` if it is missing."""
-    found = shutil.which(name, path=_SEARCH)
+    found = find_binary(name)
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -34,7 +31,7 @@ def require_binary(name: str, package: str) -> str:
             # A fresh machine's package lists may be empty or stale.
             subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
             subprocess.run(install, capture_output=True, env=env)
-        found = shutil.which(name, path=_SEARCH)
+        found = find_binary(name)
     if found is not None:
         return found
     message = f"{name} is missing: apt-get install -y {package}"
