@@ -29,9 +29,9 @@ from aiohttp import web
 
 from turnout.web.body import (
     bad_request,
+    check_json_type,
     get_object,
     read_bytes,
-    read_json,
     require_object,
     type_name,
 )
@@ -56,11 +56,12 @@ BINARY_CONTENT_TYPE = "application/octet-stream"
 _DIGITS = re.compile(r"-?[0-9]+")
 
 
-async def read_infer_body(request: web.Request) -> tuple[Any, bytes | None]:
-    """Return an inference request's JSON part and its binary part (None for a JSON request).
+async def read_infer_body(request: web.Request) -> tuple[dict[str, Any] | None, bytes]:
+    """Return an inference request's JSON header and binary part, or (None, its JSON body).
 
     With the ``Inference-Header-Content-Length`` header any content type is
-    taken, as Triton does; without it the body must be ``application/json``.
+    taken, as Triton does, and the header is parsed here; without it the body
+    must be ``application/json``, and is returned unparsed.
     """
     value = request.headers.get(HEADER_LENGTH)
     if value is None:
@@ -71,7 +72,8 @@ async def read_infer_body(request: web.Request) -> tuple[Any, bytes | None]:
                 " the length in bytes of the JSON header at the start of the body",
                 HEADER_LENGTH,
             )
-        return await read_json(request), None
+        check_json_type(request)
+        return None, await read_bytes(request)
     body = await read_bytes(request)
     length = _header_length(value, len(body))
     try:

@@ -36,8 +36,8 @@ import turnout
 from turnout.core.names import check_name
 from turnout.core.service.server import ModelServer
 from turnout.web import triton
-from turnout.web.binary import binary_chunks, binary_outputs, binary_response, read_infer_body
-from turnout.web.body import bad_request, get_list, get_string, require_object
+from turnout.web.binary import binary_response
+from turnout.web.body import bad_request
 from turnout.web.jsonio import dumps_bytes
 from turnout.web.keys import DRAINING_KEY, SERVER_KEY
 from turnout.web.models import (
@@ -53,9 +53,9 @@ from turnout.web.models import (
     output_specs,
     result_outputs,
 )
-from turnout.web.params import call_options
-from turnout.web.tensors import InputTensor, encode, parse_input
+from turnout.web.tensors import encode
 from turnout.web.v2_inputs import rows_from_inputs
+from turnout.web.v2_request import read_infer_request
 
 __all__ = ["setup_v2"]
 
@@ -150,15 +150,9 @@ async def infer(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     model, version = _names(request)
     deployment = deployment_in_hand(server, model, version)
-    raw_body, blob = await read_infer_body(request)
-    body = require_object(raw_body, None)
-    request_id = get_string(body, "id", "id", required=False)
-    options = call_options(body)
-    tensors = _inputs(
-        body, blob, MAX_INPUTS if deployment is None else deployment.schema.n_features
-    )
-    requested = _requested_outputs(body)
-    binary = binary_outputs(body)
+    limit = MAX_INPUTS if deployment is None else deployment.schema.n_features
+    decoded = await read_infer_request(request, limit)
+    requested, binary, options = decoded.requested, decoded.binary, decoded.options
     if requested is not None:
         offered = OUTPUT_NAMES if deployment is None else [s.name for s in output_specs(deployment)]
         for i, name in enumerate(requested):
@@ -169,7 +163,7 @@ async def infer(request: web.Request) -> web.Response:
                     f" {', '.join(offered)}",
                     where,
                 )
-    rows = rows_from_inputs(tensors, deployment)
+    rows = rows_from_inputs(decoded.tensors, deployment)
     result = await server.infer(
         model, rows, version=version, key=options.key, timeout=options.timeout
     )
@@ -182,45 +176,12 @@ async def infer(request: web.Request) -> web.Response:
     answer = {
         "model_name": model,
         "model_version": result.version,
-        "id": request_id if request_id is not None else result.request_id,
+        "id": decoded.id if decoded.id is not None else result.request_id,
         "parameters": parameters,
         "outputs": [encode(name, outputs[name]) for name in names],
     }
     in_binary = binary.among(names)
     return binary_response(answer, outputs, in_binary) if in_binary else _json(answer)
-
-
-def _inputs(body: dict[str, Any], blob: bytes | None, limit: int) -> list[InputTensor]:
-    inputs = get_list(body, "inputs", "inputs")
-    assert inputs is not None
-    if not inputs:
-        raise bad_request("inputs is empty: send at least one input tensor", "inputs")
-    if len(inputs) > max(limit, 1):
-        # Checked before any is parsed: 100,000 tiny tensors would hold the loop a second.
-        raise bad_request(
-            f"inputs has {len(inputs)} tensors; this model takes one 2-D tensor, or one"
-            f" per feature ({limit})",
-            "inputs",
-        )
-    chunks = binary_chunks(inputs, blob)
-    return [
-        parse_input(value, f"inputs[{i}]", chunk)
-        for i, (value, chunk) in enumerate(zip(inputs, chunks, strict=True))
-    ]
-
-
-def _requested_outputs(body: dict[str, Any]) -> list[str] | None:
-    outputs = get_list(body, "outputs", "outputs", required=False)
-    if not outputs:
-        return None  # as if absent: every default output
-    names: list[str] = []
-    for i, value in enumerate(outputs):
-        obj = require_object(value, f"outputs[{i}]")
-        name = get_string(obj, "name", f"outputs[{i}].name")
-        assert name is not None
-        if name not in names:
-            names.append(name)
-    return names
 
 
 def _default_outputs(outputs: dict[str, Any]) -> list[str]:
