@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 MODEL = "rf"
+VERSION = "v1"  # the version of MODEL every turnout repository serves
 N_FEATURES = 20
 
 # Routing scenarios, each its own model (versions v1 and v2, the same forest) in one server.
@@ -49,6 +50,11 @@ class Artifacts:
     routing_repo: Path
     joblib_path: Path
     rows: np.ndarray[Any, Any]  # float32, distinct request rows the clients cycle through
+
+    @property
+    def onnx_path(self) -> Path:
+        """Return the model file turnout adaptive serves, where its repository keeps it."""
+        return self.adaptive_repo / MODEL / VERSION / "model.onnx"
 
 
 def model_text(trees: int, depth: int) -> str:
@@ -97,7 +103,7 @@ async def _fill_repositories(model: Any, artifacts: Artifacts) -> None:
     ):
         _empty(repo)
         async with ModelServer(repository=repo) as server:
-            await server.deploy_model(MODEL, "v1", model, batching=batching)
+            await server.deploy_model(MODEL, VERSION, model, batching=batching)
     _empty(artifacts.routing_repo)
     async with ModelServer(repository=artifacts.routing_repo) as server:
         for name, routing in ROUTING_MODELS.items():

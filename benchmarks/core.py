@@ -265,16 +265,21 @@ def turnout_measure(
     return measure
 
 
+def batch_feeds(session: Any, table: np.ndarray[Any, Any], rows: int) -> list[dict[str, Any]]:
+    """Return up to 64 feeds of ``session``, each ``rows`` consecutive rows of ``table``."""
+    name = session.get_inputs()[0].name
+    starts = range(0, len(table) - rows + 1, rows)
+    return [{name: table[s : s + rows]} for s in itertools.islice(starts, 64)]
+
+
 def raw_measure(session: Any, table: np.ndarray[Any, Any], batch: Callable[[], int]) -> Measure:
     """Return a measurer of sequential ``session.run`` calls of ``batch()`` rows."""
-    name = session.get_inputs()[0].name
     cache: dict[int, list[dict[str, Any]]] = {}
 
     async def measure(seconds: float) -> Sample:
         rows = batch()
         if rows not in cache:
-            starts = range(0, len(table) - rows + 1, rows)
-            cache[rows] = [{name: table[s : s + rows]} for s in itertools.islice(starts, 64)]
+            cache[rows] = batch_feeds(session, table, rows)
         latencies = raw_loop(session, cache[rows], seconds)
         calls = len(latencies)
         return Sample(latencies, calls * rows, calls * rows, calls)

@@ -19,6 +19,10 @@ The server that goes first rotates from one round to the next, across cells
 and sections. After every slice the harness waits until the server measured
 is idle again (capped; see ``servers.RunningServer.settle``), so work still
 queued in one server never runs while the next one is measured.
+
+Once every server has stopped, bare ONNX Runtime is timed on the servers'
+core at each batch size turnout formed: each turnout cell's own cost and
+share of the one-core limit come from it (``benchmarks.limit``).
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from typing import TypeVar
 from benchmarks.artifacts import MODEL, ROUTING_MODELS, Artifacts, build_artifacts
 from benchmarks.eventloop import LOOPS, default_loop
 from benchmarks.gitrefs import export_sources, known_ref
+from benchmarks.limit import OrtCost, batch_sizes, measure_ort
 from benchmarks.loadgen import closed_loop, open_loop
 from benchmarks.payloads import KINDS, Payload, build_payload
 from benchmarks.peers import mlserver_specs, mlserver_version
 from benchmarks.servers import (
+    SERVER_CPU,
     RunningServer,
     ServerSpec,
     machine_cpu_seconds,
@@ -68,6 +74,9 @@ SERVERS = ("ceiling", "off", "adaptive", "mlserver")
 SETTLE_CAP = 30.0  # seconds a server may take to go idle after a slice
 QUICK_SETTLE_CAP = 3.0  # quick mode, after a slice; between sections it is SECTION_SETTLE_CAP
 SECTION_SETTLE_CAP = 30.0
+ORT_SECONDS = 2.0  # raw ONNX Runtime, timed seconds per batch size
+QUICK_ORT_SECONDS = 0.5
+LIMITED = ("closed", "routing", "workers")  # the sections whose turnout cells get a limit
 _SERVER_KEYS = {CEILING: "ceiling", OFF: "off", ADAPTIVE: "adaptive"}
 
 
@@ -122,6 +131,7 @@ class Run:
     profile: str | None = None  # py-spy summary of turnout adaptive at concurrency 64
     usable_cores: int | None = None  # before the generator pinned itself
     turns: int = 0  # rounds started so far: who goes first rotates with it
+    ort: OrtCost | None = None  # raw ONNX Runtime's CPU per call, at the batch sizes formed
 
     def order(self, items: list[T]) -> list[T]:
         """Return ``items`` in this round's order, the first one moving on each round."""
@@ -524,6 +534,28 @@ def run_profile(run: Run, servers: list[RunningServer], artifacts: Artifacts, m:
     run.profile = summarize(raw)
 
 
+def run_raw_ort(run: Run, artifacts: Artifacts) -> None:
+    """Time bare ONNX Runtime at every batch size turnout formed, on the servers' core.
+
+    Run once the servers have stopped, so it neither takes the core from a
+    server being measured nor shares it with one still busy. Skipped when no
+    ceiling was measured: without it there is no limit to set a cost against.
+    """
+    batches = [
+        batch
+        for cell in run.cells
+        if cell.section in LIMITED and (batch := cell.window.mean_batch) is not None
+    ]
+    if not batches or not any(c.section == "closed" and c.server == CEILING for c in run.cells):
+        return
+    sizes = batch_sizes(batches)
+    s = run.settings
+    seconds = QUICK_ORT_SECONDS if s.quick else ORT_SECONDS
+    _say(f"raw ONNX Runtime: batches of {', '.join(map(str, sizes))} rows, {seconds:g} s each")
+    model, rows = artifacts.onnx_path, artifacts.rows
+    run.ort = measure_ort(model, rows, sizes, seconds=seconds, rounds=s.rounds, core=SERVER_CPU)
+
+
 def compared_specs(run: Run, artifacts: Artifacts) -> list[ServerSpec]:
     """Return the servers the closed and open sections compare, as the settings choose them."""
     settings = run.settings
@@ -605,6 +637,7 @@ def execute(settings: Settings) -> Run:
     finally:
         for server in servers:
             server.stop()
+    run_raw_ort(run, artifacts)
     run.notes += measurer.settle_notes()
     return run
 
