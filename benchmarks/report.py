@@ -9,14 +9,27 @@ from collections.abc import Sequence
 
 from benchmarks.artifacts import model_text
 from benchmarks.httpbench import ADAPTIVE, CEILING, Cell, Run, workers_name
+from benchmarks.limit import Limit, OrtCost
 from benchmarks.machine import machine_info
+from benchmarks.payloads import KINDS
 from benchmarks.stats import Window
 
-__all__ = ["best_mlserver", "render", "target_checks", "workers_table"]
+__all__ = [
+    "best_mlserver",
+    "cell_limit",
+    "closed_table",
+    "ort_table",
+    "render",
+    "routing_table",
+    "target_checks",
+    "workers_table",
+]
 
 MLSERVERS = ("MLServer adaptive", "MLServer batching off")
 TARGET_KIND = "v2-json-1"
 WORKERS_SCALING = 1.6  # the target: 2 workers at least this many times 1 worker's throughput
+OWN_TARGET = 20e-6  # the target: turnout adaptive's own CPU seconds per request, at most
+LIMIT_TARGET = 0.80  # the target: turnout adaptive's share of the one-core limit, at least
 
 
 def _ms(seconds: float) -> str:
@@ -42,13 +55,27 @@ def _opt(value: float | None, fmt: str) -> str:
     return "-" if value is None else f"{value:{fmt}}"
 
 
+def _us(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    us = seconds * 1e6
+    return f"{us:,.1f}" if abs(us) < 100 else f"{us:,.0f}"
+
+
+def _find_cell(
+    cells: Sequence[Cell], section: str, kind: str, server: str, load: float
+) -> Cell | None:
+    for cell in cells:
+        if (cell.section, cell.kind, cell.server, cell.load) == (section, kind, server, load):
+            return cell
+    return None
+
+
 def _find(
     cells: Sequence[Cell], section: str, kind: str, server: str, load: float
 ) -> Window | None:
-    for cell in cells:
-        if (cell.section, cell.kind, cell.server, cell.load) == (section, kind, server, load):
-            return cell.window
-    return None
+    cell = _find_cell(cells, section, kind, server, load)
+    return None if cell is None else cell.window
 
 
 def best_mlserver(
@@ -61,7 +88,38 @@ def best_mlserver(
     return max(found, key=lambda w: w.throughput), min(found, key=lambda w: w.percentile(99))
 
 
-def _row(cell: Cell, cells: Sequence[Cell], load_text: str) -> str:
+def cell_limit(cell: Cell, cells: Sequence[Cell], ort: OrtCost | None) -> Limit | None:
+    """Return the one-core limit of a turnout cell, or None if this run cannot tell it.
+
+    The HTTP part is the ceiling's CPU per request in the closed loop at the
+    same kind and concurrency; the model part is raw ORT's CPU per row at
+    the cell's mean batch, times the rows each request had run: the request's
+    rows in the closed loop and the workers section, and in the routing
+    section the rows executed per request answered (a mirrored request runs
+    twice).
+    """
+    w = cell.window
+    if ort is None or w.mean_batch is None or not w.requests:
+        return None
+    ceiling = _find(cells, "closed", cell.kind, CEILING, cell.load)
+    per_row = ort.per_row(w.mean_batch)
+    if ceiling is None or ceiling.cpu_per_request is None or per_row is None:
+        return None
+    routed = cell.section == "routing"
+    rows = (w.batch_rows or 0) / w.requests if routed else KINDS[cell.kind].rows
+    return Limit.of(ceiling.cpu_per_request, per_row, rows)
+
+
+def _limit_columns(cell: Cell, cells: Sequence[Cell], ort: OrtCost | None) -> tuple[str, str]:
+    """Return a cell's own µs per request and its % of the limit, as shown."""
+    limit = cell_limit(cell, cells, ort)
+    cost = cell.window.cpu_per_request
+    if limit is None or cost is None:
+        return "-", "-"
+    return _us(limit.own(cost)), f"{limit.share(cell.window.throughput):.0%}"
+
+
+def _row(cell: Cell, cells: Sequence[Cell], load_text: str, extra: Sequence[str] = ()) -> str:
     w = cell.window
     ceiling = _find(cells, cell.section, cell.kind, CEILING, cell.load)
     fastest, lowest = best_mlserver(cells, cell.section, cell.kind, cell.load)
@@ -70,6 +128,7 @@ def _row(cell: Cell, cells: Sequence[Cell], load_text: str) -> str:
         f"| {cell.kind} | {load_text} | {cell.server} | {w.throughput:,.0f}"
         f" | {p50} | {p99} | {p999}"
         f" | {_opt(w.mean_batch, '.1f')} | {_opt(w.cpu_percent, '.0f')} | {_cpu_us(w)}"
+        f"{''.join(f' | {text}' for text in extra)}"
         f" | {w.errors} | {_ratio(w.throughput, ceiling and ceiling.throughput)}"
         f" | {_ratio(w.percentile(99), ceiling and ceiling.percentile(99))}"
         f" | {_ratio(w.throughput, fastest and fastest.throughput)}"
@@ -83,12 +142,18 @@ _HEADER = (
     " | req/s vs ceiling | p99 vs ceiling | req/s vs MLServer | p99 vs MLServer |"
 )
 _RULE = "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+_LIMIT_HEADER = " own µs/req | % of limit |"  # the closed loop's, after CPU µs/req
 
 
-def closed_table(cells: Sequence[Cell]) -> list[str]:
-    """Return the closed-loop table."""
-    lines = [_HEADER.format(load="conc"), _RULE]
-    lines += [_row(c, cells, f"{c.load:g}") for c in cells if c.section == "closed"]
+def closed_table(cells: Sequence[Cell], ort: OrtCost | None = None) -> list[str]:
+    """Return the closed-loop table; turnout's rows with their own cost and % of the limit."""
+    header = _HEADER.format(load="conc").replace(" CPU µs/req |", " CPU µs/req |" + _LIMIT_HEADER)
+    lines = [header, _RULE + "--:|--:|"]
+    lines += [
+        _row(c, cells, f"{c.load:g}", _limit_columns(c, cells, ort))
+        for c in cells
+        if c.section == "closed"
+    ]
     return lines
 
 
@@ -106,49 +171,60 @@ def open_table(cells: Sequence[Cell]) -> list[str]:
     return lines
 
 
-def routing_table(cells: Sequence[Cell]) -> list[str]:
+def routing_table(cells: Sequence[Cell], ort: OrtCost | None = None) -> list[str]:
     """Return the routing-cost table, each setup against plain active routing."""
     lines = [
         "| routing | conc | req/s | p50 ms | p99 ms | p99.9 ms | mean batch (primary + mirror)"
-        " | CPU % | CPU µs/req | errors | req/s vs active | p99 vs active |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        " | CPU % | CPU µs/req | own µs/req | % of limit | errors | req/s vs active"
+        " | p99 vs active |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for c in cells:
         if c.section != "routing":
             continue
         w = c.window
         active = _find(cells, "routing", c.kind, "active", c.load)
+        own, share = _limit_columns(c, cells, ort)
         lines.append(
             f"| {_ROUTING_TEXT.get(c.server, c.server)} | {c.load:g} | {w.throughput:,.0f}"
             f" | {_ms(w.percentile(50))} | {_ms(w.percentile(99))} | {_ms(w.percentile(99.9))}"
             f" | {_opt(w.mean_batch, '.1f')} | {_opt(w.cpu_percent, '.0f')} | {_cpu_us(w)}"
+            f" | {own} | {share}"
             f" | {w.errors} | {_ratio(w.throughput, active and active.throughput)}"
             f" | {_ratio(w.percentile(99), active and active.percentile(99))} |"
         )
     return lines
 
 
-def workers_table(cells: Sequence[Cell], counts: Sequence[int]) -> list[str]:
-    """Return the workers table: each ``--workers N`` against the fewest workers measured."""
+def workers_table(
+    cells: Sequence[Cell], counts: Sequence[int], ort: OrtCost | None = None
+) -> list[str]:
+    """Return the workers table: each ``--workers N`` against the fewest workers measured.
+
+    Own µs/req as in the closed loop, but no % of the limit: that limit is
+    one core's, and these servers may use every core.
+    """
     fewest = min(counts)
     lines = [
         "| workers | conc | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | server CPU %"
-        " | server CPU µs/req | generator CPU % | other CPU % | errors"
+        " | server CPU µs/req | own µs/req | generator CPU % | other CPU % | errors"
         f" | req/s vs {fewest} | CPU µs/req vs {fewest} |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     loads = sorted({c.load for c in cells if c.section == "workers"})
     for load in loads:
         base = _find(cells, "workers", TARGET_KIND, workers_name(fewest), load)
         for count in counts:
-            w = _find(cells, "workers", TARGET_KIND, workers_name(count), load)
-            if w is None:
+            cell = _find_cell(cells, "workers", TARGET_KIND, workers_name(count), load)
+            if cell is None:
                 continue
+            w = cell.window
+            own, _ = _limit_columns(cell, cells, ort)
             lines.append(
                 f"| {count} | {load:g} | {w.throughput:,.0f} | {_ms(w.percentile(50))}"
                 f" | {_ms(w.percentile(99))} | {_ms(w.percentile(99.9))}"
                 f" | {_opt(w.mean_batch, '.1f')} | {_opt(w.cpu_percent, '.0f')} | {_cpu_us(w)}"
-                f" | {_opt(w.generator_cpu_percent, '.0f')}"
+                f" | {own} | {_opt(w.generator_cpu_percent, '.0f')}"
                 f" | {_opt(w.other_cpu_percent, '.0f')} | {w.errors}"
                 f" | {_ratio(w.throughput, base and base.throughput)}"
                 f" | {_ratio(w.cpu_per_request, base and base.cpu_per_request)} |"
@@ -171,7 +247,7 @@ def _check(what: str, ok: bool | None, detail: str) -> str:
     return f"- {what}: {detail}: **{verdict}**"
 
 
-def target_checks(cells: Sequence[Cell]) -> list[str]:
+def target_checks(cells: Sequence[Cell], ort: OrtCost | None = None) -> list[str]:
     """Return the issue's targets, each with the value measured in this run and a verdict."""
     lines = []
     ad64 = _find(cells, "closed", TARGET_KIND, ADAPTIVE, 64)
@@ -189,6 +265,7 @@ def target_checks(cells: Sequence[Cell]) -> list[str]:
         lines.append(
             _check("concurrency 64, adaptive p99 <= 1.3x the ceiling's", p99 <= 1.3, f"{p99:.2f}x")
         )
+    lines += _limit_checks(cells, ort)
     ad1 = _find(cells, "closed", TARGET_KIND, ADAPTIVE, 1)
     ce1 = _find(cells, "closed", TARGET_KIND, CEILING, 1)
     if ad1 and ce1:
@@ -268,6 +345,42 @@ def target_checks(cells: Sequence[Cell]) -> list[str]:
     return lines
 
 
+def _limit_checks(cells: Sequence[Cell], ort: OrtCost | None) -> list[str]:
+    """Return the targets on turnout adaptive's own cost and share of the limit at 64."""
+    cell = _find_cell(cells, "closed", TARGET_KIND, ADAPTIVE, 64)
+    limit = None if cell is None else cell_limit(cell, cells, ort)
+    if cell is None or limit is None or cell.window.cpu_per_request is None:
+        return []
+    own = limit.own(cell.window.cpu_per_request)
+    share = limit.share(cell.window.throughput)
+    return [
+        _check(
+            f"concurrency 64, turnout adaptive own cost <= {OWN_TARGET * 1e6:.0f} µs/request",
+            own <= OWN_TARGET,
+            f"{_us(own)} µs ({_us(cell.window.cpu_per_request)} µs, less the ceiling's"
+            f" {_us(limit.http)} and ONNX Runtime's {_us(limit.model)})",
+        ),
+        _check(
+            f"concurrency 64, adaptive >= {LIMIT_TARGET:.0%} of the limit",
+            share >= LIMIT_TARGET,
+            f"{share:.0%} ({cell.window.throughput:,.0f} of {limit.requests_per_second:,.0f}"
+            " req/s)",
+        ),
+    ]
+
+
+def ort_table(ort: OrtCost) -> list[str]:
+    """Return the table of raw ONNX Runtime's CPU per call and per row at each batch size."""
+    lines = [
+        "| rows per call | calls timed | CPU µs per call | CPU µs per row |",
+        "|--:|--:|--:|--:|",
+    ]
+    for rows in ort.sizes:
+        per_call = ort.per_call(rows)
+        lines.append(f"| {rows} | {ort.calls[rows]:,} | {_us(per_call)} | {_us(per_call / rows)} |")
+    return lines
+
+
 def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> str:
     """Return the whole markdown report."""
     s = run.settings
@@ -288,16 +401,20 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
         " process group's CPU time over the window (100 = one core). Mean batch is rows per"
         " executed batch from turnout's /metrics. Ratios compare servers measured side by side"
         " in this run; 'vs MLServer' is against MLServer's better run (adaptive batching on or"
-        " off) at that load.",
+        " off) at that load. For turnout, 'own µs/req' is its CPU µs per request less the"
+        " ceiling's (closed loop, same kind and concurrency) and less raw ONNX Runtime's CPU"
+        " per row at turnout's mean batch times the rows per request; '% of limit' is its"
+        " req/s over the limit of one core, 1 / (the ceiling's CPU s per request + that ONNX"
+        " Runtime cost). Raw ONNX Runtime is timed in this run (its table is below).",
         "",
         *(f"- {note}" for note in dict.fromkeys(run.notes)),
         "",
     ]
-    checks = target_checks(run.cells)
+    checks = target_checks(run.cells, run.ort)
     if checks:
         lines += ["## Targets", "", *checks, ""]
     if any(c.section == "closed" for c in run.cells):
-        lines += ["## Closed loop", "", *closed_table(run.cells), ""]
+        lines += ["## Closed loop", "", *closed_table(run.cells, run.ort), ""]
     sections = {
         "open": (
             "Open loop (V2 JSON, one row)",
@@ -314,8 +431,10 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
             "Routing and resilience cost (turnout adaptive, V2 JSON, one row)",
             "One server, one model per routing setup (versions v1 and v2 are the same forest),"
             " measured side by side. Under shadow routing every request is also run on v2;"
-            " latency and errors are the primary's (what the client sees).",
-            lambda: routing_table(run.cells),
+            " latency and errors are the primary's (what the client sees). Own µs/req and % of"
+            " limit count the model rows each answered request had run (2 under 100% shadow)"
+            " against the closed loop's ceiling at the same concurrency.",
+            lambda: routing_table(run.cells, run.ort),
         ),
         "workers": (
             "Workers (turnout serve --workers N, turnout adaptive, V2 JSON, one row)",
@@ -327,13 +446,28 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
             " of the machine's busy time over them (other processes, the kernel, the"
             " hypervisor's steal). Mean batch is over all workers: any worker's /metrics"
             " reports every worker, as last published (up to a second old). Ratios are against"
-            " the fewest workers measured.",
-            lambda: workers_table(run.cells, s.workers),
+            " the fewest workers measured. Own µs/req is against the closed loop's ceiling at the"
+            " same concurrency; no % of limit, as that limit is one core's.",
+            lambda: workers_table(run.cells, s.workers, run.ort),
         ),
     }
     for section, (heading, text, table) in sections.items():
         if any(c.section == section for c in run.cells):
             lines += [f"## {heading}", "", text, "", *table(), ""]
+    if run.ort is not None:
+        where = "" if run.ort.core is None else f" on CPU {run.ort.core}"
+        lines += [
+            "## Raw ONNX Runtime (the model's own cost, this run)",
+            "",
+            f"Bare `session.run` calls on the model file turnout serves, with turnout's session"
+            f" options, timed in CPU time in the harness process{where} (the servers' core) once"
+            " every server had stopped, at each whole batch size around the mean batches"
+            " above. The cost per row at a mean batch B interpolates the cost per call"
+            " linearly between the sizes around B, and divides by B.",
+            "",
+            *ort_table(run.ort),
+            "",
+        ]
     if run.profile is not None:
         lines += [
             "## Where the time goes (py-spy, turnout adaptive, V2 JSON, concurrency 64)",

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+Tables = list[list[list[str]]]
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS = ("aiohttp ceiling", "turnout batching off", "turnout adaptive")
@@ -49,31 +52,20 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     return path.read_text(), out
 
 
-def _tables(text: str) -> list[list[list[str]]]:
-    """Return every markdown table in ``text`` as rows of cells."""
-    tables: list[list[list[str]]] = []
-    current: list[list[str]] = []
-    for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
-            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
-        elif current:
-            tables.append(current)
-            current = []
-    return tables
-
-
 @pytest.mark.timeout(180)
-def test_the_report_has_every_section_in_well_formed_tables(report: tuple[str, Path]) -> None:
+def test_the_report_has_every_section_in_well_formed_tables(
+    report: tuple[str, Path], tables: Callable[[str], Tables]
+) -> None:
     text, _ = report
     for heading in ("## Targets", "## Closed loop", "## Open loop", "## Routing and resilience"):
         assert heading in text
-    tables = _tables(text)
-    assert len(tables) >= 4  # machine, closed loop, open loop, routing
-    for table in tables:
+    found = tables(text)
+    assert len(found) >= 4  # machine, closed loop, open loop, routing
+    for table in found:
         width = len(table[0])
         assert all(len(row) == width for row in table), table[0]
         assert set(table[1][0]) <= set("-:"), "no header rule"
-    closed = next(t for t in tables if t[0][:3] == ["kind", "conc", "server"])
+    closed = next(t for t in found if t[0][:3] == ["kind", "conc", "server"])
     served = {row[2] for row in closed[2:]}
     assert served == set(SERVERS)
     for row in closed[2:]:
@@ -81,6 +73,32 @@ def test_the_report_has_every_section_in_well_formed_tables(report: tuple[str, P
     # Machine and versions at the top.
     assert "| Python |" in text
     assert "| onnxruntime |" in text
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", "").removesuffix("%"))
+
+
+@pytest.mark.timeout(180)
+def test_turnout_rows_show_their_own_cost_and_share_of_the_limit(
+    report: tuple[str, Path], tables: Callable[[str], Tables]
+) -> None:
+    text, _ = report
+    found = tables(text)
+    closed = next(t for t in found if t[0][:3] == ["kind", "conc", "server"])
+    own, share = closed[0].index("own µs/req"), closed[0].index("% of limit")
+    assert own == closed[0].index("CPU µs/req") + 1
+    for row in closed[2:]:
+        if row[2].startswith("turnout"):
+            _number(row[own])  # a number, whatever its value on this machine
+            assert row[share].endswith("%"), row
+        else:
+            assert row[own] == row[share] == "-", row
+    routing = next(t for t in found if t[0][0] == "routing")
+    assert all(row[routing[0].index("% of limit")].endswith("%") for row in routing[2:])
+    assert "## Raw ONNX Runtime" in text
+    measured = next(t for t in found if t[0][0] == "rows per call")
+    assert all(_number(row[2]) > 0 for row in measured[2:])  # CPU µs per call
 
 
 @pytest.mark.timeout(180)

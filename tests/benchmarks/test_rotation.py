@@ -2,35 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from benchmarks.httpbench import Run, Settings, _rotated
-
-
-def _run() -> Run:
-    settings = Settings(
-        seconds=1.0,
-        rounds=2,
-        warmup=0.0,
-        concurrency=(1,),
-        rates=(1.0,),
-        kinds=("v2-json-1",),
-        routing_concurrency=(1,),
-        sections=("closed",),
-        loop="asyncio",
-        generator="builtin",
-        servers=("ceiling",),
-        baselines=(),
-        asyncio_too=False,
-        trees=1,
-        depth=1,
-        save=False,
-        out=None,
-        workdir=Path("."),
-        quick=True,
-        profile=False,
-    )
-    return Run(settings)
 
 
 def test_rotated_starts_at_the_shift_modulo_the_length() -> None:
@@ -38,8 +10,10 @@ def test_rotated_starts_at_the_shift_modulo_the_length() -> None:
     assert _rotated([], 3) == []
 
 
-def test_every_server_goes_first_equally_across_cells_and_rounds() -> None:
-    run = _run()
+def test_every_server_goes_first_equally_across_cells_and_rounds(
+    quick_settings: Settings,
+) -> None:
+    run = Run(quick_settings)
     servers = ["ceiling", "off", "adaptive"]
     firsts = []
     for _cell in range(3):  # cells of two rounds each, as the closed loop runs them
