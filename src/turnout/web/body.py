@@ -86,6 +86,10 @@ async def read_bytes(request: web.Request) -> bytes:
         raise _too_large(length, limit)
     # aiohttp stops reading past client_max_size (a chunked body has no length to check).
     try:
+        if request.content.is_eof():
+            # Nearly every inference body arrives with its headers: nothing to wait
+            # for, and the timeout's scheduling would cost more than the read.
+            return await request.read()
         # A client that declares a body and never sends it would hold its connection
         # (and a handler) for ever: aiohttp sets no limit on reading one.
         async with asyncio.timeout(BODY_READ_TIMEOUT):
