@@ -212,6 +212,7 @@ def build_deployment(
         on_batch=lambda report: on_batch(deployment, report),
         on_timeout=metrics.record_timeout,
         on_overrun=lambda: on_overrun(deployment),
+        inline=deployment.inline_execution,
     )
     return deployment
 

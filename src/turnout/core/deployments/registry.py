@@ -11,9 +11,10 @@ from typing import Any
 from turnout.core.errors import ModelNotFoundError, VersionExistsError, VersionNotFoundError
 from turnout.core.execution.batching import AdaptiveBatcher
 from turnout.core.execution.convert import LoadedModel
+from turnout.core.execution.inline import InlineExecution
 from turnout.core.execution.metrics import VersionMetrics
 from turnout.core.execution.outputs import BatchOutput, OutputDecoder
-from turnout.core.execution.runtime import ModelRuntime
+from turnout.core.execution.runtime import ModelRuntime, OnnxRuntime
 from turnout.core.execution.schema import InputSchema
 from turnout.core.resilience.breaker import CircuitBreaker
 
@@ -40,10 +41,33 @@ class Deployment:
     breaker: CircuitBreaker
     health_check_fn: HealthCheckFn | None = None
     deployed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # The inline execution of the runtime it was made for: a runtime swapped
+    # in later (turnout.core.deployments.faults) gets its own, or none.
+    _inline: tuple[object, InlineExecution[BatchOutput] | None] = field(
+        default=(None, None), init=False, repr=False
+    )
 
     def execute(self, batch: Any) -> BatchOutput:
         """Run one stacked batch and decode it; called in the batcher's worker thread."""
         return self.decoder.decode(self.runtime.run(batch))
+
+    def inline_execution(self) -> InlineExecution[BatchOutput] | None:
+        """How to run a batch on the event loop's thread; None if the runtime cannot be stopped.
+
+        Only ONNX Runtime sessions can be stopped mid-run (``RunOptions.terminate``).
+        """
+        runtime = self.runtime
+        made_for, execution = self._inline
+        if made_for is not runtime:
+            execution = None
+            if isinstance(runtime, OnnxRuntime):
+                onnx = runtime
+                execution = InlineExecution(
+                    run=lambda batch: self.decoder.decode(onnx.run_stoppable(batch)),
+                    stop=onnx.stop,
+                )
+            self._inline = (runtime, execution)
+        return execution
 
 
 class ModelRegistry:

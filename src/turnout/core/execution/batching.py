@@ -16,6 +16,11 @@ Contract:
 * Every admitted request is answered exactly once, with its own rows' slice
   of the batch result, in order, or with an exception. :meth:`close` stops
   admission and waits for every admitted request to be answered.
+* A version whose recent batches all ran short (p99 at most
+  ``inline_batch_ms``) runs its batches on the event loop's thread, if its
+  runtime can be stopped mid-run; a watchdog stops a run that passes
+  ``inline_watchdog_ms`` and the version goes back to the worker thread for
+  good (:mod:`turnout.core.execution.inline`).
 
 How to stack and split arrays is this module's business; *what* to run and
 how to read its output is the ``execute`` callable's.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +49,7 @@ from turnout.core.errors import (
     TurnoutError,
 )
 from turnout.core.execution.costmodel import CostEstimate, LinearCostModel
+from turnout.core.execution.inline import WATCHDOG, InlineExecution
 from turnout.core.execution.schema import DEFAULT_MAX_REQUEST_ROWS
 from turnout.core.execution.worker import BatchWorkers
 
@@ -56,6 +63,9 @@ __all__ = [
 
 R = TypeVar("R")
 
+# Batch run times a version's inline decision looks at: its p99 is the second largest.
+_RUN_TIMES = 100
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,7 +78,10 @@ class BatchingConfig:
     once. ``max_delay_ms`` is an upper bound on a wait for more requests,
     taken only when the cost model says the wait pays for itself (0 never
     waits). ``timeout_ms`` is the deadline of a request that sets none
-    (None: no deadline).
+    (None: no deadline). ``inline_batch_ms`` is the p99 batch time under
+    which a version's batches run on the event loop's thread rather than a
+    worker's (0 never), and ``inline_watchdog_ms`` how long one such batch
+    may hold the loop before it is stopped and sent to the worker thread.
     """
 
     max_batch_rows: int = 64
@@ -77,6 +90,8 @@ class BatchingConfig:
     max_delay_ms: float = 0.0
     max_concurrent_batches: int = 1
     timeout_ms: float | None = None
+    inline_batch_ms: float = 1.0
+    inline_watchdog_ms: float = 100.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch_rows", "max_queue_rows", "max_request_rows"):
@@ -96,6 +111,24 @@ class BatchingConfig:
         ):
             raise InvalidConfigError(
                 f"max_delay_ms must be a number from 0 to 1000, got {self.max_delay_ms!r}"
+            )
+        for name, low, high in (
+            ("inline_batch_ms", 0.0, 1000.0),
+            ("inline_watchdog_ms", 1.0, 60_000.0),
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and low <= value <= high)
+            ):
+                raise InvalidConfigError(
+                    f"{name} must be a number from {low:g} to {high:g}, got {value!r}"
+                )
+        if self.inline_watchdog_ms <= self.inline_batch_ms:
+            raise InvalidConfigError(
+                f"inline_watchdog_ms ({self.inline_watchdog_ms}) must exceed"
+                f" inline_batch_ms ({self.inline_batch_ms})"
             )
         timeout = self.timeout_ms
         if timeout is not None and (
@@ -149,7 +182,7 @@ class BatchReport:
 
 @dataclass(frozen=True)
 class BatcherStatistics:
-    """A frozen view of a batcher's state."""
+    """A frozen view of a batcher's state; ``inline``: batches run on the loop's thread now."""
 
     queued_requests: int
     queued_rows: int
@@ -159,6 +192,7 @@ class BatcherStatistics:
     closing: bool
     cost: CostEstimate
     oldest_batch_seconds: float = 0.0
+    inline: bool = False
 
 
 class _Pending:
@@ -200,6 +234,8 @@ class AdaptiveBatcher(Generic[R]):
 
     ``execute`` runs in a worker thread with one stacked array and returns a
     result that callers slice by rows; it raises a TurnoutError on failure.
+    ``inline``, if given, says how to run a batch on the loop's thread
+    instead (None when the model cannot run there now).
     ``on_batch`` and ``on_timeout`` are called on the event loop, once per
     executed batch and once per expired request.
     """
@@ -214,6 +250,7 @@ class AdaptiveBatcher(Generic[R]):
         on_batch: Callable[[BatchReport], None] | None = None,
         on_timeout: Callable[[], None] | None = None,
         on_overrun: Callable[[], None] | None = None,
+        inline: Callable[[], InlineExecution[R] | None] | None = None,
     ) -> None:
         self.config = config or BatchingConfig()
         self.name = name
@@ -239,9 +276,20 @@ class AdaptiveBatcher(Generic[R]):
         self._timeouts = 0
         self._closing = False
         self._idle: asyncio.Event | None = None
-        self._workers: BatchWorkers[R] = BatchWorkers(
+        self._workers: BatchWorkers[Any] = BatchWorkers(
             self.config.max_concurrent_batches, name=f"turnout-{name}"
         )
+        self._inline = (
+            inline
+            if inline is not None
+            and self.config.inline_batch_ms > 0
+            and self.config.max_concurrent_batches == 1
+            else None
+        )
+        # Seconds each recent batch spent in the model, timed where it ran: the
+        # loop's own delays must not keep a fast model off its thread.
+        self._run_times: deque[float] = deque(maxlen=_RUN_TIMES)
+        self._inline_now = False
 
     # -- admission -------------------------------------------------------------
 
@@ -311,7 +359,12 @@ class AdaptiveBatcher(Generic[R]):
             pending.launches = self._launches
             pending.timer = loop.call_later(max(0.0, deadline - now), self._expire, pending)
         if len(self._in_flight) < self.config.max_concurrent_batches and self._delay_handle is None:
-            self._launch()
+            if self._inline_now:
+                # One loop turn first, so that the requests arriving in this turn run
+                # together rather than this one alone and the rest after it.
+                self._schedule_next()
+            else:
+                self._launch()
         return pending
 
     def _unqueue(self, pending: _Pending) -> None:
@@ -384,11 +437,59 @@ class AdaptiveBatcher(Generic[R]):
         self._running[token] = batch
         for pending in batch:
             pending.token = token
-        self._workers.submit(
-            self._execute,
-            rows,
-            lambda result, error: self._finish(token, result, error, batch, len(rows), started),
-        )
+        execution = self._inline() if self._inline_now and self._inline is not None else None
+        if execution is not None:
+            self._run_inline(execution, token, rows, batch, started)
+        else:
+            self._run_on_worker(token, rows, batch, started)
+
+    def _run_on_worker(
+        self, token: object, rows: np.ndarray[Any, Any], batch: list[_Pending], started: float
+    ) -> None:
+        def done(timed: tuple[R, float] | None, error: BaseException | None) -> None:
+            result, ran = (None, None) if timed is None else timed
+            self._finish(token, result, error, batch, len(rows), started, ran)
+
+        self._workers.submit(self._timed_execute, rows, done)
+
+    def _timed_execute(self, rows: np.ndarray[Any, Any]) -> tuple[R, float]:
+        began = time.perf_counter()
+        result = self._execute(rows)
+        return result, time.perf_counter() - began
+
+    def _run_inline(
+        self,
+        execution: InlineExecution[R],
+        token: object,
+        rows: np.ndarray[Any, Any],
+        batch: list[_Pending],
+        started: float,
+    ) -> None:
+        """Run a batch on the loop's thread under the watchdog; an overrun goes to a worker."""
+        watched = WATCHDOG.arm(self.config.inline_watchdog_ms / 1e3, execution.stop)
+        began = time.perf_counter()
+        result: R | None = None
+        error: BaseException | None = None
+        try:
+            result = execution.run(rows)
+        except Exception as exc:  # answered below, as a worker thread's would be
+            error = exc
+        ran = time.perf_counter() - began
+        if WATCHDOG.disarm(watched):
+            self._inline = None
+            self._inline_now = False
+            logger.warning(
+                "%s: a batch of %d rows held the event loop for %.0f ms, past the %g ms"
+                " inline_watchdog_ms; it was stopped, and this version's batches run on a"
+                " worker thread from now on",
+                self.name,
+                len(rows),
+                ran * 1e3,
+                self.config.inline_watchdog_ms,
+            )
+            self._run_on_worker(token, rows, batch, started)
+            return
+        self._finish(token, result, error, batch, len(rows), started, ran)
 
     def _take_batch(self) -> list[_Pending]:
         queue, limit = self._queue, self.config.max_batch_rows
@@ -425,8 +526,11 @@ class AdaptiveBatcher(Generic[R]):
         batch: list[_Pending],
         rows: int,
         started: float,
+        ran: float | None = None,
     ) -> None:
         finished = self._clock.now()
+        if ran is not None:
+            self._note_run_time(ran)
         error: TurnoutError | None = None
         if isinstance(raised, TurnoutError):
             error = raised
@@ -451,6 +555,14 @@ class AdaptiveBatcher(Generic[R]):
         else:
             self._report(rows, [], latencies, finished - started, error, token)
         self._schedule_next()
+
+    def _note_run_time(self, seconds: float) -> None:
+        """Keep the batch's run time; every so often, decide where the next batches run."""
+        times = self._run_times
+        times.append(seconds)
+        if self._inline is not None and len(times) == _RUN_TIMES and self._launches % 16 == 0:
+            p99 = sorted(times)[int(0.99 * (_RUN_TIMES - 1))]
+            self._inline_now = p99 <= self.config.inline_batch_ms / 1e3
 
     def _deliver(
         self,
@@ -634,7 +746,8 @@ class AdaptiveBatcher(Generic[R]):
         while self._queue and len(self._in_flight) < self.config.max_concurrent_batches:
             before = len(self._in_flight)
             self._launch()
-            if len(self._in_flight) == before:
+            if len(self._in_flight) == before or self._delay_handle is not None:
+                # Nothing launched, or a batch ran inline and already planned the next.
                 break
         self._notify_if_idle()
 
@@ -714,6 +827,7 @@ class AdaptiveBatcher(Generic[R]):
                 (self._clock.now() - started for started, _ in self._in_flight.values()),
                 default=0.0,
             ),
+            inline=self._inline_now and self._inline is not None and self._inline() is not None,
         )
 
 

@@ -66,11 +66,31 @@ class OnnxRuntime:
         self._names = [name for name in (signature.label_output, signature.score_output) if name]
         self._has_labels = signature.label_output is not None
         self._has_scores = signature.score_output is not None
+        # One set of run options for the runs stop() may end, reused: making
+        # one per batch would cost more than the flag it carries.
+        self._stoppable = ort.RunOptions()
+        # A stopped run is turnout's doing, not the model's: no error in the log.
+        self._stoppable.log_severity_level = 4
 
     def run(self, batch: np.ndarray[Any, Any]) -> RawOutput:
         """Run ``batch`` through the session."""
+        return self._run(batch, None)
+
+    def run_stoppable(self, batch: np.ndarray[Any, Any]) -> RawOutput:
+        """Run ``batch`` so that :meth:`stop`, called from another thread, ends it early.
+
+        One such run at a time: the event loop's thread is the only caller.
+        """
+        self._stoppable.terminate = False
+        return self._run(batch, self._stoppable)
+
+    def stop(self) -> None:
+        """Make the running :meth:`run_stoppable` raise InferenceError soon, from any thread."""
+        self._stoppable.terminate = True
+
+    def _run(self, batch: np.ndarray[Any, Any], options: Any) -> RawOutput:
         try:
-            outputs = self._session.run(self._names, {self._input: batch})
+            outputs = self._session.run(self._names, {self._input: batch}, options)
         except Exception as exc:
             raise InferenceError(
                 f"ONNX Runtime failed on a batch of {len(batch)} rows: {exc}"
