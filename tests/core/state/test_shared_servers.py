@@ -571,7 +571,9 @@ async def test_every_server_sharing_a_state_is_listed_with_what_it_serves(
     one, _, _ = pair
     for _ in range(50):  # each beats once a second: wait for a beat after the deploys
         fleet = await one.fleet()
-        if len(fleet) == 2 and all("bc" in facts["models"] for facts in fleet.values()):
+        if len(fleet) == 2 and all(
+            facts["models"].get("bc", {}).get("loaded") == ["v1", "v2"] for facts in fleet.values()
+        ):
             break
         await asyncio.sleep(0.1)
     assert len(fleet) == 2
