@@ -438,3 +438,22 @@ async def test_every_routing_strategy_and_a_value_fallback_survive_a_restart(
     async with server(tmp_path) as second:
         assert {model_id: second.get_routing(model_id) for model_id in configs} == routing
         assert second._fallbacks == {"sticky": Fallback(value=[0.25, 0.75])}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        BatchingConfig(),
+        BatchingConfig(max_batch_rows=1, inline_batch_ms=0),
+        BatchingConfig(timeout_ms=5),
+    ],
+)
+def test_batching_is_stored_as_what_differs_from_the_defaults(config: BatchingConfig) -> None:
+    from turnout.core.state.repository_records import batching_to_dict, deploy_keywords
+
+    stored = batching_to_dict(config)
+
+    # An older release, which knows fewer fields, restores what a newer one wrote
+    # as long as the new fields were left alone.
+    assert "inline_watchdog_ms" not in stored
+    assert deploy_keywords({}, {"batching": json.loads(json.dumps(stored))})["batching"] == config

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -144,7 +144,7 @@ def deployment_options(deployment: Deployment) -> dict[str, Any]:
     return {
         "features": list(names) if names is not None else None,
         "output": deployment.decoder.mode.value,
-        "batching": asdict(deployment.batcher.config),
+        "batching": batching_to_dict(deployment.batcher.config),
         "allow_nan": deployment.schema.allow_nan,
         "error_threshold": deployment.error_threshold,
         "breaker": breaker_to_dict(deployment.breaker.config),
@@ -187,6 +187,19 @@ def version_record(deployment: Deployment) -> VersionRecord:
         deployed_at=deployment.deployed_at.isoformat(),
         source=deployment.loaded.source,
     )
+
+
+def batching_to_dict(config: BatchingConfig) -> dict[str, Any]:
+    """Return a BatchingConfig as plain data: the fields set away from their defaults.
+
+    A field added in a later release, left at its default, is then never
+    written, so the release before it still restores the repository.
+    """
+    return {
+        f.name: getattr(config, f.name)
+        for f in fields(config)
+        if getattr(config, f.name) != f.default
+    }
 
 
 def breaker_to_dict(config: BreakerConfig) -> dict[str, Any]:
