@@ -64,6 +64,9 @@ class _Request(msgspec.Struct):
 
 _DECODER = msgspec.json.Decoder(_Request)
 _NOT_TYPED = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+# What a request without parameters asks for, made once.
+_NO_OPTIONS = CallOptions()
+_NO_BINARY = BinaryOutputs()
 
 
 async def read_infer_request(request: web.Request, limit: int) -> InferRequest:
@@ -101,7 +104,7 @@ def _from_typed(typed: _Request, limit: int) -> InferRequest | None:
         if (
             value.datatype not in INPUT_DATATYPES
             or not 1 <= len(shape) <= 2
-            or any(dim < 0 for dim in shape)
+            or min(shape) < 0
             or (value.parameters is not None and "binary_data_size" in value.parameters)
         ):
             return None
@@ -109,14 +112,10 @@ def _from_typed(typed: _Request, limit: int) -> InferRequest | None:
             InputTensor(value.name, tuple(shape), value.datatype, value.data, f"inputs[{i}]")
         )
     parameters = typed.parameters
-    envelope: Mapping[str, Any] = {} if parameters is None else {"parameters": parameters}
-    return InferRequest(
-        id=typed.id,
-        options=call_options(envelope),
-        tensors=tensors,
-        requested=None,
-        binary=binary_outputs(envelope),
-    )
+    if parameters is None:
+        return InferRequest(typed.id, _NO_OPTIONS, tensors, None, _NO_BINARY)
+    envelope: Mapping[str, Any] = {"parameters": parameters}
+    return InferRequest(typed.id, call_options(envelope), tensors, None, binary_outputs(envelope))
 
 
 def read_request(body: dict[str, Any], blob: bytes | None, limit: int) -> InferRequest:

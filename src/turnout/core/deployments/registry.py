@@ -54,13 +54,15 @@ class Deployment:
     def inline_execution(self) -> InlineExecution[BatchOutput] | None:
         """How to run a batch on the event loop's thread; None if the runtime cannot be stopped.
 
-        Only ONNX Runtime sessions can be stopped mid-run (``RunOptions.terminate``).
+        Only ONNX Runtime sessions can be stopped mid-run (``RunOptions.terminate``),
+        and only one running on the calling thread alone has its run timed
+        truly by that thread's CPU time.
         """
         runtime = self.runtime
         made_for, execution = self._inline
         if made_for is not runtime:
             execution = None
-            if isinstance(runtime, OnnxRuntime):
+            if isinstance(runtime, OnnxRuntime) and runtime.threads == 1:
                 onnx = runtime
                 execution = InlineExecution(
                     run=lambda batch: self.decoder.decode(onnx.run_stoppable(batch)),

@@ -286,8 +286,9 @@ class AdaptiveBatcher(Generic[R]):
             and self.config.max_concurrent_batches == 1
             else None
         )
-        # Seconds each recent batch spent in the model, timed where it ran: the
-        # loop's own delays must not keep a fast model off its thread.
+        # CPU seconds each recent batch spent in the model, timed in the thread it
+        # ran on: neither the loop's delays nor another process taking the core
+        # must keep a fast model off the loop's thread.
         self._run_times: deque[float] = deque(maxlen=_RUN_TIMES)
         self._inline_now = False
 
@@ -453,9 +454,9 @@ class AdaptiveBatcher(Generic[R]):
         self._workers.submit(self._timed_execute, rows, done)
 
     def _timed_execute(self, rows: np.ndarray[Any, Any]) -> tuple[R, float]:
-        began = time.perf_counter()
+        began = time.thread_time()
         result = self._execute(rows)
-        return result, time.perf_counter() - began
+        return result, time.thread_time() - began
 
     def _run_inline(
         self,
@@ -467,24 +468,23 @@ class AdaptiveBatcher(Generic[R]):
     ) -> None:
         """Run a batch on the loop's thread under the watchdog; an overrun goes to a worker."""
         watched = WATCHDOG.arm(self.config.inline_watchdog_ms / 1e3, execution.stop)
-        began = time.perf_counter()
+        began = time.thread_time()
         result: R | None = None
         error: BaseException | None = None
         try:
             result = execution.run(rows)
         except Exception as exc:  # answered below, as a worker thread's would be
             error = exc
-        ran = time.perf_counter() - began
+        ran = time.thread_time() - began
         if WATCHDOG.disarm(watched):
             self._inline = None
             self._inline_now = False
             logger.warning(
-                "%s: a batch of %d rows held the event loop for %.0f ms, past the %g ms"
+                "%s: a batch of %d rows held the event loop past the %g ms"
                 " inline_watchdog_ms; it was stopped, and this version's batches run on a"
                 " worker thread from now on",
                 self.name,
                 len(rows),
-                ran * 1e3,
                 self.config.inline_watchdog_ms,
             )
             self._run_on_worker(token, rows, batch, started)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from turnout.core.errors import InvalidConfigError, InvalidInputError
+from turnout.core.execution.finite import all_finite
 
 __all__ = ["DEFAULT_MAX_REQUEST_ROWS", "InputSchema"]
 
@@ -175,7 +176,7 @@ class InputSchema:
             # in the cast: both are caught just below, so numpy need not warn.
             with np.errstate(over="ignore", invalid="ignore"):
                 encoded = np.ascontiguousarray(array, dtype=self.dtype)
-        if encoded.dtype.kind == "f" and not self.allow_nan and not np.isfinite(encoded).all():
+        if encoded.dtype.kind == "f" and not self.allow_nan and not all_finite(encoded):
             self._raise_non_finite(encoded)
         if encoded.dtype.kind in "iu" and not np.array_equal(encoded, array):
             i, j = (int(k) for k in np.argwhere(encoded != array)[0])
