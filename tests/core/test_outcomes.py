@@ -262,11 +262,13 @@ def test_the_tracker_forgets_the_oldest_requests_beyond_its_capacity():
     assert [tracker.version_of(i) for i in ids[2:]] == ["v2", "v3", "v4"]
 
 
-def test_a_recorded_request_frees_its_place_in_the_tracker():
+def test_the_tracker_knows_the_last_requests_whether_answered_or_not():
     tracker = OutcomeTracker(capacity=2)
     a, b = tracker.new_request("v1"), tracker.new_request("v2")
     assert tracker.record(a, 1.0) == "v1"
-    c = tracker.new_request("v1")  # fits: a is gone
+    with pytest.raises(InvalidInputError, match="already has an outcome"):
+        tracker.version_of(a)
+    c = tracker.new_request("v1")  # takes a's place: a was the oldest
     assert (tracker.version_of(b), tracker.version_of(c)) == ("v2", "v1")
     d = tracker.new_request("v2")  # now b, the oldest, is forgotten
     with pytest.raises(InvalidInputError):
@@ -274,6 +276,23 @@ def test_a_recorded_request_frees_its_place_in_the_tracker():
     assert (tracker.version_of(c), tracker.version_of(d)) == ("v1", "v2")
     # Evicting ids forgets no outcome already recorded.
     assert tracker.statistics("v1").count == 1
+
+
+def test_an_own_id_altered_in_any_part_is_unknown():
+    tracker = OutcomeTracker(model_id="m")
+    issued = tracker.new_request("v1")
+    model, version, token = issued.split("~")
+    number = token.rsplit("-", 1)[1]
+    for altered in (
+        f"{model}~v2~{token}",  # another version than the one that served
+        f"{model}~{version}~{token[: -len(number)]}0{number}",  # a leading zero
+        f"{model}~{version}~{token[: -len(number)]}{int(number) + 1}",  # not issued yet
+        f"{model}~{version}~{token[: -len(number)]}x",
+    ):
+        with pytest.raises(InvalidInputError, match="unknown request id"):
+            tracker.version_of(altered)
+        tracker.forget(altered)
+    assert tracker.version_of(issued) == "v1"  # forgetting the altered ones left it alone
 
 
 def test_request_ids_are_unique_across_trackers():

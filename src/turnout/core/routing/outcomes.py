@@ -8,11 +8,9 @@ or 1, Welch's t-test otherwise (both from SciPy, which scikit-learn brings).
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 import secrets
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from turnout.core.errors import InvalidInputError
@@ -103,10 +101,15 @@ class OutcomeTracker:
     def __init__(self, capacity: int = DEFAULT_CAPACITY, *, model_id: str = "") -> None:
         self._capacity = capacity
         self._model_id = model_id
-        self._served: OrderedDict[str, str] = OrderedDict()
+        # The version that served request number n is in slot (n - 1) % capacity, None
+        # once it has an outcome; a newer request takes the slot of one `capacity` older.
+        # A slot is 8 bytes, where a dict of id strings took ~180 per request: filled, it
+        # was 18 MB per model, and took minutes to fill (benchmarks/README.md, "Soak").
+        self._served: list[str | None] = []
+        self._issued = 0
         self._outcomes: dict[str, OutcomeTotals] = {}
         self._prefix = secrets.token_hex(4)
-        self._counter = itertools.count(1)
+        self._own = f"{self._prefix}-"
 
     def new_request(self, version: str) -> str:
         """Return a fresh request id and remember that ``version`` served it.
@@ -114,11 +117,12 @@ class OutcomeTracker:
         The id names its model and version (``model~version~token``): another
         server sharing the control state attributes an outcome to it too.
         """
-        request_id = f"{self._model_id}~{version}~{self._prefix}-{next(self._counter)}"
-        self._served[request_id] = version
-        if len(self._served) > self._capacity:
-            self._served.popitem(last=False)
-        return request_id
+        number = self._issued = self._issued + 1
+        if number <= self._capacity:
+            self._served.append(version)
+        else:
+            self._served[(number - 1) % self._capacity] = version
+        return f"{self._model_id}~{version}~{self._own}{number}"
 
     def version_of(self, request_id: str) -> str:
         """Return the version that served ``request_id``; raise if the id is not known."""
@@ -127,18 +131,26 @@ class OutcomeTracker:
                 f"request id is {len(request_id)} characters long; no id turnout issues"
                 f" is longer than {MAX_REQUEST_ID_LENGTH}"
             )
-        version = self._served.get(request_id) or self._issued_elsewhere(request_id)
-        if version is None:
-            raise self._unknown(request_id)
-        return version
-
-    def _issued_elsewhere(self, request_id: str) -> str | None:
-        """The version an id another server issued for this model names; None if it is not one."""
         parts = request_id.split("~") if isinstance(request_id, str) else []
         if len(parts) != 3 or parts[0] != self._model_id or not parts[1]:
+            raise self._unknown(request_id)
+        if not parts[2].startswith(self._own):
+            return parts[1]  # issued by another server sharing the control state
+        if self._slot(parts[1], parts[2]) is None:
+            raise self._unknown(request_id)  # answered, too old, or never issued here
+        return parts[1]
+
+    def _slot(self, version: str, token: str) -> int | None:
+        """The slot of this tracker's own request ``token`` names, if it is still unanswered."""
+        digits = token[len(self._own) :]
+        # Exactly the digits issued: int() also reads a leading zero and non-ASCII digits.
+        if len(digits) > 20 or not digits.isascii() or not digits.isdigit():
             return None
-        # An id of this tracker's own is known here or not at all (answered, or too old).
-        return None if parts[2].startswith(f"{self._prefix}-") else parts[1]
+        number = int(digits)
+        if str(number) != digits or not self._issued - self._capacity < number <= self._issued:
+            return None
+        slot = (number - 1) % self._capacity
+        return slot if self._served[slot] == version else None
 
     def _unknown(self, request_id: str) -> InvalidInputError:
         return InvalidInputError(
@@ -160,7 +172,11 @@ class OutcomeTracker:
 
     def forget(self, request_id: str) -> None:
         """Forget the request: its outcome is recorded (here or by another server)."""
-        self._served.pop(request_id, None)
+        parts = request_id.split("~")
+        if len(parts) == 3 and parts[0] == self._model_id and parts[2].startswith(self._own):
+            slot = self._slot(parts[1], parts[2])
+            if slot is not None:
+                self._served[slot] = None
 
     def record(self, request_id: str, outcome: float) -> str:
         """Attach ``outcome`` to the request; return the version that served it."""
