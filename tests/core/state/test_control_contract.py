@@ -149,6 +149,24 @@ async def test_a_request_id_takes_one_outcome_through_every_handle(connect: Conn
     assert await two.add_outcome("m", "v1", 1.0) is not None
 
 
+async def test_the_memory_state_keeps_each_models_latest_answered_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from turnout.core.state import memory
+
+    monkeypatch.setattr(memory, "OUTCOME_IDS_KEPT", 3)
+    state = memory.MemoryState()
+    for i in range(5):
+        assert await state.add_outcome("m", "v1", 1.0, once=f"m~v1~abc-{i}") is not None
+    assert await state.add_outcome("other", "v1", 1.0, once="other~v1~abc-0") is not None
+    # The 3 latest of m are still refused a second outcome; older ones have left, so its
+    # memory stays bounded, and another model's ids took none of m's places.
+    for i in (2, 3, 4):
+        assert await state.add_outcome("m", "v1", 0.0, once=f"m~v1~abc-{i}") is None
+    assert await state.add_outcome("m", "v1", 0.0, once="m~v1~abc-0") is not None
+    assert await state.add_outcome("other", "v1", 0.0, once="other~v1~abc-0") is None
+
+
 async def test_handles_racing_one_request_id_add_exactly_one_outcome(connect: Connect) -> None:
     handles = [connect() for _ in range(8)]
     added = await asyncio.gather(

@@ -155,6 +155,8 @@ class ControlState(Protocol):
         with that id was added to the model in the last ``OUTCOME_ID_SECONDS``:
         otherwise nothing changes and the answer is None. The check and the
         addition are one atomic step, across every process sharing the store.
+        A store in the server's own memory may keep fewer ids, to bound that
+        memory: ``MemoryState`` keeps each model's last ``OUTCOME_IDS_KEPT``.
         """
         ...
 
