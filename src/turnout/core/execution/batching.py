@@ -19,8 +19,9 @@ Contract:
 * A version whose recent batches all ran short (p99 at most
   ``inline_batch_ms``) runs its batches on the event loop's thread, if its
   runtime can be stopped mid-run; a watchdog stops a run that passes
-  ``inline_watchdog_ms`` and the version goes back to the worker thread for
-  good (:mod:`turnout.core.execution.inline`).
+  ``inline_watchdog_ms``, and the version goes back to the worker thread
+  for 1,000 batches, twice as many after each later stop
+  (:mod:`turnout.core.execution.inline`).
 
 How to stack and split arrays is this module's business; *what* to run and
 how to read its output is the ``execute`` callable's.
@@ -65,6 +66,8 @@ R = TypeVar("R")
 
 # Batch run times a version's inline decision looks at: its p99 is the second largest.
 _RUN_TIMES = 100
+# Batches a version runs on the worker thread after its first stopped inline run.
+_AFTER_STOP = 1000
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ class BatchingConfig:
     max_delay_ms: float = 0.0
     max_concurrent_batches: int = 1
     timeout_ms: float | None = None
-    inline_batch_ms: float = 1.0
+    inline_batch_ms: float = 2.0
     inline_watchdog_ms: float = 100.0
 
     def __post_init__(self) -> None:
@@ -291,6 +294,12 @@ class AdaptiveBatcher(Generic[R]):
         # must keep a fast model off the loop's thread.
         self._run_times: deque[float] = deque(maxlen=_RUN_TIMES)
         self._inline_now = False
+        # After the watchdog stops a run, the version stays on the worker thread
+        # until this launch count, each stop doubling the wait: a model that
+        # keeps overrunning costs the loop ever less, while one stopped by a
+        # passing pause of the whole process (a debugger, a stalled VM) comes back.
+        self._inline_stops = 0
+        self._inline_after = 0
 
     # -- admission -------------------------------------------------------------
 
@@ -477,15 +486,17 @@ class AdaptiveBatcher(Generic[R]):
             error = exc
         ran = time.thread_time() - began
         if WATCHDOG.disarm(watched):
-            self._inline = None
             self._inline_now = False
+            self._inline_stops += 1
+            self._inline_after = self._launches + _AFTER_STOP * 2 ** (self._inline_stops - 1)
             logger.warning(
                 "%s: a batch of %d rows held the event loop past the %g ms"
-                " inline_watchdog_ms; it was stopped, and this version's batches run on a"
-                " worker thread from now on",
+                " inline_watchdog_ms; it was stopped, and this version's next %d batches"
+                " run on a worker thread",
                 self.name,
                 len(rows),
                 self.config.inline_watchdog_ms,
+                self._inline_after - self._launches,
             )
             self._run_on_worker(token, rows, batch, started)
             return
@@ -560,7 +571,12 @@ class AdaptiveBatcher(Generic[R]):
         """Keep the batch's run time; every so often, decide where the next batches run."""
         times = self._run_times
         times.append(seconds)
-        if self._inline is not None and len(times) == _RUN_TIMES and self._launches % 16 == 0:
+        if (
+            self._inline is not None
+            and len(times) == _RUN_TIMES
+            and self._launches % 16 == 0
+            and self._launches >= self._inline_after
+        ):
             p99 = sorted(times)[int(0.99 * (_RUN_TIMES - 1))]
             self._inline_now = p99 <= self.config.inline_batch_ms / 1e3
 

@@ -11,8 +11,9 @@ A model that suddenly takes much longer (an input that makes a Loop spin,
 a pathological tree walk) would then freeze the loop and every request on
 it. The :class:`Watchdog` thread stops such a run once it has taken
 ``bound`` seconds, through ONNX Runtime's ``RunOptions.terminate``, and the
-batcher sends the batch, and every later one of that version, to the worker
-thread. Only runs that can be stopped this way are ever run inline.
+batcher sends the batch to the worker thread, and the version's batches
+after it for a while (longer after each stop). Only runs that can be
+stopped this way are ever run inline.
 """
 
 from __future__ import annotations
