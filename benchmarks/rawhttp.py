@@ -30,8 +30,8 @@ class Connection:
         self.reader = reader
         self.writer = writer
 
-    async def send(self, request: bytes) -> int:
-        """Send a prepared request and return the response's status code."""
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send a prepared request and return the response's status code and body."""
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -40,9 +40,8 @@ class Connection:
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
                 break
-        if length:
-            await self.reader.readexactly(length)
-        return status
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
 
     def close(self) -> None:
         """Close the connection."""
@@ -61,15 +60,23 @@ class ConnectionPool:
 
     async def send(self, request: bytes) -> bool:
         """Send ``request`` on an idle connection (or a new one); True for a 2xx/3xx answer."""
+        answer = await self.exchange(request)
+        return answer is not None and answer[0] < 400
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes] | None:
+        """Send ``request`` on an idle connection (or a new one); return (status, body).
+
+        None if the connection failed (it is closed and dropped from the pool).
+        """
         connection = self._idle.pop() if self._idle else await self._open()
         try:
-            status = await connection.send(request)
+            answer = await connection.exchange(request)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             connection.close()
             self._all.remove(connection)
-            return False
+            return None
         self._idle.append(connection)
-        return status < 400
+        return answer
 
     async def _open(self) -> Connection:
         reader, writer = await asyncio.open_connection(self.host, self.port)

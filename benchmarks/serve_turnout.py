@@ -1,7 +1,7 @@
 """Launch ``turnout serve --repository DIR`` for the benchmark, on the event loop asked for.
 
 Run: ``python -m benchmarks.serve_turnout --repository DIR --port P [--loop uvloop|asyncio]
-[--workers N] [--fault MODEL/VERSION=slow:SECONDS|fail]``.
+[--workers N] [--fault MODEL/VERSION=slow:SECONDS|fail] [--tracemalloc DIR]``.
 
 Without ``--fault`` this is the ``turnout serve`` command line itself, on the
 loop chosen (``--event-loop``, which ``--workers N`` hands on to every
@@ -9,6 +9,12 @@ worker). With it, the same server is assembled from the same
 parts (``ModelServer(repository=...)`` and ``turnout.web.serve.serve``),
 with the named versions' runtimes made slow or failing: the resilience
 scenarios need a misbehaving version, which no repository can store.
+
+With ``--tracemalloc DIR`` the process traces its allocations from before
+turnout is imported, and writes a snapshot to ``DIR/snapshot-N.tracemalloc``
+(N = 1, 2, ...) each time it gets SIGUSR1: the soak benchmark compares them.
+It lives here rather than in turnout: tracing slows every allocation, which
+no server in production should pay for.
 """
 
 from __future__ import annotations
@@ -16,11 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
+import os
+import signal
 import sys
+from pathlib import Path
+from types import FrameType
 
 from benchmarks.eventloop import LOOPS, default_loop, use_loop
 
-__all__ = ["main"]
+__all__ = ["SNAPSHOT_SIGNAL", "main", "snapshot_path"]
+
+SNAPSHOT_SIGNAL = signal.SIGUSR1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +44,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", choices=LOOPS, default=default_loop())
     parser.add_argument("--workers", type=int, default=1, help="turnout serve --workers (1)")
     parser.add_argument("--fault", action="append", default=[], metavar="MODEL/VERSION=FAULT")
+    parser.add_argument(
+        "--tracemalloc",
+        type=Path,
+        metavar="DIR",
+        help="trace allocations; on SIGUSR1 write DIR/snapshot-N.tracemalloc",
+    )
+    parser.add_argument(
+        "--tracemalloc-frames",
+        type=int,
+        default=1,
+        metavar="N",
+        help="frames kept per traced allocation (1: enough to group by line)",
+    )
     args = parser.parse_args(argv)
     if args.fault and args.workers != 1:
         parser.error("--fault serves in this process: it takes no --workers")
+    if args.tracemalloc is not None:
+        if args.workers != 1:
+            parser.error("--tracemalloc traces this process: it takes no --workers")
+        _trace_allocations(args.tracemalloc, args.tracemalloc_frames)
     use_loop(args.loop)
     if not args.fault:
         from turnout.cli import main as turnout_main
@@ -45,6 +75,36 @@ def main(argv: list[str] | None = None) -> int:
     faults = [_parse_fault(text) for text in args.fault]
     asyncio.run(_serve_with_faults(args.repository, args.port, faults))
     return 0
+
+
+def snapshot_path(directory: Path, number: int) -> Path:
+    """Return where the ``number``-th snapshot (from 1) is written, whole once it exists."""
+    return directory / f"snapshot-{number}.tracemalloc"
+
+
+def _trace_allocations(directory: Path, frames: int) -> None:
+    """Start tracemalloc and dump a snapshot on each SIGUSR1."""
+    import tracemalloc
+
+    # Imported before tracing starts: compiled traced, they took longer to load than a
+    # short soak runs, and what importing allocates stays put, so it is no growth.
+    import turnout.cli
+    import turnout.web.admin
+    import turnout.web.launch  # noqa: F401
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tracemalloc.start(frames)
+    numbers = itertools.count(1)
+
+    def dump(_signum: int, _frame: FrameType | None) -> None:
+        # Run by the interpreter between two bytecodes of the main thread, the
+        # event loop's: the server stands still while the snapshot is taken.
+        path = snapshot_path(directory, next(numbers))
+        partial = path.with_name(path.name + ".partial")
+        tracemalloc.take_snapshot().dump(str(partial))
+        os.replace(partial, path)  # whole or absent: the harness waits for the name
+
+    signal.signal(SNAPSHOT_SIGNAL, dump)
 
 
 def _parse_fault(text: str) -> tuple[str, str, str, float]:
