@@ -7,13 +7,15 @@ from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
-USAGE = """usage: python -m benchmarks {core,http,fleet,peers} [options]
+USAGE = """usage: python -m benchmarks {core,http,fleet,soak,peers} [options]
 
   core    in-process: turnout against bare ONNX Runtime and batching off
   http    over HTTP: turnout against the bare aiohttp ceiling and MLServer,
           closed and open loop, routing and resilience cost; table and plots
   fleet   3 replicas x 2 workers behind nginx, one Redis: rolling restart,
           SIGKILL, a canary and routing changes under load; a table
+  soak    turnout serve under 10 minutes of mixed-routing load with outcomes:
+          RSS growth after the first minute, and tracemalloc's growth sites
   peers   set up (--setup) or check the peer servers' virtualenv (MLServer)
 
 python -m benchmarks COMMAND --help for a command's options."""
@@ -32,6 +34,10 @@ def _command(name: str) -> Callable[[Sequence[str]], int] | None:
         from benchmarks.fleet import main as fleet
 
         return fleet
+    if name == "soak":
+        from benchmarks.soak import main as soak
+
+        return soak
     if name == "peers":
         from benchmarks.peers import main as peers
 
@@ -50,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         problem = f"unknown command {args[0]!r}" if args else "a command is required"
         print(
-            f"python -m benchmarks: error: {problem} (choose from core, http, fleet, peers)",
+            f"python -m benchmarks: error: {problem} (choose from core, http, fleet, soak, peers)",
             file=sys.stderr,
         )
         return 2
