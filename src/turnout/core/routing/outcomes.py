@@ -131,14 +131,21 @@ class OutcomeTracker:
                 f"request id is {len(request_id)} characters long; no id turnout issues"
                 f" is longer than {MAX_REQUEST_ID_LENGTH}"
             )
+        named = self._named(request_id)
+        if named is None:
+            raise self._unknown(request_id)
+        version, token = named
+        # An id issued by another server sharing the control state is taken as it reads.
+        if token.startswith(self._own) and self._slot(version, token) is None:
+            raise self._unknown(request_id)  # answered, too old, or never issued here
+        return version
+
+    def _named(self, request_id: object) -> tuple[str, str] | None:
+        """The version and token an id for this model names; None if it is no such id."""
         parts = request_id.split("~") if isinstance(request_id, str) else []
         if len(parts) != 3 or parts[0] != self._model_id or not parts[1]:
-            raise self._unknown(request_id)
-        if not parts[2].startswith(self._own):
-            return parts[1]  # issued by another server sharing the control state
-        if self._slot(parts[1], parts[2]) is None:
-            raise self._unknown(request_id)  # answered, too old, or never issued here
-        return parts[1]
+            return None
+        return parts[1], parts[2]
 
     def _slot(self, version: str, token: str) -> int | None:
         """The slot of this tracker's own request ``token`` names, if it is still unanswered."""
@@ -172,9 +179,9 @@ class OutcomeTracker:
 
     def forget(self, request_id: str) -> None:
         """Forget the request: its outcome is recorded (here or by another server)."""
-        parts = request_id.split("~")
-        if len(parts) == 3 and parts[0] == self._model_id and parts[2].startswith(self._own):
-            slot = self._slot(parts[1], parts[2])
+        named = self._named(request_id)
+        if named is not None and named[1].startswith(self._own):
+            slot = self._slot(*named)
             if slot is not None:
                 self._served[slot] = None
 
