@@ -47,6 +47,7 @@ class Artifacts:
 
     adaptive_repo: Path
     off_repo: Path
+    threaded_repo: Path  # adaptive, every batch on the worker thread (no inline batches)
     routing_repo: Path
     joblib_path: Path
     rows: np.ndarray[Any, Any]  # float32, distinct request rows the clients cycle through
@@ -85,6 +86,7 @@ def build_artifacts(workdir: Path, *, trees: int = 100, depth: int = 12) -> Arti
     artifacts = Artifacts(
         adaptive_repo=workdir / "turnout-adaptive",
         off_repo=workdir / "turnout-off",
+        threaded_repo=workdir / "turnout-threaded",
         routing_repo=workdir / "turnout-routing",
         joblib_path=workdir / "mlserver" / "rf" / "model.joblib",
         rows=np.ascontiguousarray(X[:256]),
@@ -96,10 +98,11 @@ def build_artifacts(workdir: Path, *, trees: int = 100, depth: int = 12) -> Arti
 
 
 async def _fill_repositories(model: Any, artifacts: Artifacts) -> None:
-    """Deploy into fresh repositories: batching on, batching off, and the routing scenarios."""
+    """Deploy into fresh repositories: batching on, off, on without inline batches, and routing."""
     for repo, batching in (
         (artifacts.adaptive_repo, BatchingConfig()),
         (artifacts.off_repo, BatchingConfig(max_batch_rows=1)),
+        (artifacts.threaded_repo, BatchingConfig(inline_batch_ms=0.0)),
     ):
         _empty(repo)
         async with ModelServer(repository=repo) as server:

@@ -63,6 +63,7 @@ T = TypeVar("T")
 CEILING = "aiohttp ceiling"
 OFF = "turnout batching off"
 ADAPTIVE = "turnout adaptive"
+THREADED = "turnout adaptive, worker thread"  # inline batches off: the inline lever's other side
 ROUTER = "turnout routing"
 WORKDIR = Path(__file__).resolve().parent / ".work"
 SLOW_SHADOW_SECONDS = 0.05  # per batch: far slower than the primary's ~0.3 ms
@@ -70,14 +71,14 @@ SECTIONS = ("closed", "open", "routing", "workers")
 DEFAULT_SECTIONS = ("closed", "open", "routing")  # workers: only when asked for
 WORKERS = (1, 2)  # the workers section's counts, unless --workers says
 WORKERS_CONCURRENCY = (64,)
-SERVERS = ("ceiling", "off", "adaptive", "mlserver")
+SERVERS = ("ceiling", "off", "adaptive", "threaded", "mlserver")
 SETTLE_CAP = 30.0  # seconds a server may take to go idle after a slice
 QUICK_SETTLE_CAP = 3.0  # quick mode, after a slice; between sections it is SECTION_SETTLE_CAP
 SECTION_SETTLE_CAP = 30.0
 ORT_SECONDS = 2.0  # raw ONNX Runtime, timed seconds per batch size
 QUICK_ORT_SECONDS = 0.5
 LIMITED = ("closed", "routing", "workers")  # the sections whose turnout cells get a limit
-_SERVER_KEYS = {CEILING: "ceiling", OFF: "off", ADAPTIVE: "adaptive"}
+_SERVER_KEYS = {CEILING: "ceiling", OFF: "off", ADAPTIVE: "adaptive", THREADED: "threaded"}
 
 
 @dataclass(frozen=True)
@@ -155,13 +156,14 @@ def serve_turnout(repository: Path, loop: str, *args: str) -> tuple[str, ...]:
 
 
 def turnout_specs(artifacts: Artifacts, loop: str) -> list[ServerSpec]:
-    """Return the ceiling and turnout with batching off and adaptive."""
+    """Return the ceiling and turnout with batching off, adaptive, and adaptive on the worker thread."""
     return [
         ServerSpec(
             CEILING, python_module("benchmarks.ceiling", "--port", "{port}", "--loop", loop)
         ),
         ServerSpec(OFF, serve_turnout(artifacts.off_repo, loop), reports_batches=True),
         ServerSpec(ADAPTIVE, serve_turnout(artifacts.adaptive_repo, loop), reports_batches=True),
+        ServerSpec(THREADED, serve_turnout(artifacts.threaded_repo, loop), reports_batches=True),
     ]
 
 

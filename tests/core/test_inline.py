@@ -172,7 +172,7 @@ async def test_the_batcher_answers_everyone_exactly_once_across_the_move() -> No
     execution = InlineExecution(run=model.run, stop=model.stop)
     batcher: AdaptiveBatcher[np.ndarray[Any, Any]] = AdaptiveBatcher(
         lambda rows: rows * 2,
-        BatchingConfig(inline_watchdog_ms=20),
+        BatchingConfig(inline_watchdog_ms=20, inline_max_requests=4),
         inline=lambda: execution,
     )
     for _ in range(WARM_UP):
@@ -214,8 +214,31 @@ def test_the_watchdog_stops_only_runs_past_their_bound() -> None:
         {"inline_batch_ms": True},
         {"inline_watchdog_ms": 0},
         {"inline_batch_ms": 5, "inline_watchdog_ms": 5},
+        {"inline_max_requests": 0},
+        {"inline_max_requests": True},
     ],
 )
 def test_inline_settings_are_checked(settings: dict[str, Any]) -> None:
     with pytest.raises(InvalidConfigError, match="inline"):
         BatchingConfig(**settings)
+
+
+async def test_a_batch_of_many_requests_runs_on_the_worker_thread() -> None:
+    model = Stubborn()
+    batcher: AdaptiveBatcher[np.ndarray[Any, Any]] = AdaptiveBatcher(
+        model.run,
+        BatchingConfig(inline_max_requests=2),
+        inline=lambda: InlineExecution(run=model.run, stop=model.stop),
+    )
+    for _ in range(WARM_UP):
+        await batcher.submit(np.ones((1, 1)))
+    assert batcher.statistics().inline
+    model.threads.clear()
+
+    # Four requests in one batch: others wait on the loop, so the batch goes to a worker.
+    await asyncio.gather(*(batcher.submit(np.ones((1, 1))) for _ in range(4)))
+    await asyncio.gather(*(batcher.submit(np.ones((1, 1))) for _ in range(2)))
+
+    assert model.threads[0] != threading.main_thread().name
+    assert model.threads[-1] == threading.main_thread().name
+    await batcher.close()

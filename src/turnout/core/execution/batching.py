@@ -85,6 +85,10 @@ class BatchingConfig:
     which a version's batches run on the event loop's thread rather than a
     worker's (0 never), and ``inline_watchdog_ms`` how long one such batch
     may hold the loop before it is stopped and sent to the worker thread.
+    A batch of more than ``inline_max_requests`` requests always goes to the
+    worker: so many arriving together means others are waiting on the loop,
+    and a run there would hold up their reading while the worker's run lets
+    them gather into the next batch.
     """
 
     max_batch_rows: int = 64
@@ -95,9 +99,10 @@ class BatchingConfig:
     timeout_ms: float | None = None
     inline_batch_ms: float = 2.0
     inline_watchdog_ms: float = 100.0
+    inline_max_requests: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_rows", "max_queue_rows", "max_request_rows"):
+        for name in ("max_batch_rows", "max_queue_rows", "max_request_rows", "inline_max_requests"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -447,7 +452,13 @@ class AdaptiveBatcher(Generic[R]):
         self._running[token] = batch
         for pending in batch:
             pending.token = token
-        execution = self._inline() if self._inline_now and self._inline is not None else None
+        execution = (
+            self._inline()
+            if self._inline_now
+            and self._inline is not None
+            and len(batch) <= self.config.inline_max_requests
+            else None
+        )
         if execution is not None:
             self._run_inline(execution, token, rows, batch, started)
         else:
