@@ -156,7 +156,7 @@ def serve_turnout(repository: Path, loop: str, *args: str) -> tuple[str, ...]:
 
 
 def turnout_specs(artifacts: Artifacts, loop: str) -> list[ServerSpec]:
-    """Return the ceiling and turnout with batching off, adaptive, and adaptive on the worker thread."""
+    """Return the ceiling and turnout: batching off, adaptive, adaptive on the worker thread."""
     return [
         ServerSpec(
             CEILING, python_module("benchmarks.ceiling", "--port", "{port}", "--loop", loop)
