@@ -1,7 +1,8 @@
 """Turn what a user deploys into a servable ONNX model and the signature that describes it.
 
 A deployable is a fitted scikit-learn estimator or Pipeline (converted with
-skl2onnx), an ``onnx.ModelProto``, ONNX bytes, or a path to a ``.onnx`` file.
+skl2onnx; XGBoost and LightGBM estimators in it with onnxmltools' converters,
+see boosting.py), an ``onnx.ModelProto``, ONNX bytes, or a path to a ``.onnx`` file.
 Failures from skl2onnx and onnx are translated into :class:`ConversionError`
 here, at the seam, so callers handle one error type.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from turnout.core.errors import ConversionError
+from turnout.core.execution.boosting import prepare_boosters
 
 __all__ = ["LoadedModel", "ModelSignature", "Task", "load_model"]
 
@@ -218,6 +220,7 @@ def _sklearn_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedMo
             estimator,
             initial_types=[("input", FloatTensorType([None, n_features]))],
             options={"zipmap": False} if hasattr(estimator, "predict_proba") else None,
+            target_opset=prepare_boosters(estimator),
         )
     except ConversionError:
         raise
