@@ -92,8 +92,8 @@ def _register(booster_type: type, booster: Any) -> None:
         converter = _xgboost_converter() if library == "xgboost" else _lightgbm_converter()
     except ImportError as exc:
         raise ConversionError(
-            f"{booster_type.__name__} is a {name} model: converting it to ONNX needs"
-            f" onnxmltools and {library} ({BOOSTING_INSTALL_HINT})"
+            f"converting {booster_type.__name__} ({name}) to ONNX needs onnxmltools"
+            f" and {library}: {BOOSTING_INSTALL_HINT}"
         ) from exc
     if classifier:
         shapes = calculate_linear_classifier_output_shapes
