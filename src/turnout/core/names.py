@@ -1,12 +1,17 @@
-"""Validation of model ids and version names, which later become paths and URL segments."""
+"""Validation of names: model ids and version names, which later become paths and URL
+segments, and the names of a setting's choices."""
 
 from __future__ import annotations
 
 import re
+from enum import StrEnum
+from typing import TypeVar
 
-from turnout.core.errors import InvalidNameError
+from turnout.core.errors import InvalidConfigError, InvalidNameError
 
-__all__ = ["MAX_NAME_LENGTH", "check_name"]
+__all__ = ["MAX_NAME_LENGTH", "check_choice", "check_name"]
+
+E = TypeVar("E", bound=StrEnum)
 
 MAX_NAME_LENGTH = 128
 
@@ -31,3 +36,11 @@ def check_name(kind: str, value: object) -> str:
             " starting with a letter or digit"
         )
     return value
+
+
+def check_choice(kind: str, value: object, choices: type[E]) -> E:
+    """Return ``value`` as one of ``choices``, else raise InvalidConfigError naming them all."""
+    if isinstance(value, str) and value in set(choices):
+        return choices(value)
+    accepted = ", ".join(repr(choice.value) for choice in choices)
+    raise InvalidConfigError(f"{kind} must be one of {accepted}, got {value!r}")

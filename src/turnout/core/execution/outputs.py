@@ -11,6 +11,7 @@ import numpy as np
 from turnout.core.errors import InvalidConfigError
 from turnout.core.execution.convert import ModelSignature, Task
 from turnout.core.execution.runtime import RawOutput
+from turnout.core.names import check_choice
 
 __all__ = ["BatchOutput", "OutputDecoder", "OutputMode", "parse_output_mode"]
 
@@ -31,13 +32,7 @@ class OutputMode(StrEnum):
 
 def parse_output_mode(value: OutputMode | str | None) -> OutputMode:
     """Return ``value`` as an OutputMode (None means AUTO); raise InvalidConfigError if unknown."""
-    if value is None:
-        return OutputMode.AUTO
-    try:
-        return OutputMode(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in OutputMode)
-        raise InvalidConfigError(f"output must be one of {choices}, got {value!r}") from None
+    return OutputMode.AUTO if value is None else check_choice("output", value, OutputMode)
 
 
 @dataclass(frozen=True, slots=True)
