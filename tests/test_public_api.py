@@ -60,6 +60,7 @@ EXPECTED = {
     "ModelServer",
     "ModelServingManager",
     "OutputMode",
+    "Runtime",
     "OverloadedError",
     "ServerClosedError",
     "ServiceUnavailableError",

@@ -31,6 +31,7 @@ from turnout.core.errors import (
     VersionNotFoundError,
 )
 from turnout.core.execution.batching import BatchingConfig
+from turnout.core.execution.convert import Runtime
 from turnout.core.execution.metrics import MetricsSnapshot
 from turnout.core.execution.outputs import OutputMode
 from turnout.core.hookspecs import hookimpl, hookspec
@@ -112,6 +113,7 @@ __all__ = [
     "RoutingContext",
     "RoutingStrategy",
     "RoutingStrategyFactory",
+    "Runtime",
     "ServerClosedError",
     "ServiceUnavailableError",
     "ShadowStatistics",

@@ -24,6 +24,7 @@ from anyio.from_thread import BlockingPortal
 from turnout.core.deployments.registry import HealthCheckFn
 from turnout.core.errors import InvalidConfigError, ServerClosedError, TurnoutError
 from turnout.core.execution.batching import BatchingConfig
+from turnout.core.execution.convert import Runtime
 from turnout.core.execution.model_uris import require_mlflow
 from turnout.core.execution.outputs import OutputMode
 from turnout.core.resilience.breaker import BreakerConfig, BreakerSnapshot
@@ -196,11 +197,13 @@ class ModelServingManager:
         allow_nan: bool = False,
         replace: bool = False,
         allow_pickle: bool = False,
+        runtime: Runtime | str | None = None,
     ) -> bool:
         """Deploy a model version; return True, or False with the reason logged.
 
         ``model_instance`` may be an MLflow model URI (``models:/name/3``); see
-        :meth:`ModelServer.deploy_model` for what ``allow_pickle`` permits.
+        :meth:`ModelServer.deploy_model` for what ``allow_pickle`` permits and
+        what ``runtime="python"`` does.
         """
         try:
             self._run(
@@ -219,6 +222,7 @@ class ModelServingManager:
                 breaker=breaker,
                 health_check_fn=health_check_fn,
                 allow_pickle=allow_pickle,
+                runtime=runtime,
             )
         except TurnoutError as exc:
             logger.error("deploying %s:%s failed: %s", model_id, version, exc)

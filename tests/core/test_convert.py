@@ -564,7 +564,7 @@ async def test_mock_mode_needs_to_know_a_hand_written_models_features(
 
 
 async def test_without_mock_mode_a_hand_written_model_is_refused(server: ModelServer) -> None:
-    with pytest.raises(ConversionError, match="mock_mode=True serves any object with a predict"):
+    with pytest.raises(ConversionError, match="runtime='python' serves any object with a predict"):
         await server.deploy_model("fake", "v1", Threshold(), features=["x", "y"])
 
 

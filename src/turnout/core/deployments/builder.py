@@ -18,13 +18,14 @@ from turnout.core.clock import Clock
 from turnout.core.deployments.registry import Deployment, HealthCheckFn
 from turnout.core.errors import ConversionError, InvalidConfigError, TurnoutError
 from turnout.core.execution.batching import AdaptiveBatcher, BatchingConfig, BatchReport
-from turnout.core.execution.convert import LoadedModel, load_model
+from turnout.core.execution.convert import LoadedModel, Runtime, load_model
 from turnout.core.execution.metrics import VersionMetrics
 from turnout.core.execution.model_uris import as_source, resolve
 from turnout.core.execution.onnx_model import wrap_onnx_model
 from turnout.core.execution.outputs import OutputDecoder, OutputMode, parse_output_mode
 from turnout.core.execution.runtime import ModelRuntime, OnnxRuntime, PythonRuntime
 from turnout.core.execution.schema import InputSchema
+from turnout.core.names import check_choice
 from turnout.core.resilience.breaker import (
     BreakerConfig,
     BreakerPolicy,
@@ -57,17 +58,24 @@ class DeploymentOptions:
     features: Sequence[str] | None = None
     allow_nan: bool = False
     health_check_fn: HealthCheckFn | None = None
+    runtime: Runtime = Runtime.ONNX
 
 
 @dataclass(frozen=True)
 class DeploymentDefaults:
-    """A server's defaults for the options a ``deploy_model`` call leaves out, validated."""
+    """A server's defaults for the options a ``deploy_model`` call leaves out, validated.
+
+    ``onnx_only`` names what the server stores or shares its versions
+    through (``"repository="``, ``"state="``): that holds ONNX only, so the
+    python runtime is refused, as the default and for any one version.
+    """
 
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     error_threshold: float = 0.5
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     runtime_threads: int = 1
-    mock_mode: bool = False
+    runtime: Runtime = Runtime.ONNX
+    onnx_only: str | None = None
 
     def __post_init__(self) -> None:
         check_batching(self.batching)
@@ -78,7 +86,18 @@ class DeploymentDefaults:
             raise InvalidConfigError(
                 f"runtime_threads must be an integer from 1 to 64, got {threads!r}"
             )
-        object.__setattr__(self, "mock_mode", bool(self.mock_mode))
+        runtime = check_choice("runtime", self.runtime, Runtime)
+        self._check_runtime(runtime, "mock_mode (the python runtime by default)")
+        object.__setattr__(self, "runtime", runtime)
+
+    def _check_runtime(self, runtime: Runtime, what: str) -> None:
+        if runtime is Runtime.PYTHON and self.onnx_only is not None:
+            # A version no other process could load, and which a restart would lose.
+            raise InvalidConfigError(
+                f"{what} is refused on a server with {self.onnx_only}: a Python version lives"
+                f" in this process only, and {self.onnx_only} keeps ONNX ones; serve Python"
+                f" versions from a server without {self.onnx_only}"
+            )
 
     def options(
         self,
@@ -91,10 +110,13 @@ class DeploymentDefaults:
         features: Sequence[str] | None,
         allow_nan: bool,
         health_check_fn: HealthCheckFn | None,
+        runtime: Runtime | str | None = None,
     ) -> DeploymentOptions:
         """Return one call's options, each validated, these defaults filling the gaps."""
         if health_check_fn is not None and not callable(health_check_fn):
             raise InvalidConfigError("health_check_fn must be callable as fn(model, version)")
+        chosen = self.runtime if runtime is None else check_choice("runtime", runtime, Runtime)
+        self._check_runtime(chosen, "runtime='python'")
         return DeploymentOptions(
             output=parse_output_mode(output),
             batching=check_batching(batching or self.batching),
@@ -106,6 +128,7 @@ class DeploymentDefaults:
             features=features,
             allow_nan=bool(allow_nan),
             health_check_fn=health_check_fn,
+            runtime=chosen,
         )
 
 
@@ -114,11 +137,11 @@ def load_runtime(
     features: Sequence[str] | None,
     *,
     name: str,
-    mock_mode: bool,
+    runtime: Runtime,
     threads: int,
     allow_pickle: bool = False,
 ) -> tuple[LoadedModel, ModelRuntime]:
-    """Convert and load a model, then prove it runs on one row. Slow: call it in a thread.
+    """Convert and load a model for ``runtime``, then prove it runs on one row. Slow: in a thread.
 
     An MLflow model URI or MlflowSource is fetched first (see
     :mod:`turnout.core.execution.model_uris`); ``allow_pickle`` lets it be a
@@ -135,21 +158,21 @@ def load_runtime(
         model_instance = fetched.model
         # Names given at deploy win over the signature's.
         features = features if features is not None else fetched.features
-    loaded = load_model(model_instance, features=features, convert=not mock_mode)
+    loaded = load_model(model_instance, features=features, runtime=runtime)
     if source is not None:
         loaded = replace(loaded, source=f"{source.uri} ({loaded.source})")
-    runtime: ModelRuntime
+    running: ModelRuntime
     if loaded.onnx_bytes is None:
-        runtime = PythonRuntime(loaded.estimator, loaded.signature)
+        running = PythonRuntime(loaded.estimator, loaded.signature)
     else:
-        runtime = OnnxRuntime(loaded.onnx_bytes, loaded.signature, threads=threads)
+        running = OnnxRuntime(loaded.onnx_bytes, loaded.signature, threads=threads)
     probe = np.zeros((1, loaded.signature.n_features), dtype=loaded.signature.input_dtype)
     try:
-        runtime.run(probe)
+        running.run(probe)
     except TurnoutError as exc:
-        runtime.close()
+        running.close()
         raise ConversionError(f"{name} fails on a row of zeros: {exc}") from exc
-    return loaded, runtime
+    return loaded, running
 
 
 def build_deployment(

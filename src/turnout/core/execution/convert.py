@@ -21,7 +21,7 @@ import numpy as np
 from turnout.core.errors import ConversionError
 from turnout.core.execution.boosting import prepare_boosters
 
-__all__ = ["LoadedModel", "ModelSignature", "Task", "load_model"]
+__all__ = ["LoadedModel", "ModelSignature", "Runtime", "Task", "load_model"]
 
 # skl2onnx and onnx import slowly (about a second together); only deployments need them.
 
@@ -31,6 +31,17 @@ class Task(StrEnum):
 
     CLASSIFIER = "classifier"
     REGRESSOR = "regressor"
+
+
+class Runtime(StrEnum):
+    """What runs a version's batches: ONNX Runtime, or the model's own Python methods.
+
+    ``PYTHON`` is for models no converter handles; ONNX models (a proto,
+    bytes, a path) run on ONNX Runtime whichever is asked for.
+    """
+
+    ONNX = "onnx"
+    PYTHON = "python"
 
 
 @dataclass(frozen=True)
@@ -49,12 +60,17 @@ class ModelSignature:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to serve: ONNX bytes (None in mock mode), signature, original object."""
+    """A model ready to serve: ONNX bytes (None on the python runtime), signature, original."""
 
     signature: ModelSignature
     onnx_bytes: bytes | None
     estimator: Any
     source: str
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime its batches run on."""
+        return Runtime.PYTHON if self.onnx_bytes is None else Runtime.ONNX
 
 
 _ONNX_ELEMENT_TYPES = {1: np.float32, 11: np.float64, 7: np.int64, 6: np.int32}
@@ -64,16 +80,18 @@ def load_model(
     model_instance: object,
     *,
     features: Sequence[str] | None = None,
-    convert: bool = True,
+    runtime: Runtime = Runtime.ONNX,
 ) -> LoadedModel:
     """Return ``model_instance`` as a LoadedModel, converting scikit-learn models to ONNX.
 
-    With ``convert=False`` (mock mode) an estimator, or any object with a
-    ``predict`` method (a test double, a hand-written model), is kept as it
-    is and run through its own Python methods.
+    On the python runtime an estimator, or any object with a ``predict``
+    method (a test double, a hand-written model), is kept as it is and run
+    through its own Python methods.
     """
     feature_names = _feature_names(features)
-    if not convert and (_is_estimator(model_instance) or _has_predict(model_instance)):
+    if runtime is Runtime.PYTHON and (
+        _is_estimator(model_instance) or _has_predict(model_instance)
+    ):
         return _python_model(model_instance, feature_names)
     if _is_estimator(model_instance):
         return _sklearn_model(model_instance, feature_names)
@@ -268,7 +286,7 @@ def _read_onnx(source: object) -> Any:
         raise ConversionError(
             "model_instance must be a fitted scikit-learn estimator or Pipeline, an"
             f" onnx.ModelProto, ONNX bytes or a .onnx path, not {type(source).__name__}"
-            " (mock_mode=True serves any object with a predict method)"
+            " (runtime='python' serves any object with a predict method)"
         )
     if not isinstance(source, str | os.PathLike) and _uses_external_data(proto):
         # Without a file of its own, such a model would make ONNX Runtime read paths

@@ -1,7 +1,7 @@
 """The seam between a batcher and a model: run one batch, close.
 
 Two implementations: :class:`OnnxRuntime` (ONNX Runtime, the real one) and
-:class:`PythonRuntime` (the estimator's own methods, for ``mock_mode``).
+:class:`PythonRuntime` (the model's own methods, ``runtime="python"``).
 ``turnout.core.deployments.faults`` wraps either to inject failures. Runtime errors are
 translated into :class:`InferenceError` here, so nothing above this seam sees
 an onnxruntime, numpy or scikit-learn exception.
@@ -106,7 +106,7 @@ class OnnxRuntime:
 
 
 class PythonRuntime:
-    """Runs a model in Python through its own ``predict``/``predict_proba`` (mock mode)."""
+    """Runs a model through its own ``predict``/``predict_proba``: the python runtime."""
 
     def __init__(self, estimator: Any, signature: ModelSignature) -> None:
         self._estimator = estimator
@@ -126,18 +126,27 @@ class PythonRuntime:
             # BLAS then sums in another order than for the row-major batch, so
             # results would differ from the estimator's own in the last bits.
             batch = pd.DataFrame(batch, columns=self._columns, copy=False)
+        estimator = self._estimator
         try:
-            if self._proba:
-                scores = np.asarray(self._estimator.predict_proba(batch))
-                if self._classes is not None:
-                    return RawOutput(self._classes[scores.argmax(axis=1)], scores)
-                return RawOutput(np.asarray(self._estimator.predict(batch)), scores)
-            values = np.asarray(self._estimator.predict(batch))
+            scores = np.asarray(estimator.predict_proba(batch)) if self._proba else None
+            values = None
+            if scores is None or self._classes is None:
+                values = np.asarray(estimator.predict(batch))
         except Exception as exc:
-            raise InferenceError(f"{type(self._estimator).__name__} failed: {exc}") from exc
-        if self._classifier:
-            return RawOutput(values, None)
-        return RawOutput(None, values)
+            raise InferenceError(f"{type(estimator).__name__} failed: {exc}") from exc
+        # ONNX Runtime checks the shapes of its outputs; a Python model's are taken on
+        # trust, and a short one would hand the batch's requests each other's rows.
+        for output in (scores, values):
+            if output is not None and (output.ndim == 0 or len(output) != len(batch)):
+                got = "a scalar" if output.ndim == 0 else f"{len(output)} rows"
+                raise InferenceError(
+                    f"{type(estimator).__name__} returned {got} for a batch of {len(batch)}"
+                )
+        if scores is None:
+            return RawOutput(values, None) if self._classifier else RawOutput(None, values)
+        if values is None and self._classes is not None:
+            values = self._classes[scores.argmax(axis=1)]
+        return RawOutput(values, scores)
 
     def close(self) -> None:
         """Nothing to release: the estimator belongs to the caller."""

@@ -32,6 +32,7 @@ from turnout.core.errors import (
     StoreError,
 )
 from turnout.core.execution.batching import BatchingConfig
+from turnout.core.execution.convert import Runtime
 from turnout.core.execution.metrics import MetricsTotals
 from turnout.core.execution.outputs import OutputMode
 from turnout.core.names import check_name
@@ -102,6 +103,10 @@ class ModelServer:
     servers share) each deployed ONNX is stored there by digest, and a
     version another server deploys is loaded here from it before this server
     routes to it.
+
+    ``mock_mode`` makes ``runtime="python"`` the default of
+    :meth:`deploy_model`. Python versions live in this process only, so a
+    server with ``repository``, ``state`` or ``artifacts`` refuses them.
     """
 
     def __init__(
@@ -128,18 +133,25 @@ class ModelServer:
                 f"state must be a ControlState (MemoryState, RedisState, SQLiteState), got"
                 f" {type(state).__name__}; turnout.core.state.locations.open_state opens a URL"
             )
-        if repository is not None and mock_mode:
-            raise InvalidConfigError(
-                "a repository stores ONNX models; mock_mode serves Python ones"
-            )
+        # Where this server keeps or hands on its versions, if anywhere: ONNX only.
+        keeper = (
+            "repository="
+            if repository is not None
+            else "state="
+            if state is not None
+            else "artifacts="
+            if artifacts is not None
+            else None
+        )
         defaults = DeploymentDefaults(
             batching=batching or BatchingConfig(),
             error_threshold=error_threshold,
             breaker=breaker or BreakerConfig(),
             runtime_threads=runtime_threads,
-            mock_mode=mock_mode,
+            runtime=Runtime.PYTHON if mock_mode else Runtime.ONNX,
+            onnx_only=keeper,
         )
-        self.mock_mode = defaults.mock_mode
+        self.mock_mode = bool(mock_mode)
         self._clock = clock or MonotonicClock()
         self.plugin_manager = make_plugin_manager(plugins, entry_points=entry_points)
         self._events = EventEmitter(self.plugin_manager)
@@ -246,6 +258,7 @@ class ModelServer:
         breaker: BreakerConfig | None = None,
         health_check_fn: HealthCheckFn | None = None,
         allow_pickle: bool = False,
+        runtime: Runtime | str | None = None,
     ) -> Deployment:
         """Deploy ``model_instance`` as ``version`` of ``model_id`` and return the Deployment.
 
@@ -254,7 +267,11 @@ class ModelServer:
         URI (``models:/name/3``, ``models:/name@alias``, ``runs:/<id>/model``;
         a scikit-learn flavor only with ``allow_pickle=True``, as loading it
         runs code from the registry). ``set_active=None`` activates it only
-        if the model has no active version yet.
+        if the model has no active version yet. ``runtime="python"`` serves
+        an estimator, or any object with ``predict``, through its own methods
+        instead of converting it (None: the server's default, ``"python"``
+        in mock mode, else ``"onnx"``); a server with a repository or a
+        shared state refuses it.
         """
         return await self._versions.deploy(
             model_id,
@@ -271,6 +288,7 @@ class ModelServer:
             breaker=breaker,
             health_check_fn=health_check_fn,
             allow_pickle=allow_pickle,
+            runtime=runtime,
         )
 
     async def set_active_version(self, model_id: str, version: str) -> None:
@@ -576,6 +594,7 @@ class ModelServer:
                 "metadata": dict(deployment.metadata),
                 "deployed_at": deployment.deployed_at.isoformat(),
                 "source": deployment.loaded.source,
+                "runtime": deployment.loaded.runtime.value,
                 "features": list(deployment.schema.feature_names or ()),
                 "output": deployment.decoder.mode.value,
                 "batching": asdict(deployment.batcher.config),

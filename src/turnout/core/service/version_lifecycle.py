@@ -25,6 +25,7 @@ from turnout.core.errors import (
     VersionExistsError,
 )
 from turnout.core.execution.batching import BatchingConfig
+from turnout.core.execution.convert import Runtime
 from turnout.core.execution.outputs import OutputMode
 from turnout.core.names import check_name
 from turnout.core.resilience.breaker import BreakerConfig, BreakerPolicyFactory
@@ -83,6 +84,7 @@ class VersionLifecycle:
         breaker: BreakerConfig | None,
         health_check_fn: HealthCheckFn | None,
         allow_pickle: bool,
+        runtime: Runtime | str | None = None,
     ) -> Deployment:
         """Deploy a version (see ModelServer.deploy_model); return it once it is stored."""
         check_name("model_id", model_id)
@@ -98,17 +100,18 @@ class VersionLifecycle:
             features=features,
             allow_nan=allow_nan,
             health_check_fn=health_check_fn,
+            runtime=runtime,
         )
         store = self._parts.store
         if store is not None:
             check_storable(options.metadata, options.breaker, version)
         name = f"{model_id}:{version}"
-        loaded, runtime = await anyio.to_thread.run_sync(
+        loaded, running = await anyio.to_thread.run_sync(
             lambda: load_runtime(
                 model_instance,
                 features,
                 name=name,
-                mock_mode=self._defaults.mock_mode,
+                runtime=options.runtime,
                 threads=self._defaults.runtime_threads,
                 allow_pickle=bool(allow_pickle),
             )
@@ -117,7 +120,7 @@ class VersionLifecycle:
             model_id,
             version,
             loaded,
-            runtime,
+            running,
             options,
             clock=self._parts.clock,
             policies=self._policies,
