@@ -368,3 +368,15 @@ async def test_shadow_statistics(deployed, server, binary_data) -> None:
 async def test_unknown_models_are_404(admin) -> None:
     for path in ("/admin/models/nope", "/admin/models/nope/routing", "/admin/models/nope/shadow"):
         await expect_error(await admin.get(path), 404, "model_not_found")
+
+
+@pytest.mark.parametrize("runtime", ["python", "onnx"])
+async def test_an_upload_names_no_runtime(admin, server: ModelServer, cancer_onnx, runtime) -> None:
+    # Python versions are for the Python API only: nothing sent over the network
+    # runs as Python, and an upload has no say in what runs it.
+    body = {"onnx": cancer_onnx, "runtime": runtime}
+    error = await expect_error(
+        await admin.post(f"{CANCER}/versions/v1", json=body), 400, "invalid_request"
+    )
+    assert error["field"] == "runtime"
+    assert server.get_all_models_status() == {}

@@ -79,6 +79,15 @@ async def test_bad_loads_are_client_errors(admin, server, body, code) -> None:
     assert server.get_all_models_status() == {}
 
 
+async def test_a_load_names_no_runtime(admin, server, cancer_onnx) -> None:
+    # A load deploys ONNX files, and only ONNX: no config can ask for Python.
+    config = json.dumps({"runtime": "python"})
+    body = {"parameters": {"config": config, **files(v1=cancer_onnx)}}
+    error = await expect_error(await admin.post(LOAD, json=body), 400, "invalid_request")
+    assert error["field"] == "parameters.config.runtime"
+    assert server.get_all_models_status() == {}
+
+
 async def test_a_load_of_an_unknown_model_without_files_is_404(admin) -> None:
     await expect_error(await admin.post(LOAD), 404, "model_not_found")
     await expect_error(

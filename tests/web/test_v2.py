@@ -309,3 +309,27 @@ async def test_the_server_is_stored_under_a_typed_key(server: ModelServer) -> No
 
     app = create_app(server)
     assert app[SERVER_KEY] is server
+
+
+class Halver:
+    """A hand-written regressor of one feature, which only the python runtime serves."""
+
+    n_features_in_ = 1
+
+    def predict(self, X: Any) -> np.ndarray[Any, Any]:
+        return np.asarray(X)[:, 0] / 2
+
+
+async def test_a_python_version_says_so_in_its_metadata_and_config(
+    http, server: ModelServer
+) -> None:
+    await server.deploy_model("half", "v1", Halver(), runtime="python")
+
+    metadata = await (await http.get("/v2/models/half")).json()
+    config = await (await http.get("/v2/models/half/config")).json()
+
+    assert metadata["platform"] == "python"
+    assert (config["platform"], config["backend"]) == ("python", "python")
+    request = {"inputs": [tensor("input", np.array([[3.0]]))]}
+    answer = await (await http.post("/v2/models/half/infer", json=request)).json()
+    assert answer["outputs"][0]["data"] == [1.5]
