@@ -204,7 +204,7 @@ def test_serve_says_so_when_the_port_is_taken(capsys) -> None:
     assert str(port) in err
 
 
-@pytest.mark.parametrize("which", ["--port", "--admin-port"])
+@pytest.mark.parametrize("which", ["--port", "--admin-port", "--grpc-port"])
 def test_a_taken_port_fails_before_the_demo_trains_or_the_repository_is_written(
     which: str, tmp_path, capsys, monkeypatch
 ) -> None:
@@ -214,8 +214,9 @@ def test_a_taken_port_fails_before_the_demo_trains_or_the_repository_is_written(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        other = "--admin-port" if which == "--port" else "--port"
-        argv = ["serve", "--demo", "--repository", str(repository), which, str(port), other, "0"]
+        others = [f for f in ("--port", "--admin-port", "--grpc-port") if f != which]
+        argv = ["serve", "--demo", "--repository", str(repository), which, str(port)]
+        argv += [part for flag in others for part in (flag, "0")]
         assert main(argv) == 1
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
@@ -295,6 +296,7 @@ SERVE_ENV = {
     "TURNOUT_ARTIFACTS": ("/models/.artifacts", "artifacts", "/models/.artifacts"),
     "TURNOUT_WORKERS": ("3", "workers", 3),
     "TURNOUT_SHUTDOWN_TIMEOUT": ("20", "shutdown_timeout", 20.0),
+    "TURNOUT_GRPC_PORT": ("8001", "grpc_port", 8001),
     "TURNOUT_ADMIN_HOST": ("0.0.0.0", "admin_host", "0.0.0.0"),
     "TURNOUT_ADMIN_PORT": ("9091", "admin_port", 9091),
 }

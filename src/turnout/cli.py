@@ -23,6 +23,7 @@ from turnout.web.eventloop import EVENT_LOOPS
 
 if TYPE_CHECKING:  # loading the server (ONNX Runtime) waits until a command needs it
     from turnout.core.service.server import ModelServer
+    from turnout.web.rpc.server import GrpcSettings
 
 __all__ = ["STATE_ENV", "WORKERS_ENV", "build_parser", "main"]
 
@@ -189,6 +190,14 @@ def _add_serve(commands: Any) -> None:
         default=env_default("TURNOUT_ARTIFACTS", None),
         help="directory where servers sharing --state share deployed ONNX files by digest"
         " (--workers makes one of its own; $TURNOUT_ARTIFACTS)",
+    )
+    serve.add_argument(
+        "--grpc-port",
+        metavar="PORT",
+        type=_port,
+        default=env_default("TURNOUT_GRPC_PORT", None),
+        help="also serve the Open Inference Protocol over gRPC on this port of --host"
+        " (off unless given; Triton uses 8001; docs/grpc.md; $TURNOUT_GRPC_PORT)",
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -397,6 +406,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                     reuse_port=args.reuse_port,
                     banner=not args.worker_index,
                     ready_file=args.ready_file,
+                    grpc=_grpc_settings(args),
                 )
             )
     except TurnoutError as exc:  # e.g. --mlflow-experiment without MLflow installed
@@ -421,10 +431,19 @@ def _deploying(
     return deploy
 
 
+def _grpc_settings(args: argparse.Namespace) -> GrpcSettings | None:
+    """The gRPC service's settings, if --grpc-port asks for it."""
+    if args.grpc_port is None:
+        return None
+    from turnout.web.rpc.server import GrpcSettings
+
+    return GrpcSettings(host=args.host, port=args.grpc_port)
+
+
 def _cannot_listen(exc: OSError) -> int:
     hint = ""
     if exc.errno == errno.EADDRINUSE:
-        hint = "; another program listens there: stop it, or choose --port/--admin-port"
+        hint = "; another program listens there: stop it, or choose --port/--admin-port/--grpc-port"
     print(f"turnout serve: {exc.strerror or exc}{hint}", file=sys.stderr)
     return 1
 
@@ -439,15 +458,18 @@ def _supervise(args: argparse.Namespace, token: str | None, demo: bool) -> int:
     try:
         # First without SO_REUSEPORT, which a port anyone holds refuses (even one
         # another turnout holds with it); this also picks the ports for port 0.
-        probe = Listeners.bind(args.host, args.port, admin_address)
+        grpc_address = None if args.grpc_port is None else (args.host, args.grpc_port)
+        probe = Listeners.bind(args.host, args.port, admin_address, grpc=grpc_address)
         port = probe.inference[0].getsockname()[1]
         admin_port = probe.admin[0].getsockname()[1] if probe.admin else args.admin_port
+        grpc_port = probe.grpc[0].getsockname()[1] if probe.grpc else None
         probe.close()
         # Then held, not listening, while the workers run, so no one takes them meanwhile.
         reserved = Listeners.bind(
             args.host,
             port,
             (args.admin_host, admin_port) if serves_admin else None,
+            grpc=None if grpc_port is None else (args.host, grpc_port),
             reuse_port=True,
         )
     except OSError as exc:
@@ -464,6 +486,8 @@ def _supervise(args: argparse.Namespace, token: str | None, demo: bool) -> int:
         line += ["--shutdown-timeout", str(args.shutdown_timeout)]
         line += ["--event-loop", args.event_loop, "--admin-host", args.admin_host]
         line += ["--admin-port", str(admin_port)]
+        if grpc_port is not None:
+            line += ["--grpc-port", str(grpc_port)]
         if args.admin_without_token:
             line.append("--admin-without-token")
         if args.allow_remote:

@@ -21,6 +21,7 @@ SERVE_ENVIRONMENT: Mapping[str, str] = {
     "TURNOUT_ARTIFACTS": "--artifacts",
     "TURNOUT_WORKERS": "--workers",
     "TURNOUT_SHUTDOWN_TIMEOUT": "--shutdown-timeout",
+    "TURNOUT_GRPC_PORT": "--grpc-port",
     "TURNOUT_ALLOW_REMOTE": "--allow-remote",
     "TURNOUT_ALLOW_PICKLE": "--allow-pickle",
     "TURNOUT_ADMIN_TOKEN": "--admin-token",

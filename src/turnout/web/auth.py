@@ -16,7 +16,14 @@ from turnout.core.errors import InvalidConfigError
 from turnout.web.errors import RequestError
 from turnout.web.hosts import is_loopback
 
-__all__ = ["MIN_TOKEN_LENGTH", "TOKEN_ENV", "check_token", "loopback_only", "require_token"]
+__all__ = [
+    "MIN_TOKEN_LENGTH",
+    "TOKEN_ENV",
+    "check_bearer",
+    "check_token",
+    "loopback_only",
+    "require_token",
+]
 
 # Where `turnout serve`, `deploy` and `status` read the admin token from by default.
 TOKEN_ENV = "TURNOUT_ADMIN_TOKEN"
@@ -59,26 +66,29 @@ def require_token(token: str) -> Middleware:
 
     @web.middleware
     async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS:
-            return await handler(request)
-        header = request.headers.get("Authorization")
-        if header is None:
-            raise _unauthorized(
-                "send the admin token in an Authorization header: the word Bearer, a space,"
-                " then the token"
-            )
-        scheme, _, credentials = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise _unauthorized(
-                "the Authorization header must be the word Bearer, a space, then the token"
-            )
-        given = credentials.strip().encode("utf-8", errors="surrogateescape")
-        # compare_digest takes time independent of where the first difference is.
-        if not hmac.compare_digest(given, expected):
-            raise RequestError(403, "forbidden", "the admin token is wrong")
+        if request.path not in PUBLIC_PATHS:
+            check_bearer(request.headers.get("Authorization"), expected)
         return await handler(request)
 
     return bearer_token
+
+
+def check_bearer(header: str | None, expected: bytes) -> None:
+    """Raise 401 unless ``header`` is ``Bearer <token>``, 403 unless the token is ``expected``."""
+    if header is None:
+        raise _unauthorized(
+            "send the admin token in an Authorization header: the word Bearer, a space,"
+            " then the token"
+        )
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise _unauthorized(
+            "the Authorization header must be the word Bearer, a space, then the token"
+        )
+    given = credentials.strip().encode("utf-8", errors="surrogateescape")
+    # compare_digest takes time independent of where the first difference is.
+    if not hmac.compare_digest(given, expected):
+        raise RequestError(403, "forbidden", "the admin token is wrong")
 
 
 @web.middleware

@@ -160,15 +160,26 @@ def _binary_data_size(value: object, where: str) -> int | None:
 
 
 def tensor_from_bytes(
-    raw: bytes, dtype: np.dtype[Any], datatype: str, shape: tuple[int, ...], where: str
+    raw: bytes,
+    dtype: np.dtype[Any],
+    datatype: str,
+    shape: tuple[int, ...],
+    where: str,
+    *,
+    sized_by: str | None = None,
 ) -> np.ndarray[Any, Any]:
-    """Read a little-endian, row-major tensor of ``shape`` from exactly ``len(raw)`` bytes."""
+    """Read a little-endian, row-major tensor of ``shape`` from exactly ``len(raw)`` bytes.
+
+    ``sized_by`` names the field that said how many bytes there are, for the
+    error (by default the input's ``parameters.binary_data_size``).
+    """
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
+        field = sized_by or f"{where}.parameters.binary_data_size"
         raise bad_request(
-            f"{where}.parameters.binary_data_size is {len(raw)}, but a {datatype} tensor of shape"
+            f"{field} is {len(raw)} bytes, but a {datatype} tensor of shape"
             f" {list(shape)} takes {expected} bytes ({dtype.itemsize} per value)",
-            f"{where}.parameters.binary_data_size",
+            field,
         )
     array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
     return array.reshape(shape)

@@ -48,9 +48,12 @@ from turnout.web.jsonio import dumps
 __all__ = [
     "ERROR_CODES",
     "ErrorCode",
+    "ErrorReport",
     "RequestError",
     "error_middleware",
     "error_response",
+    "log_error",
+    "report_error",
     "scrub",
 ]
 
@@ -177,31 +180,56 @@ def json_error(
     return web.json_response(body, status=status, headers=headers, dumps=dumps)
 
 
+@dataclass(frozen=True)
+class ErrorReport:
+    """What a client is told of one failure, whatever the protocol carries it.
+
+    ``retry_after`` is the whole seconds to wait before retrying, for a 503.
+    """
+
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+    retry_after: int | None = None
+
+
+def report_error(error: BaseException) -> ErrorReport:
+    """Return what a client is told of ``error``; unknown exceptions are a 500 with no detail."""
+    if isinstance(error, RequestError):
+        return ErrorReport(error.status, error.code, scrub(error.message), error.field)
+    if isinstance(error, TurnoutError):
+        spec = code_for(error)
+        message = _GENERIC.get(spec.code) or scrub(str(error)) or spec.code
+        field = error.field if isinstance(error, InvalidInputError) else None
+        retry = _retry_after(error) if spec.status == 503 else None
+        return ErrorReport(spec.status, spec.code, message, field, retry)
+    return ErrorReport(INTERNAL.status, INTERNAL.code, _GENERIC[INTERNAL.code])
+
+
+def log_error(error: BaseException, what: str) -> None:
+    """Log a failure of ``what`` (a request line or an RPC) as far as the server must know it."""
+    if isinstance(error, InferenceError):
+        logger.warning("%s: %s", what, error)
+    elif isinstance(error, RequestError):
+        return
+    elif not isinstance(error, TurnoutError) or code_for(error).status in (500, 502):
+        # 503 and 504 are load and deadlines doing their job, counted in the
+        # metrics; a traceback for each would flood the log under overload.
+        logger.error("%s failed", what, exc_info=error)
+
+
 def error_response(error: BaseException) -> web.Response:
     """Return the JSON response for ``error``; unknown exceptions are a 500 with no detail."""
-    if isinstance(error, RequestError):
-        return json_error(
-            error.status,
-            error.code,
-            scrub(error.message),
-            field=error.field,
-            headers=error.headers,
-        )
-    if isinstance(error, TurnoutError):
-        return _turnout_response(error)
     if isinstance(error, web.HTTPException):
         return _http_response(error)
-    return json_error(INTERNAL.status, INTERNAL.code, _GENERIC[INTERNAL.code])
-
-
-def _turnout_response(error: TurnoutError) -> web.Response:
-    spec = code_for(error)
-    message = _GENERIC.get(spec.code) or scrub(str(error)) or spec.code
-    headers: dict[str, str] = {}
-    if spec.status == 503:
-        headers["Retry-After"] = str(_retry_after(error))
-    field = error.field if isinstance(error, InvalidInputError) else None
-    return json_error(spec.status, spec.code, message, field=field, headers=headers)
+    report = report_error(error)
+    headers = dict(error.headers) if isinstance(error, RequestError) else {}
+    if report.retry_after is not None:
+        headers["Retry-After"] = str(report.retry_after)
+    return json_error(
+        report.status, report.code, report.message, field=report.field, headers=headers or None
+    )
 
 
 def _retry_after(error: TurnoutError) -> int:
@@ -239,14 +267,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise  # redirects and the like are not errors
         return error_response(exc)
-    except (RequestError, TurnoutError) as exc:
-        if isinstance(exc, InferenceError):
-            logger.warning("%s %s: %s", request.method, request.path, exc)
-        elif isinstance(exc, TurnoutError) and code_for(exc).status in (500, 502):
-            # 503 and 504 are load and deadlines doing their job, counted in the
-            # metrics; a traceback for each would flood the log under overload.
-            logger.error("%s %s failed", request.method, request.path, exc_info=exc)
-        return error_response(exc)
     except Exception as exc:
-        logger.error("%s %s failed", request.method, request.path, exc_info=exc)
+        log_error(exc, f"{request.method} {request.path}")
         return error_response(exc)

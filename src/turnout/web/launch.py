@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from turnout.core.service.server import ModelServer
@@ -13,6 +14,7 @@ from turnout.core.state.locations import open_state
 from turnout.web.auth import TOKEN_ENV
 from turnout.web.examples import admin_example, curl, v1_predict_example, v2_infer_example
 from turnout.web.listeners import Listeners
+from turnout.web.rpc.server import GrpcSettings
 from turnout.web.serve import DEFAULT_ADMIN_PORT, SHUTDOWN_TIMEOUT, AdminSettings, serve
 from turnout.web.tensors import datatype_of
 
@@ -34,6 +36,7 @@ async def run_serve(
     reuse_port: bool = False,
     banner: bool = True,
     ready_file: str | os.PathLike[str] | None = None,
+    grpc: GrpcSettings | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then answer in-flight requests and close the server.
 
@@ -50,11 +53,16 @@ async def run_serve(
     deployed ONNX. ``reuse_port`` binds with SO_REUSEPORT, as every worker of
     ``--workers N`` does; ``banner=False`` prints no banner (all workers but
     the first). ``ready_file`` is touched once the server listens: the
-    supervisor starts the other workers then.
+    supervisor starts the other workers then. ``grpc`` serves the Open
+    Inference Protocol's gRPC service too (docs/grpc.md).
     """
     # Bound before the repository is opened or the demo trained: a port in use fails at once.
     listeners = Listeners.bind(
-        host, port, None if admin is None else (admin.host, admin.port), reuse_port=reuse_port
+        host,
+        port,
+        None if admin is None else (admin.host, admin.port),
+        grpc=None if grpc is None else (grpc.host, grpc.port),
+        reuse_port=reuse_port,
     )
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(listeners.close)
@@ -74,7 +82,17 @@ async def run_serve(
         )
         if prepare is not None:
             await prepare(server)
-        await _run(server, listeners, demo, repository, admin, shutdown_timeout, banner, ready_file)
+        await _run(
+            server,
+            listeners,
+            demo,
+            repository,
+            admin,
+            shutdown_timeout,
+            banner,
+            ready_file,
+            _Grpc(grpc, reuse_port) if grpc is not None else None,
+        )
     print("turnout: stopped", file=sys.stderr, flush=True)
 
 
@@ -87,6 +105,7 @@ async def _run(
     shutdown_timeout: float,
     banner: bool = True,
     ready_file: str | os.PathLike[str] | None = None,
+    grpc: _Grpc | None = None,
 ) -> None:
     """Deploy the demo if asked, then serve until a signal; the caller closes the server."""
     if repository is not None and server.get_all_models_status():
@@ -119,6 +138,15 @@ async def _run(
         status = admin_example(url, "/admin/status", variable)
         print(f"\nAdmin API ({guard}) on {url}:\n  {status}\n", flush=True)
 
+    def grpc_started(address: str) -> None:
+        """Print where the gRPC service listens."""
+        if banner:
+            print(
+                f"\nOpen Inference Protocol over gRPC on {address}"
+                " (tritonclient.grpc, the KServe SDK; docs/grpc.md)",
+                flush=True,
+            )
+
     await serve(
         server,
         admin=admin,
@@ -126,9 +154,18 @@ async def _run(
         on_started=started,
         on_admin_started=admin_started,
         shutdown_timeout=shutdown_timeout,
+        grpc=None if grpc is None else grpc.settings,
+        on_grpc_started=grpc_started,
+        reuse_port=grpc is not None and grpc.reuse_port,
     )
     print("turnout: shutting down; answering requests in flight", file=sys.stderr, flush=True)
     await server.close(timeout=shutdown_timeout)
+
+
+@dataclass(frozen=True)
+class _Grpc:
+    settings: GrpcSettings
+    reuse_port: bool
 
 
 async def _deploy_demo(server: ModelServer) -> dict[str, float]:

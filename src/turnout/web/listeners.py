@@ -58,10 +58,16 @@ def bind(host: str, port: int, *, reuse_port: bool = False) -> tuple[socket.sock
 
 @dataclass(frozen=True)
 class Listeners:
-    """The bound sockets of the inference API and, when it is served, the admin API."""
+    """The bound sockets of the inference API, the admin API and the gRPC service, if served.
+
+    The gRPC sockets only hold the port until the service starts: grpc.aio
+    cannot take a socket bound elsewhere, so it binds the same address as
+    they close (:mod:`turnout.web.rpc.server`).
+    """
 
     inference: tuple[socket.socket, ...]
     admin: tuple[socket.socket, ...] = ()
+    grpc: tuple[socket.socket, ...] = ()
 
     @classmethod
     def bind(
@@ -70,19 +76,23 @@ class Listeners:
         port: int,
         admin: tuple[str, int] | None = None,
         *,
+        grpc: tuple[str, int] | None = None,
         reuse_port: bool = False,
     ) -> Listeners:
-        """Bind the inference API's address and the admin API's (``admin``: host, port)."""
-        inference = bind(host, port, reuse_port=reuse_port)
+        """Bind the inference API's address, the admin API's and the gRPC service's (host, port)."""
+        bound: list[tuple[socket.socket, ...]] = []
         try:
-            return cls(inference, () if admin is None else bind(*admin, reuse_port=reuse_port))
+            for address in ((host, port), admin, grpc):
+                bound.append(() if address is None else bind(*address, reuse_port=reuse_port))
         except BaseException:
-            for sock in inference:
-                sock.close()
+            for socks in bound:
+                for sock in socks:
+                    sock.close()
             raise
+        return cls(*bound)
 
     def close(self) -> None:
         """Close every socket (those the server took are closed already; that is harmless)."""
-        for sock in (*self.inference, *self.admin):
+        for sock in (*self.inference, *self.admin, *self.grpc):
             with contextlib.suppress(OSError):
                 sock.close()

@@ -44,7 +44,7 @@ from turnout.web.keys import SERVER_KEY
 from turnout.web.models import is_ready
 from turnout.web.uploads import decode_onnx, read_options
 
-__all__ = ["setup_repository"]
+__all__ = ["file_version", "load_files", "repository_index", "setup_repository", "unload_model"]
 
 _FILE = re.compile(r"file:(?P<version>[^/]+)/model\.onnx")
 
@@ -75,7 +75,11 @@ async def index(request: web.Request) -> web.Response:
     only_ready = body.get("ready", False)
     if not isinstance(only_ready, bool):
         raise bad_request(f"ready must be true or false, not {type_name(only_ready)}", "ready")
-    server = request.app[SERVER_KEY]
+    return _json(repository_index(request.app[SERVER_KEY], only_ready))
+
+
+def repository_index(server: ModelServer, only_ready: bool) -> list[dict[str, str]]:
+    """Return every version as the extension's index lists it: name, version, state, reason."""
     entries = []
     for model, versions in sorted(server.get_all_models_status().items()):
         for version in sorted(versions):
@@ -87,7 +91,7 @@ async def index(request: web.Request) -> web.Response:
             if not ready:
                 entry["reason"] = "the server is closing" if server.closed else "circuit open"
             entries.append(entry)
-    return _json(entries)
+    return entries
 
 
 async def load(request: web.Request) -> web.Response:
@@ -96,27 +100,44 @@ async def load(request: web.Request) -> web.Response:
     model = check_name("model", request.match_info["model"])
     parameters = get_object(await _optional_body(request), "parameters", "parameters") or {}
     files: dict[str, bytes] = {}
-    options: dict[str, Any] = {}
+    config: str | None = None
     for key, value in parameters.items():
         where = f"parameters.{key}"
         if key == "config":
-            options = _config(value)
+            if not isinstance(value, str):
+                raise bad_request(f"{where} must be a JSON string, not {type_name(value)}", where)
+            config = value
             continue
-        match = _FILE.fullmatch(key)
-        if match is None:
-            raise bad_request(
-                f"{where} is not a parameter load takes: send 'config' and"
-                " 'file:<version>/model.onnx' (base64 ONNX) only",
-                where,
-            )
-        files[check_name("version", match["version"])] = decode_onnx(value, where)
+        files[file_version(key, where)] = decode_onnx(value, where)
+    return _json({"name": model, "versions": await load_files(server, model, files, config)})
+
+
+def file_version(key: str, where: str) -> str:
+    """Return the version a load parameter ``file:<version>/model.onnx`` names, or raise a 400."""
+    match = _FILE.fullmatch(key)
+    if match is None:
+        raise bad_request(
+            f"{where} is not a parameter load takes: send 'config' and"
+            " 'file:<version>/model.onnx' (ONNX) only",
+            where,
+        )
+    return check_name("version", match["version"])
+
+
+async def load_files(
+    server: ModelServer, model: str, files: dict[str, bytes], config: str | None
+) -> list[str]:
+    """Deploy ``files`` (version -> ONNX) with the deploy options in ``config``; return versions.
+
+    Without files the model must be deployed already (it is loaded: nothing to do).
+    """
     if not files:
-        if "config" in parameters:
+        if config is not None:
             raise bad_request("config without files: send the model as file:<version>/model.onnx")
-        # Loaded already (404 unless it is): nothing to do.
-        return _json({"name": model, "versions": sorted(_versions(server, model))})
+        return sorted(_versions(server, model))
+    options = {} if config is None else _config(config)
     await _deploy_all(server, model, files, options)
-    return _json({"name": model, "versions": sorted(_versions(server, model))})
+    return sorted(_versions(server, model))
 
 
 async def _deploy_all(
@@ -143,11 +164,9 @@ async def _deploy_all(
         raise
 
 
-def _config(value: object) -> dict[str, Any]:
+def _config(value: str) -> dict[str, Any]:
     """Deploy options from ``parameters.config``: a JSON string, as Triton sends its config."""
     where = "parameters.config"
-    if not isinstance(value, str):
-        raise bad_request(f"{where} must be a JSON string, not {type_name(value)}", where)
     try:
         config = require_object(loads(value.encode("utf-8", errors="surrogatepass")), where)
     except JSONError as exc:
@@ -171,9 +190,14 @@ def _versions(server: ModelServer, model: str) -> dict[str, Any]:
 
 async def unload(request: web.Request) -> web.Response:
     """POST .../models/{model}/unload: retire every version; requests in flight are answered."""
-    server = request.app[SERVER_KEY]
     model = check_name("model", request.match_info["model"])
     await _optional_body(request)
+    await unload_model(request.app[SERVER_KEY], model)
+    return _json({"name": model, "versions": []})
+
+
+async def unload_model(server: ModelServer, model: str) -> None:
+    """Retire every version of ``model``, routing and fallback first; in-flight requests finish."""
     versions = _versions(server, model)
     # Routing and the fallback may hold versions; both go before the versions do.
     await server.set_fallback(model, None)
@@ -184,4 +208,3 @@ async def unload(request: web.Request) -> web.Response:
         await server.set_routing(model, RoutingConfig())
     for version in sorted(versions, key=lambda v: v == active):
         await server.retire_model(model, version)
-    return _json({"name": model, "versions": []})

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from grpc import aio as grpc_aio
 
 from turnout.core.errors import InvalidConfigError
 from turnout.core.service.server import ModelServer
@@ -23,11 +24,14 @@ from turnout.web.auth import check_token
 from turnout.web.hosts import is_loopback
 from turnout.web.keys import DRAINING_KEY
 from turnout.web.listeners import Listeners
+from turnout.web.rpc.server import GrpcSettings, start_grpc
+from turnout.web.rpc.service import RepositoryAccess
 
 __all__ = [
     "DEFAULT_ADMIN_PORT",
     "SHUTDOWN_TIMEOUT",
     "AdminSettings",
+    "GrpcSettings",
     "Listeners",
     "is_loopback",
     "serve",
@@ -98,6 +102,9 @@ async def serve(
     stop: asyncio.Event | None = None,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     listeners: Listeners | None = None,
+    grpc: GrpcSettings | None = None,
+    on_grpc_started: Callable[[str], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve ``server`` over HTTP until SIGINT/SIGTERM (or ``stop`` is set).
 
@@ -108,12 +115,21 @@ async def serve(
     ``host``, ``port`` and ``admin`` are bound here. On shutdown the listening
     sockets close first, then requests already in flight are answered (for up
     to ``shutdown_timeout`` seconds); closing ``server`` is left to the caller.
+    With ``grpc`` the Open Inference Protocol's gRPC service is served too
+    (docs/grpc.md), ``on_grpc_started`` gets its address, and ``reuse_port``
+    says whether other processes share its port (``--workers N``).
     """
     if listeners is None:
-        listeners = Listeners.bind(host, port, None if admin is None else (admin.host, admin.port))
-    if admin is not None and not listeners.admin:
+        listeners = Listeners.bind(
+            host,
+            port,
+            None if admin is None else (admin.host, admin.port),
+            grpc=None if grpc is None else (grpc.host, grpc.port),
+            reuse_port=reuse_port,
+        )
+    if (admin is not None and not listeners.admin) or (grpc is not None and not listeners.grpc):
         listeners.close()
-        raise InvalidConfigError("admin settings were given, but no admin socket was bound")
+        raise InvalidConfigError("settings were given for a listener whose socket was not bound")
     try:
         await _serve(
             server,
@@ -124,9 +140,17 @@ async def serve(
             on_admin_started,
             stop,
             shutdown_timeout,
+            _GrpcPlan(grpc, on_grpc_started, reuse_port) if grpc is not None else None,
         )
     finally:
         listeners.close()
+
+
+@dataclass(frozen=True)
+class _GrpcPlan:
+    settings: GrpcSettings
+    on_started: Callable[[str], None] | None
+    reuse_port: bool
 
 
 async def _serve(
@@ -138,6 +162,7 @@ async def _serve(
     on_admin_started: Callable[[str], None] | None,
     stop: asyncio.Event | None,
     shutdown_timeout: float,
+    grpc: _GrpcPlan | None,
 ) -> None:
     runners = [
         web.AppRunner(
@@ -155,6 +180,7 @@ async def _serve(
         )
         runners.append(web.AppRunner(admin_app, shutdown_timeout=shutdown_timeout))
     stop = stop or asyncio.Event()
+    grpc_server: grpc_aio.Server | None = None
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     try:
@@ -168,18 +194,38 @@ async def _serve(
         for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, stop.set)
+        draining = runners[0].app[DRAINING_KEY]
+        if grpc is not None:
+            access = RepositoryAccess(
+                enabled=admin is not None, token=None if admin is None else admin.token
+            )
+            grpc_server, grpc_address = await start_grpc(
+                server,
+                listeners.grpc,
+                grpc.settings,
+                access=access,
+                draining=draining,
+                reuse_port=grpc.reuse_port,
+            )
         url = _url(runners[0].addresses[0])
         server.announce(listen=url)  # its siblings of one port answer each other's scrapes
         if on_started is not None:
             on_started(url)
         if admin is not None and on_admin_started is not None:
             on_admin_started(_url(runners[1].addresses[0]))
+        if grpc is not None and grpc.on_started is not None:
+            grpc.on_started(grpc_address)
         await stop.wait()
     finally:
         runners[0].app[DRAINING_KEY].set()
+        # gRPC refuses new calls at once and gives those in flight the same grace,
+        # while the HTTP side drains beside it.
+        grpc_stopped = None if grpc_server is None else grpc_server.stop(shutdown_timeout)
         for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
         # The admin API first: no deploys or routing changes while requests drain.
         for runner in reversed(runners):
             await runner.cleanup()
+        if grpc_stopped is not None:
+            await grpc_stopped

@@ -21,7 +21,15 @@ from turnout.web.binary import tensor_from_bytes
 from turnout.web.body import bad_request, get_list, get_string, require_object, type_name
 from turnout.web.jsonio import array_to_json
 
-__all__ = ["INPUT_DATATYPES", "InputTensor", "datatype_of", "decode", "encode", "parse_input"]
+__all__ = [
+    "INPUT_DATATYPES",
+    "InputTensor",
+    "check_shape",
+    "datatype_of",
+    "decode",
+    "encode",
+    "parse_input",
+]
 
 INPUT_DATATYPES: Mapping[str, np.dtype[Any]] = {
     "FP32": np.dtype(np.float32),
@@ -72,14 +80,15 @@ def parse_input(value: object, where: str, raw: bytes | None = None) -> InputTen
             f"{where}.datatype {datatype[:20]!r} is not supported; use one of {_SUPPORTED}",
             f"{where}.datatype",
         )
-    dims = _check_shape(shape, f"{where}.shape")
+    dims = check_shape(shape, f"{where}.shape")
     if raw is None:
         return InputTensor(name, dims, datatype, data, where)
     array = tensor_from_bytes(raw, INPUT_DATATYPES[datatype], datatype, dims, where)
     return InputTensor(name, dims, datatype, data, where, array)
 
 
-def _check_shape(shape: list[Any], where: str) -> tuple[int, ...]:
+def check_shape(shape: list[Any], where: str) -> tuple[int, ...]:
+    """Return a tensor's shape as a tuple if it is [rows] or [rows, features], else raise a 400."""
     if not 1 <= len(shape) <= 2:
         raise bad_request(
             f"{where} must have 1 or 2 dimensions ([rows, features], or [rows] for one"

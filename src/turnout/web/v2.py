@@ -28,13 +28,16 @@ request asks for them. :mod:`turnout.web.binary` does the byte-level work.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 import turnout
+from turnout.core.deployments.registry import Deployment
 from turnout.core.names import check_name
-from turnout.core.service.server import ModelServer
+from turnout.core.service.server import InferenceResult, ModelServer
 from turnout.web import triton
 from turnout.web.binary import binary_response
 from turnout.web.body import bad_request
@@ -57,7 +60,7 @@ from turnout.web.tensors import encode
 from turnout.web.v2_inputs import rows_from_inputs
 from turnout.web.v2_request import read_infer_request
 
-__all__ = ["setup_v2"]
+__all__ = ["answered_outputs", "check_requested", "describe_model", "setup_v2"]
 
 SERVER_NAME = "turnout"
 EXTENSIONS = ["binary_tensor_data", *triton.EXTENSIONS]
@@ -153,38 +156,51 @@ async def infer(request: web.Request) -> web.Response:
     limit = MAX_INPUTS if deployment is None else deployment.schema.n_features
     decoded = await read_infer_request(request, limit)
     requested, binary, options = decoded.requested, decoded.binary, decoded.options
-    if requested is not None:
-        offered = OUTPUT_NAMES if deployment is None else [s.name for s in output_specs(deployment)]
-        for i, name in enumerate(requested):
-            if name not in offered:
-                where = f"outputs[{i}].name"
-                raise bad_request(
-                    f"{where}: this model has no output {name[:60]!r}; its outputs are"
-                    f" {', '.join(offered)}",
-                    where,
-                )
+    check_requested(requested, deployment)
     rows = rows_from_inputs(decoded.tensors, deployment)
     result = await server.infer(
         model, rows, version=version, key=options.key, timeout=options.timeout
     )
-    outputs = result_outputs(result)
-    names = requested if requested is not None else _default_outputs(outputs)
+    outputs = answered_outputs(result, requested)
     parameters: dict[str, Any] = {"request_id": result.request_id}
     if result.fallback:
         parameters["fallback"] = True
-    names = [name for name in names if name in outputs]
     answer = {
         "model_name": model,
         "model_version": result.version,
         "id": decoded.id if decoded.id is not None else result.request_id,
         "parameters": parameters,
-        "outputs": [encode(name, outputs[name]) for name in names],
+        "outputs": [encode(name, array) for name, array in outputs.items()],
     }
-    in_binary = binary.among(names)
+    in_binary = binary.among(list(outputs))
     return binary_response(answer, outputs, in_binary) if in_binary else _json(answer)
 
 
-def _default_outputs(outputs: dict[str, Any]) -> list[str]:
-    """A classifier answers with label and probabilities; anything else with predictions."""
-    named = [name for name in (LABEL, PROBABILITIES) if name in outputs]
-    return named or [PREDICTIONS]
+def check_requested(requested: Sequence[str] | None, deployment: Deployment | None) -> None:
+    """Refuse (400) a requested output the model does not have, before it runs."""
+    if requested is None:
+        return
+    offered = OUTPUT_NAMES if deployment is None else [s.name for s in output_specs(deployment)]
+    for i, name in enumerate(requested):
+        if name not in offered:
+            where = f"outputs[{i}].name"
+            raise bad_request(
+                f"{where}: this model has no output {name[:60]!r}; its outputs are"
+                f" {', '.join(offered)}",
+                where,
+            )
+
+
+def answered_outputs(
+    result: InferenceResult, requested: Sequence[str] | None
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Return the outputs an answer carries, in order: those requested, else the defaults.
+
+    A classifier answers with label and probabilities by default, anything
+    else with predictions; a requested output the answer lacks (a fixed
+    fallback value has no labels) is left out.
+    """
+    outputs = result_outputs(result)
+    if requested is None:
+        requested = [name for name in (LABEL, PROBABILITIES) if name in outputs] or [PREDICTIONS]
+    return {name: outputs[name] for name in requested if name in outputs}
