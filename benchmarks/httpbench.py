@@ -72,6 +72,9 @@ DEFAULT_SECTIONS = ("closed", "open", "routing")  # workers: only when asked for
 WORKERS = (1, 2)  # the workers section's counts, unless --workers says
 WORKERS_CONCURRENCY = (64,)
 SERVERS = ("ceiling", "off", "adaptive", "threaded", "mlserver")
+# "threaded" (adaptive with every batch on the worker thread) only when asked for:
+# it measures one lever, and each server costs every cell its slices.
+DEFAULT_SERVERS = ("ceiling", "off", "adaptive", "mlserver")
 SETTLE_CAP = 30.0  # seconds a server may take to go idle after a slice
 QUICK_SETTLE_CAP = 3.0  # quick mode, after a slice; between sections it is SECTION_SETTLE_CAP
 SECTION_SETTLE_CAP = 30.0
@@ -715,7 +718,13 @@ def _parser() -> argparse.ArgumentParser:
         help="closed-loop load (wrk if installed)",
     )
     add("--no-peers", action="store_true", help="leave MLServer out even if it is set up")
-    add("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers to run")
+    add(
+        "--servers",
+        nargs="+",
+        choices=SERVERS,
+        default=list(DEFAULT_SERVERS),
+        help="servers to run (all but threaded)",
+    )
     add(
         "--baseline",
         action="append",
