@@ -3,7 +3,7 @@
 from turnout.web.app import DEFAULT_MAX_BODY_BYTES, create_app
 from turnout.web.errors import ERROR_CODES, ErrorCode
 from turnout.web.keys import MAX_BODY_KEY, SERVER_KEY
-from turnout.web.serve import is_loopback, serve
+from turnout.web.serve import GrpcSettings, is_loopback, serve
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -11,6 +11,7 @@ __all__ = [
     "MAX_BODY_KEY",
     "SERVER_KEY",
     "ErrorCode",
+    "GrpcSettings",
     "create_app",
     "is_loopback",
     "serve",
