@@ -200,3 +200,29 @@ async def test_client_calls_turnout_does_not_serve_are_json_404s(
 ) -> None:
     # docs/http.md, "Client calls turnout does not serve", lists these.
     await expect_error(await getattr(http, method)(path, json={}), 404, "not_found")
+
+
+@pytest.mark.parametrize(("datatype", "dtype"), [("FP64", np.float64), ("INT64", np.int64)])
+@pytest.mark.parametrize("binary", [True, False])
+async def test_tritonclient_fp64_and_int64_inputs_with_request_id_and_parameters(
+    http, cancer, binary_data, datatype, dtype, binary
+) -> None:
+    X = np.round(binary_data.X_test.iloc[:4].to_numpy()).astype(dtype)
+    expected = await cancer.predict("cancer", X.astype(np.float32))
+
+    def call() -> Any:
+        client = triton.InferenceServerClient(url=address(http))
+        try:
+            inputs = [triton.InferInput("input", list(X.shape), datatype)]
+            inputs[0].set_data_from_numpy(X, binary_data=binary)
+            outputs = [triton.InferRequestedOutput("probabilities", binary_data=binary)]
+            return client.infer(
+                "cancer", inputs, outputs=outputs, request_id="rid-9", parameters={"key": "u-1"}
+            )
+        finally:
+            client.close()
+
+    result = await asyncio.to_thread(call)
+    assert result.get_response()["id"] == "rid-9"
+    assert result.get_response()["parameters"]["request_id"]
+    assert_close(result.as_numpy("probabilities")[:, 1], expected)
