@@ -5,7 +5,8 @@ core, the load generator on the other; within a cell the servers take turns
 in short slices (round-robin), so noise from the shared machine lands on all
 of them alike. Sections:
 
-* ``closed``: closed loop at each concurrency, for each request kind;
+* ``closed``: closed loop at each concurrency, for each request kind (HTTP,
+  and ``grpc-raw-1`` over gRPC to the turnout servers that serve it);
 * ``open``: open loop at fixed rates (V2 JSON, one row), latency timed from
   each request's due time (no coordinated omission);
 * ``routing``: one turnout server holding a model per routing setup (active,
@@ -39,6 +40,7 @@ from typing import TypeVar
 from benchmarks.artifacts import MODEL, ROUTING_MODELS, Artifacts, build_artifacts
 from benchmarks.eventloop import LOOPS, default_loop
 from benchmarks.gitrefs import export_sources, known_ref
+from benchmarks.grpcload import closed_loop as grpc_closed_loop
 from benchmarks.limit import OrtCost, batch_sizes, measure_ort
 from benchmarks.loadgen import closed_loop, open_loop
 from benchmarks.payloads import KINDS, Payload, build_payload
@@ -159,14 +161,23 @@ def serve_turnout(repository: Path, loop: str, *args: str) -> tuple[str, ...]:
 
 
 def turnout_specs(artifacts: Artifacts, loop: str) -> list[ServerSpec]:
-    """Return the ceiling and turnout: batching off, adaptive, adaptive on the worker thread."""
+    """Return the ceiling and turnout: batching off, adaptive, adaptive on the worker thread.
+
+    Each turnout server serves gRPC too (``--grpc-port``, its second port),
+    so its gRPC and HTTP rows come from one process on one core.
+    """
+
+    def turnout(name: str, repository: Path) -> ServerSpec:
+        argv = serve_turnout(repository, loop, "--grpc-port", "{port1}")
+        return ServerSpec(name, argv, reports_batches=True, ports=2, grpc=True)
+
     return [
         ServerSpec(
             CEILING, python_module("benchmarks.ceiling", "--port", "{port}", "--loop", loop)
         ),
-        ServerSpec(OFF, serve_turnout(artifacts.off_repo, loop), reports_batches=True),
-        ServerSpec(ADAPTIVE, serve_turnout(artifacts.adaptive_repo, loop), reports_batches=True),
-        ServerSpec(THREADED, serve_turnout(artifacts.threaded_repo, loop), reports_batches=True),
+        turnout(OFF, artifacts.off_repo),
+        turnout(ADAPTIVE, artifacts.adaptive_repo),
+        turnout(THREADED, artifacts.threaded_repo),
     ]
 
 
@@ -174,6 +185,7 @@ def baseline_spec(artifacts: Artifacts, loop: str, ref: str, workdir: Path) -> S
     """Return turnout adaptive run from the sources of git ``ref``: before/after, side by side."""
     src = export_sources(ref, workdir / f"baseline-{ref.replace('/', '-')}")
     name = f"{ADAPTIVE} @{ref}"
+    # No --grpc-port: a ref from before d1e0892 has no gRPC service, and would not start.
     argv = serve_turnout(own_copy(artifacts.adaptive_repo, name), loop)
     # The exported sources come first on the path, before the installed (editable) turnout.
     return ServerSpec(name, argv, reports_batches=True, env={"PYTHONPATH": str(src)})
@@ -271,6 +283,9 @@ class Measurer:
     def _closed(
         self, server: RunningServer, payload: Payload, tag: str, concurrency: int, seconds: float
     ) -> Window:
+        if payload.grpc:  # wrk speaks HTTP/1.1 only: gRPC has its own client, whatever the setting
+            assert server.grpc_target is not None
+            return asyncio.run(grpc_closed_loop(server.grpc_target, payload, concurrency, seconds))
         if self.settings.generator == "wrk":
             key = (server.spec.name, tag, payload.path)
             runner = self._runners.get(key)
@@ -330,9 +345,10 @@ class Measurer:
 def _generator_cpu_seconds() -> float:
     """Return the CPU time of this process and of its children waited for (wrk) so far.
 
-    The built-in generator runs in this process, wrk in a child that has
-    exited once its slice is read; the servers are children too, but are
-    counted only once stopped, after the run.
+    The built-in generator and the gRPC client run in this process (grpc's
+    own threads included), wrk in a child that has exited once its slice is
+    read; the servers are children too, but are counted only once stopped,
+    after the run.
     """
     return sum(
         usage.ru_utime + usage.ru_stime
@@ -360,6 +376,8 @@ def hand_answers(run: Run, servers: list[RunningServer], artifacts: Artifacts) -
         return
     sizes = []
     for kind in KINDS.values():
+        if kind.grpc:  # the ceiling serves HTTP only
+            continue
         payload = build_payload(kind, MODEL, artifacts.rows)
         assert payload is not None
         headers, body = payload.requests[0]
@@ -417,13 +435,19 @@ def run_closed(
             srv.spec.name: build_payload(kind, MODEL, artifacts.rows, flavour=srv.spec.flavour)
             for srv in servers
         }
+        if kind.grpc:
+            for srv in servers:
+                if srv.grpc_target is None:
+                    payloads[srv.spec.name] = None
         able = [srv for srv in servers if payloads[srv.spec.name] is not None]
         for srv in servers:
             if payloads[srv.spec.name] is None:
                 run.notes.append(
                     f"{srv.spec.name} does not take {kind_name} requests: not measured."
                 )
-        if s.warmup > 0 and kind_name == kinds[0]:
+        # Warmed up on the first kind of each transport: gRPC has connections,
+        # handlers and a service of its own to warm.
+        if s.warmup > 0 and kind_name == next(k for k in kinds if KINDS[k].grpc == kind.grpc):
             for srv in able:
                 payload = payloads[srv.spec.name]
                 assert payload is not None
@@ -606,6 +630,11 @@ def execute(settings: Settings) -> Run:
         if settings.generator == "wrk"
         else "built-in (a lean HTTP/1.1 client)"
     )
+    if "closed" in settings.sections and any(KINDS[k].grpc for k in settings.kinds):
+        run.versions["gRPC load generator"] = (
+            f"grpc.aio client, grpcio {package_version('grpcio')} (benchmarks/grpcload.py),"
+            " in the harness process on the generator's core"
+        )
     measured = "closed" in settings.sections or "open" in settings.sections
     specs = compared_specs(run, artifacts) if measured else []
     if settings.generator != "wrk":

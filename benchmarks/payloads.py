@@ -1,14 +1,19 @@
-"""The requests the HTTP benchmark sends: four kinds, each a pool of distinct bodies.
+"""The requests the HTTP benchmark sends: five kinds, each a pool of distinct bodies.
 
 * ``v2-json-1``: Open Inference Protocol, one FP32 ``[1, 20]`` tensor as JSON;
 * ``v2-json-32``: the same with 32 rows;
 * ``v2-binary-1``: one row as raw bytes after a JSON header (the binary
   tensor data extension);
-* ``v1-1``: KServe V1, ``{"instances": [[...20 values]]}``.
+* ``v1-1``: KServe V1, ``{"instances": [[...20 values]]}``;
+* ``grpc-raw-1``: the Open Inference Protocol over gRPC, a serialized
+  ``ModelInferRequest`` with the row in ``raw_input_contents``, as
+  tritonclient sends it (``benchmarks.grpcload`` sends it).
 
 Every server answers with the same content: a label and class probabilities
 per row. MLServer's sklearn runtime answers with labels only unless asked, so
 its requests name both outputs; it speaks neither V1 nor the binary extension.
+Which servers take gRPC is the harness's to say (``ServerSpec.grpc``), not
+the flavour's: the ceiling is HTTP only.
 """
 
 from __future__ import annotations
@@ -27,9 +32,14 @@ class RequestKind:
     """One kind of request: its protocol and rows per request."""
 
     name: str
-    protocol: str  # "v2" or "v1"
+    protocol: str  # "v2", "v1" or "grpc"
     rows: int
     binary: bool = False
+
+    @property
+    def grpc(self) -> bool:
+        """Whether it is sent over gRPC rather than HTTP."""
+        return self.protocol == "grpc"
 
 
 KINDS: dict[str, RequestKind] = {
@@ -39,6 +49,7 @@ KINDS: dict[str, RequestKind] = {
         RequestKind("v2-json-32", "v2", 32),
         RequestKind("v2-binary-1", "v2", 1, binary=True),
         RequestKind("v1-1", "v1", 1),
+        RequestKind("grpc-raw-1", "grpc", 1, binary=True),
     )
 }
 
@@ -47,10 +58,14 @@ POOL = 64  # distinct bodies per kind: real clients do not send one body forever
 
 @dataclass(frozen=True)
 class Payload:
-    """What a load generator sends: one path, and requests (headers, body) to cycle through."""
+    """What a load generator sends: one path, and requests (headers, body) to cycle through.
+
+    Over gRPC the path is the method's and each body a serialized message.
+    """
 
     path: str
     requests: tuple[tuple[dict[str, str], bytes], ...]
+    grpc: bool = False  # sent over gRPC, to a server's gRPC port
 
 
 def build_payload(
@@ -68,10 +83,10 @@ def build_payload(
     """
     if flavour == "mlserver" and (kind.protocol != "v2" or kind.binary):
         return None
+    if kind.grpc:
+        return _grpc_payload(kind, model, rows, keys)
     requests = []
-    for i in range(POOL):
-        start = (i * kind.rows) % (len(rows) - kind.rows + 1)
-        batch = rows[start : start + kind.rows]
+    for i, batch in enumerate(_batches(rows, kind.rows)):
         key = f"user-{i:04d}" if keys else None
         if kind.protocol == "v1":
             requests.append((_JSON, _v1_body(batch, key)))
@@ -85,6 +100,12 @@ def build_payload(
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+def _batches(rows: np.ndarray[Any, Any], size: int) -> list[np.ndarray[Any, Any]]:
+    """Return the ``POOL`` batches of ``size`` rows the bodies are made of."""
+    starts = ((i * size) % (len(rows) - size + 1) for i in range(POOL))
+    return [rows[start : start + size] for start in starts]
 
 
 def _values(batch: np.ndarray[Any, Any]) -> list[float]:
@@ -119,6 +140,22 @@ def _v2_binary_request(
         "Inference-Header-Content-Length": str(len(header)),
     }
     return headers, header + raw
+
+
+def _grpc_payload(kind: RequestKind, model: str, rows: np.ndarray[Any, Any], keys: bool) -> Payload:
+    """Return serialized ModelInferRequests: serialized once, so the client only sends bytes."""
+    from turnout.web.rpc.messages import SERVICE, ModelInferRequest
+
+    requests: list[tuple[dict[str, str], bytes]] = []
+    for i, batch in enumerate(_batches(rows, kind.rows)):
+        request = ModelInferRequest(model_name=model)
+        request.inputs.add(name="input", datatype="FP32", shape=list(batch.shape))
+        # The values go raw, beside the tensors, as tritonclient sends them.
+        request.raw_input_contents.append(np.ascontiguousarray(batch, dtype="<f4").tobytes())
+        if keys:
+            request.parameters["key"].string_param = f"user-{i:04d}"
+        requests.append(({}, request.SerializeToString()))
+    return Payload(f"/{SERVICE}/ModelInfer", tuple(requests), grpc=True)
 
 
 def _v1_body(batch: np.ndarray[Any, Any], key: str | None) -> bytes:

@@ -18,6 +18,7 @@ __all__ = [
     "best_mlserver",
     "cell_limit",
     "closed_table",
+    "grpc_comparison",
     "ort_table",
     "render",
     "routing_table",
@@ -30,6 +31,8 @@ TARGET_KIND = "v2-json-1"
 WORKERS_SCALING = 1.6  # the target: 2 workers at least this many times 1 worker's throughput
 OWN_TARGET = 20e-6  # the target: turnout adaptive's own CPU seconds per request, at most
 LIMIT_TARGET = 0.80  # the target: turnout adaptive's share of the one-core limit, at least
+GRPC_KIND, HTTP_KINDS = "grpc-raw-1", ("v2-json-1", "v2-binary-1")  # compared under the table
+GRPC_LOAD = 64
 
 
 def _ms(seconds: float) -> str:
@@ -155,6 +158,29 @@ def closed_table(cells: Sequence[Cell], ort: OrtCost | None = None) -> list[str]
         if c.section == "closed"
     ]
     return lines
+
+
+def grpc_comparison(cells: Sequence[Cell]) -> list[str]:
+    """Return a line per server comparing gRPC with HTTP JSON and binary at concurrency 64."""
+    lines = []
+    servers = dict.fromkeys(c.server for c in cells if c.section == "closed")
+    for server in servers:
+        grpc = _find(cells, "closed", GRPC_KIND, server, GRPC_LOAD)
+        http = [_find(cells, "closed", kind, server, GRPC_LOAD) for kind in HTTP_KINDS]
+        if grpc is None or None in http:
+            continue
+        json, binary = (w for w in http if w is not None)
+        client = grpc.generator_cpu_percent
+        lines.append(
+            f"gRPC at concurrency {GRPC_LOAD}, {server}: {GRPC_KIND} {grpc.throughput:,.0f} req/s,"
+            f" {_ratio(grpc.throughput, json.throughput)} {HTTP_KINDS[0]}'s"
+            f" {json.throughput:,.0f} and {_ratio(grpc.throughput, binary.throughput)}"
+            f" {HTTP_KINDS[1]}'s {binary.throughput:,.0f}; CPU µs/req {_cpu_us(grpc)} against"
+            f" {_cpu_us(json)} and {_cpu_us(binary)}"
+            + ("" if client is None else f"; the gRPC client used {client:.0f}% of its core")
+            + "."
+        )
+    return [*lines, ""] if lines else []
 
 
 def open_table(cells: Sequence[Cell]) -> list[str]:
@@ -415,6 +441,7 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
         lines += ["## Targets", "", *checks, ""]
     if any(c.section == "closed" for c in run.cells):
         lines += ["## Closed loop", "", *closed_table(run.cells, run.ort), ""]
+        lines += grpc_comparison(run.cells)
     sections = {
         "open": (
             "Open loop (V2 JSON, one row)",

@@ -1,7 +1,7 @@
 """Launch ``turnout serve --repository DIR`` for the benchmark, on the event loop asked for.
 
 Run: ``python -m benchmarks.serve_turnout --repository DIR --port P [--loop uvloop|asyncio]
-[--workers N] [--fault MODEL/VERSION=slow:SECONDS|fail] [--tracemalloc DIR]``.
+[--workers N] [--grpc-port P] [--fault MODEL/VERSION=slow:SECONDS|fail] [--tracemalloc DIR]``.
 
 Without ``--fault`` this is the ``turnout serve`` command line itself, on the
 loop chosen (``--event-loop``, which ``--workers N`` hands on to every
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--loop", choices=LOOPS, default=default_loop())
     parser.add_argument("--workers", type=int, default=1, help="turnout serve --workers (1)")
+    parser.add_argument("--grpc-port", type=int, default=None, help="turnout serve --grpc-port")
     parser.add_argument("--fault", action="append", default=[], metavar="MODEL/VERSION=FAULT")
     parser.add_argument(
         "--tracemalloc",
@@ -71,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         serve = ["serve", "--repository", args.repository, "--port", str(args.port), "--no-demo"]
         # turnout serve picks its own loop (uvloop when installed): name the one asked for.
         serve += ["--event-loop", args.loop, "--workers", str(args.workers)]
+        if args.grpc_port is not None:
+            serve += ["--grpc-port", str(args.grpc_port)]
         return turnout_main(serve)
     faults = [_parse_fault(text) for text in args.fault]
-    asyncio.run(_serve_with_faults(args.repository, args.port, faults))
+    asyncio.run(_serve_with_faults(args.repository, args.port, faults, args.grpc_port))
     return 0
 
 
@@ -118,10 +121,11 @@ def _parse_fault(text: str) -> tuple[str, str, str, float]:
 
 
 async def _serve_with_faults(
-    repository: str, port: int, faults: list[tuple[str, str, str, float]]
+    repository: str, port: int, faults: list[tuple[str, str, str, float]], grpc_port: int | None
 ) -> None:
     from turnout import ModelServer
     from turnout.core.deployments.faults import inject_faults
+    from turnout.web.rpc.server import GrpcSettings
     from turnout.web.serve import serve
 
     async with ModelServer(repository=repository) as server:
@@ -133,7 +137,8 @@ async def _serve_with_faults(
                     injected.slow_down(seconds)
                 else:
                     injected.fail_fraction(1.0)
-            await serve(server, "127.0.0.1", port, on_started=_started)
+            grpc = None if grpc_port is None else GrpcSettings(port=grpc_port)
+            await serve(server, "127.0.0.1", port, on_started=_started, grpc=grpc)
 
 
 def _started(url: str) -> None:

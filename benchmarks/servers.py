@@ -100,6 +100,7 @@ class ServerSpec:
     start_timeout: float = 120.0
     workers: int = 1  # turnout serve --workers N: N worker processes under a supervisor
     cores: int = 1  # pinned to this many of the usable cores, the first ones (all at most)
+    grpc: bool = False  # serves the harness's gRPC kinds on "{port1}" (ports >= 2)
 
     @property
     def pinned(self) -> list[int]:
@@ -120,6 +121,8 @@ class RunningServer:
         # Given the ports of a server it replaces (a restart); else free ones.
         self.ports = list(ports) or [free_port() for _ in range(spec.ports)]
         self.url = f"http://127.0.0.1:{self.ports[0]}"
+        # Where the gRPC kinds are sent, if it takes them.
+        self.grpc_target = f"127.0.0.1:{self.ports[1]}" if spec.grpc else None
         argv = [self._fill(arg) for arg in spec.argv]
         env = {**os.environ, **{k: self._fill(v) for k, v in spec.env.items()}}
         log.parent.mkdir(parents=True, exist_ok=True)
