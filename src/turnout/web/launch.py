@@ -15,7 +15,13 @@ from turnout.web.auth import TOKEN_ENV
 from turnout.web.examples import admin_example, curl, v1_predict_example, v2_infer_example
 from turnout.web.listeners import Listeners
 from turnout.web.rpc.server import GrpcSettings
-from turnout.web.serve import DEFAULT_ADMIN_PORT, SHUTDOWN_TIMEOUT, AdminSettings, serve
+from turnout.web.serve import (
+    DEFAULT_ADMIN_PORT,
+    SHUTDOWN_TIMEOUT,
+    AdminSettings,
+    bind_listeners,
+    serve,
+)
 from turnout.web.tensors import datatype_of
 
 __all__ = ["run_serve"]
@@ -57,13 +63,7 @@ async def run_serve(
     Inference Protocol's gRPC service too (docs/grpc.md).
     """
     # Bound before the repository is opened or the demo trained: a port in use fails at once.
-    listeners = Listeners.bind(
-        host,
-        port,
-        None if admin is None else (admin.host, admin.port),
-        grpc=None if grpc is None else (grpc.host, grpc.port),
-        reuse_port=reuse_port,
-    )
+    listeners = bind_listeners(host, port, admin, grpc, reuse_port=reuse_port)
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(listeners.close)
         plugins: list[object] = []

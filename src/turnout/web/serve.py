@@ -33,6 +33,7 @@ __all__ = [
     "AdminSettings",
     "GrpcSettings",
     "Listeners",
+    "bind_listeners",
     "is_loopback",
     "serve",
 ]
@@ -120,13 +121,7 @@ async def serve(
     says whether other processes share its port (``--workers N``).
     """
     if listeners is None:
-        listeners = Listeners.bind(
-            host,
-            port,
-            None if admin is None else (admin.host, admin.port),
-            grpc=None if grpc is None else (grpc.host, grpc.port),
-            reuse_port=reuse_port,
-        )
+        listeners = bind_listeners(host, port, admin, grpc, reuse_port=reuse_port)
     if (admin is not None and not listeners.admin) or (grpc is not None and not listeners.grpc):
         listeners.close()
         raise InvalidConfigError("settings were given for a listener whose socket was not bound")
@@ -144,6 +139,24 @@ async def serve(
         )
     finally:
         listeners.close()
+
+
+def bind_listeners(
+    host: str,
+    port: int,
+    admin: AdminSettings | None,
+    grpc: GrpcSettings | None,
+    *,
+    reuse_port: bool = False,
+) -> Listeners:
+    """Bind the inference port and, when their settings are given, the admin and gRPC ports."""
+    return Listeners.bind(
+        host,
+        port,
+        None if admin is None else (admin.host, admin.port),
+        grpc=None if grpc is None else (grpc.host, grpc.port),
+        reuse_port=reuse_port,
+    )
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,19 @@ async def test_serve_grpc_port_serves_the_demo_and_drains_on_sigterm() -> None:
 async def test_every_worker_serves_the_grpc_port() -> None:
     async with turnout_serve("--demo", "--workers", "2", "--grpc-port", "0") as process:
         address = await grpc_address(process)
+        # The second worker starts once the first serves: wait for the supervisor to say so.
+        assert process.stderr is not None
+        errors = ""
+        while "workers started" not in errors:
+            line = await asyncio.wait_for(process.stderr.readline(), 60)
+            assert line, errors
+            errors += line.decode()
         # Fresh channels: the kernel spreads connections over both workers' sockets.
         answers = [await demo_infer(address) for _ in range(6)]
         assert all(version in ("v1", "v2") for version, _ in answers)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
-        assert process.stderr is not None
-        errors = (await process.stderr.read()).decode()
+        errors += (await process.stderr.read()).decode()
     assert "2 workers started" in errors
     # A worker that could not bind the gRPC port would have died and been restarted.
     assert "restarted" not in errors
