@@ -12,16 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import Phase, settings
+from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.ensemble import (
     GradientBoostingClassifier,
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from services import RedisServer
 from turnout import ModelServer, ModelServingManager
@@ -84,6 +85,46 @@ def regression_data() -> Dataset:
     """Diabetes: 10 features, a continuous target."""
     X, y = load_diabetes(return_X_y=True, as_frame=True)
     return _split(X, y)
+
+
+@pytest.fixture(scope="session")
+def tabular_data() -> Dataset:
+    """Diabetes with two string columns, as tabular data comes: ``sex`` and ``bmi_band``.
+
+    The target is whether progression is above the median (see tabular_classifier).
+    """
+    X, y = load_diabetes(return_X_y=True, as_frame=True, scaled=False)
+    X = X.assign(
+        sex=np.where(X["sex"] == 1, "female", "male"),
+        bmi_band=pd.cut(X["bmi"], [0, 25, 30, 100], labels=["normal", "over", "obese"]).astype(str),
+    )
+    return _split(X.drop(columns=["bmi"]), y)
+
+
+def _tabular_pipeline(data: Dataset, unknown: str, head: Any) -> Any:
+    strings = ["sex", "bmi_band"]
+    numbers = [name for name in data.features if name not in strings]
+    encode = ColumnTransformer(
+        [
+            ("strings", OneHotEncoder(handle_unknown=unknown), strings),
+            ("numbers", StandardScaler(), numbers),
+        ]
+    )
+    return Pipeline([("encode", encode), ("model", head)])
+
+
+@pytest.fixture(scope="session")
+def tabular_classifier(tabular_data: Dataset) -> Any:
+    """One-hot strings and scaled numbers into a LogisticRegression; unknown categories refused."""
+    model = _tabular_pipeline(tabular_data, "error", LogisticRegression(max_iter=1000))
+    return model.fit(tabular_data.X_train, tabular_data.y_train > np.median(tabular_data.y_train))
+
+
+@pytest.fixture(scope="session")
+def tabular_regressor(tabular_data: Dataset) -> Any:
+    """The same encoding + Ridge on the raw target; unknown categories are ignored (all zeros)."""
+    model = _tabular_pipeline(tabular_data, "ignore", Ridge())
+    return model.fit(tabular_data.X_train, tabular_data.y_train)
 
 
 @pytest.fixture(scope="session")

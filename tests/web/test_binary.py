@@ -203,8 +203,8 @@ def _with_input(**changes: Any) -> dict[str, Any]:
             _with_input(datatype="BYTES"),
             None,
             None,
-            "inputs[0].datatype",
-            "not supported",
+            "inputs[0].parameters.binary_data_size",
+            "do not hold 60 BYTES elements",
         ),
         (
             _with_input(parameters={"binary_data_size": -4}),

@@ -46,6 +46,7 @@ __all__ = [
     "binary_outputs",
     "binary_response",
     "read_infer_body",
+    "strings_from_bytes",
     "tensor_from_bytes",
     "tensor_to_bytes",
 ]
@@ -173,6 +174,8 @@ def tensor_from_bytes(
     ``sized_by`` names the field that said how many bytes there are, for the
     error (by default the input's ``parameters.binary_data_size``).
     """
+    if dtype.kind == "O":
+        return strings_from_bytes(raw, shape, sized_by or f"{where}.parameters.binary_data_size")
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         field = sized_by or f"{where}.parameters.binary_data_size"
@@ -183,6 +186,34 @@ def tensor_from_bytes(
         )
     array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
     return array.reshape(shape)
+
+
+def strings_from_bytes(raw: bytes, shape: tuple[int, ...], field: str) -> np.ndarray[Any, Any]:
+    """Read a BYTES tensor's elements: each a 4-byte little-endian length, then UTF-8 bytes."""
+    count = math.prod(shape)
+    values: list[str] = []
+    offset = 0
+    while offset < len(raw) and len(values) < count:
+        if offset + 4 > len(raw):
+            break
+        (length,) = struct.unpack_from("<I", raw, offset)
+        start = offset + 4
+        if start + length > len(raw):
+            break
+        try:
+            values.append(raw[start : start + length].decode())
+        except UnicodeDecodeError:
+            raise bad_request(
+                f"{field}: element {len(values)} of the BYTES tensor is not UTF-8 text", field
+            ) from None
+        offset = start + length
+    if len(values) != count or offset != len(raw):
+        raise bad_request(
+            f"{field}: {len(raw)} bytes do not hold {count} BYTES elements of shape"
+            f" {list(shape)} (each a 4-byte little-endian length, then its bytes)",
+            field,
+        )
+    return np.array(values, dtype=object).reshape(shape)
 
 
 def tensor_to_bytes(array: np.ndarray[Any, Any]) -> bytes:

@@ -99,8 +99,10 @@ def model_versions(server: ModelServer, model: str) -> list[str]:
 
 
 def input_specs(deployment: Deployment) -> list[TensorSpec]:
-    """Return the one 2-D input tensor the deployment takes: [rows, features]."""
+    """Return the input tensors the deployment takes: one [rows, features], or one per column."""
     schema = deployment.schema
+    if schema.columns is not None:
+        return [TensorSpec(c.name, datatype_of(c.dtype), (-1, 1)) for c in schema.columns]
     name = deployment.loaded.signature.input_name
     return [TensorSpec(name, datatype_of(schema.dtype), (-1, schema.n_features))]
 

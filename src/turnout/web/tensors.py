@@ -3,8 +3,10 @@
 Tensor data is row-major, flat or nested in the tensor's natural shape; the
 ``shape`` must account for exactly the values sent. The numeric datatypes a
 turnout model can take are accepted (FP32, FP64, INT32, INT64); booleans are
-read as 0 and 1, as the protocol lets a server coerce them. An input sent as
-binary data (see :mod:`turnout.web.binary`) is read from its bytes instead.
+read as 0 and 1, as the protocol lets a server coerce them. BYTES tensors
+hold strings, one column's values for a model with string columns (see
+:mod:`turnout.core.execution.columns`). An input sent as binary data (see
+:mod:`turnout.web.binary`) is read from its bytes instead.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ INPUT_DATATYPES: Mapping[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
     "INT32": np.dtype(np.int32),
     "INT64": np.dtype(np.int64),
+    "BYTES": np.dtype(object),
 }
 
 _SUPPORTED = ", ".join(INPUT_DATATYPES)
@@ -106,6 +109,8 @@ def check_shape(shape: list[Any], where: str) -> tuple[int, ...]:
 def decode(tensor: InputTensor) -> np.ndarray[Any, Any]:
     """Return the tensor's data as an array of its shape and datatype, or raise a 400."""
     where = f"{tensor.where}.data"
+    if tensor.datatype == "BYTES" and tensor.array is None:
+        return _strings(tensor, where)
     if tensor.array is not None:
         if tensor.array.dtype.kind == "f" and not all_finite(tensor.array):
             where = f"{tensor.where}.parameters.binary_data_size"
@@ -136,6 +141,45 @@ def decode(tensor: InputTensor) -> np.ndarray[Any, Any]:
             where,
         )
     return _convert(raw, INPUT_DATATYPES[tensor.datatype], tensor.datatype, where)
+
+
+def _strings(tensor: InputTensor, where: str) -> np.ndarray[Any, Any]:
+    """A BYTES tensor's JSON data: strings, flat or nested to its shape."""
+    values: list[Any] = []
+    rows = (
+        tensor.data
+        if len(tensor.shape) == 2 and any(isinstance(v, list) for v in tensor.data)
+        else None
+    )
+    if rows is not None:
+        width = tensor.shape[1]
+        if len(rows) != tensor.shape[0] or not all(
+            isinstance(row, list) and len(row) == width for row in rows
+        ):
+            raise bad_request(
+                f"{where} must be a flat list of strings, or lists nested to the shape"
+                f" {list(tensor.shape)}",
+                where,
+            )
+        for row in rows:
+            values.extend(row)
+    else:
+        values = tensor.data
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            shown = f" {value!r:.40}" if not isinstance(value, list) else ""
+            raise bad_request(
+                f"{where}[{i}]: a BYTES tensor holds strings, not {type_name(value)}{shown}",
+                where,
+            )
+    expected = math.prod(tensor.shape)
+    if len(values) != expected:
+        raise bad_request(
+            f"{tensor.where}: shape {list(tensor.shape)} holds {expected} values,"
+            f" but data has {len(values)}",
+            where,
+        )
+    return np.array(values, dtype=object).reshape(tensor.shape)
 
 
 def _convert(

@@ -9,7 +9,9 @@ them: a name the model does not take is refused, not guessed at.
 - One tensor per feature, named after it and shaped ``[rows]`` or
   ``[rows, 1]``, in any order: these become rows keyed by feature name, so
   whichever version the routing picks reads each value into its own
-  feature, whatever its feature order.
+  feature, whatever its feature order. A model with string columns takes
+  only this layout: a BYTES tensor per string column, a numeric one per
+  other column.
 
 A name sent twice is refused either way. The names are those of the pinned
 version, else of the active one; a model with no active version (its
@@ -45,6 +47,9 @@ def rows_from_inputs(tensors: Sequence[InputTensor], deployment: Deployment | No
         return _rows_by_feature(tensors, None)
     name = deployment.loaded.signature.input_name
     features = deployment.schema.feature_names
+    if deployment.schema.columns is not None:
+        # A model of typed columns (strings among them) has no 2-D input to send whole.
+        return _rows_by_feature(tensors, features)
     whole = [
         tensor for tensor in tensors if tensor.name == name and not _is_column(tensor, features)
     ]

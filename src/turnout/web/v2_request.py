@@ -103,6 +103,7 @@ def _from_typed(typed: _Request, limit: int) -> InferRequest | None:
         shape = value.shape
         if (
             value.datatype not in INPUT_DATATYPES
+            or value.datatype == "BYTES"  # strings: the typed decoder holds numbers only
             or not 1 <= len(shape) <= 2
             or min(shape) < 0
             or (value.parameters is not None and "binary_data_size" in value.parameters)

@@ -158,6 +158,7 @@ async def test_bad_requests_get_invalid_argument_naming_the_field(channel, cance
     mixed.inputs[0].contents.fp32_contents.append(1.0)
     strings = messages.ModelInferRequest(model_name="cancer")
     strings.inputs.add(name="input", datatype="BYTES", shape=[1, 30])
+    strings.inputs[0].contents.bytes_contents.extend([b"17.9"] * 30)
     wrong_width = request_of(np.ones((1, 29), np.float32))
     unknown_output = request_of(good)
     unknown_output.outputs.add(name="nope")
@@ -166,7 +167,7 @@ async def test_bad_requests_get_invalid_argument_naming_the_field(channel, cance
         "NaN": (request_of(nan), "inputs[0]"),
         "short raw": (short, "raw_inputs[0]"),
         "raw and typed": (mixed, "inputs[0].contents"),
-        "BYTES": (strings, "inputs[0].datatype"),
+        "BYTES": (strings, "mean radius"),
         "width": (wrong_width, "columns"),
         "output": (unknown_output, "outputs[0].name"),
         "no inputs": (empty, "inputs"),

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
-
 from turnout.core.clock import Clock
 from turnout.core.deployments.registry import Deployment, HealthCheckFn
 from turnout.core.errors import ConversionError, InvalidConfigError, TurnoutError
@@ -166,7 +164,7 @@ def load_runtime(
         running = PythonRuntime(loaded.estimator, loaded.signature)
     else:
         running = OnnxRuntime(loaded.onnx_bytes, loaded.signature, threads=threads)
-    probe = np.zeros((1, loaded.signature.n_features), dtype=loaded.signature.input_dtype)
+    probe = loaded.signature.probe()
     try:
         running.run(probe)
     except TurnoutError as exc:
@@ -198,6 +196,7 @@ def build_deployment(
             feature_names=loaded.signature.feature_names,
             allow_nan=options.allow_nan,
             max_rows=options.batching.max_request_rows,
+            columns=loaded.signature.columns,
         )
     except TurnoutError:
         runtime.close()

@@ -20,6 +20,13 @@ import numpy as np
 
 from turnout.core.errors import ConversionError
 from turnout.core.execution.boosting import prepare_boosters
+from turnout.core.execution.columns import (
+    ONNX_NUMBER_TYPES,
+    InputColumn,
+    graph_columns,
+    record_dtype,
+    string_columns,
+)
 
 __all__ = ["LoadedModel", "ModelSignature", "Runtime", "Task", "load_model"]
 
@@ -46,7 +53,13 @@ class Runtime(StrEnum):
 
 @dataclass(frozen=True)
 class ModelSignature:
-    """The shape of a servable model: its one input and the outputs turnout reads."""
+    """The shape of a servable model: its input and the outputs turnout reads.
+
+    A model takes one 2-D input named ``input_name``, or, when ``columns``
+    is set, one ``[rows, 1]`` input per column (some of them strings); its
+    rows are then records of ``input_dtype``, a field per column, and
+    ``input_name`` is empty.
+    """
 
     input_name: str
     n_features: int
@@ -56,6 +69,16 @@ class ModelSignature:
     classes: tuple[Any, ...] | None = None
     label_output: str | None = None
     score_output: str | None = None
+    columns: tuple[InputColumn, ...] | None = None
+
+    def probe(self) -> np.ndarray[Any, Any]:
+        """Return one row the model must take: zeros, and a known category in string columns."""
+        if self.columns is None:
+            return np.zeros((1, self.n_features), dtype=self.input_dtype)
+        row = np.empty(1, dtype=self.input_dtype)
+        for column in self.columns:
+            row[column.name] = column.example()
+        return row
 
 
 @dataclass(frozen=True)
@@ -71,9 +94,6 @@ class LoadedModel:
     def runtime(self) -> Runtime:
         """The runtime its batches run on."""
         return Runtime.PYTHON if self.onnx_bytes is None else Runtime.ONNX
-
-
-_ONNX_ELEMENT_TYPES = {1: np.float32, 11: np.float64, 7: np.int64, 6: np.int32}
 
 
 def load_model(
@@ -229,14 +249,12 @@ def _sklearn_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedMo
     names = _estimator_names(estimator, n_features, features)
     try:
         from skl2onnx import convert_sklearn
-        from skl2onnx.common.data_types import FloatTensorType
 
-        # One 2-D float input, whatever the model was trained on: requests
-        # are encoded into exactly that. zipmap=False keeps probabilities a
-        # plain tensor instead of a list of dicts, which is far cheaper to read.
+        # zipmap=False keeps probabilities a plain tensor instead of a list of
+        # dicts, which is far cheaper to read.
         proto = convert_sklearn(
             estimator,
-            initial_types=[("input", FloatTensorType([None, n_features]))],
+            initial_types=_initial_types(estimator, n_features, names),
             options={"zipmap": False} if hasattr(estimator, "predict_proba") else None,
             target_opset=prepare_boosters(estimator),
         )
@@ -260,6 +278,29 @@ def _sklearn_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedMo
         estimator=estimator,
         source=f"sklearn:{_describe(estimator)}",
     )
+
+
+def _initial_types(
+    estimator: Any, n_features: int, names: tuple[str, ...] | None
+) -> list[tuple[str, Any]]:
+    """The graph inputs to convert to: one 2-D float input, or one per column with strings.
+
+    Requests are encoded into exactly these, whatever the model was trained on.
+    """
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    strings = string_columns(estimator, n_features)
+    if not strings:
+        return [("input", FloatTensorType([None, n_features]))]
+    if names is None:
+        raise ConversionError(
+            f"{_describe(estimator)} reads string columns, which are sent by name: fit it on"
+            " a DataFrame, or pass features=[...] naming its columns in order"
+        )
+    return [
+        (name, StringTensorType([None, 1]) if j in strings else FloatTensorType([None, 1]))
+        for j, name in enumerate(names)
+    ]
 
 
 def _read_onnx(source: object) -> Any:
@@ -370,6 +411,9 @@ def _without_zipmap(proto: Any) -> Any:
 
 
 def _onnx_signature(proto: Any, features: tuple[str, ...] | None) -> ModelSignature:
+    columns = graph_columns(proto)
+    if columns is not None:
+        return _columns_signature(proto, columns, features)
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [value for value in proto.graph.input if value.name not in initializers]
     if len(inputs) != 1:
@@ -379,7 +423,7 @@ def _onnx_signature(proto: Any, features: tuple[str, ...] | None) -> ModelSignat
         )
     (graph_input,) = inputs
     tensor_type = graph_input.type.tensor_type
-    dtype = _ONNX_ELEMENT_TYPES.get(tensor_type.elem_type)
+    dtype = ONNX_NUMBER_TYPES.get(tensor_type.elem_type)
     if dtype is None:
         raise ConversionError(
             f"input {graph_input.name!r} has an element type turnout does not encode"
@@ -408,6 +452,34 @@ def _onnx_signature(proto: Any, features: tuple[str, ...] | None) -> ModelSignat
         classes=_onnx_classes(proto),
         label_output=label_output,
         score_output=score_output,
+    )
+
+
+def _columns_signature(
+    proto: Any, columns: tuple[InputColumn, ...], features: tuple[str, ...] | None
+) -> ModelSignature:
+    """The signature of a model with one input per column: its features are the input names."""
+    names = tuple(column.name for column in columns)
+    if features is not None:
+        if sorted(features) != sorted(names):
+            raise ConversionError(
+                f"the features given ({', '.join(features[:10])}) are not the model's inputs"
+                f" ({', '.join(names[:10])})"
+            )
+        by_name = {column.name: column for column in columns}
+        columns = tuple(by_name[name] for name in features)
+        names = features
+    label_output, score_output = _pick_outputs(proto)
+    return ModelSignature(
+        input_name="",
+        n_features=len(columns),
+        input_dtype=record_dtype(columns),
+        task=Task.CLASSIFIER if label_output is not None else Task.REGRESSOR,
+        feature_names=names,
+        classes=_onnx_classes(proto),
+        label_output=label_output,
+        score_output=score_output,
+        columns=columns,
     )
 
 

@@ -29,6 +29,7 @@ class OnnxModel:
             feature_names=signature.feature_names,
             allow_nan=True,
             max_rows=2**31 - 1,
+            columns=signature.columns,
         )
         self.n_features_in_ = signature.n_features
         if signature.feature_names is not None:

@@ -64,6 +64,7 @@ class OnnxRuntime:
         except Exception as exc:
             raise ConversionError(f"ONNX Runtime cannot load the model: {exc}") from exc
         self._input = signature.input_name
+        self._columns = signature.columns
         self._names = [name for name in (signature.label_output, signature.score_output) if name]
         self._has_labels = signature.label_output is not None
         self._has_scores = signature.score_output is not None
@@ -89,9 +90,18 @@ class OnnxRuntime:
         """Make the running :meth:`run_stoppable` raise InferenceError soon, from any thread."""
         self._stoppable.terminate = True
 
+    def _feeds(self, batch: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        if self._columns is None:
+            return {self._input: batch}
+        # Records: each field goes to its own [rows, 1] input.
+        return {
+            column.name: np.ascontiguousarray(batch[column.name]).reshape(-1, 1)
+            for column in self._columns
+        }
+
     def _run(self, batch: np.ndarray[Any, Any], options: Any) -> RawOutput:
         try:
-            outputs = self._session.run(self._names, {self._input: batch}, options)
+            outputs = self._session.run(self._names, self._feeds(batch), options)
         except Exception as exc:
             raise InferenceError(
                 f"ONNX Runtime failed on a batch of {len(batch)} rows: {exc}"

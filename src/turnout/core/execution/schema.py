@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from turnout.core.errors import InvalidConfigError, InvalidInputError
+from turnout.core.execution.columns import InputColumn, record_dtype
 from turnout.core.execution.finite import all_finite
 
 __all__ = ["DEFAULT_MAX_REQUEST_ROWS", "InputSchema"]
@@ -28,23 +29,39 @@ _NUMERIC_KINDS = frozenset("biuf")
 
 @dataclass(frozen=True)
 class InputSchema:
-    """What a model accepts: feature count and order, element type, limits."""
+    """What a model accepts: feature count and order, element type, limits.
+
+    With ``columns`` (a model with one typed input per column, strings among
+    them) rows are encoded into records, one field per column, and
+    ``dtype`` and ``feature_names`` follow from the columns.
+    """
 
     n_features: int
     dtype: np.dtype[Any] = field(default_factory=lambda: np.dtype(np.float32))
     feature_names: tuple[str, ...] | None = None
     allow_nan: bool = False
     max_rows: int = DEFAULT_MAX_REQUEST_ROWS
+    columns: tuple[InputColumn, ...] | None = None
     _name_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    _strings: Mapping[str, InputColumn] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.n_features < 1:
             raise InvalidConfigError(f"n_features must be >= 1, got {self.n_features}")
         if self.max_rows < 1:
             raise InvalidConfigError(f"max_rows must be >= 1, got {self.max_rows}")
+        columns = self.columns
+        if columns is not None:
+            # The columns name the features: the checks of names below hold for them.
+            columns = tuple(columns)
+            object.__setattr__(self, "columns", columns)
+            object.__setattr__(self, "dtype", record_dtype(columns))
+            object.__setattr__(self, "feature_names", tuple(c.name for c in columns))
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
-        if self.dtype.kind not in _NUMERIC_KINDS:
+        if columns is None and self.dtype.kind not in _NUMERIC_KINDS:
             raise InvalidConfigError(f"unsupported input element type {self.dtype}")
+        strings = {c.name: c for c in columns or () if c.is_string}
+        object.__setattr__(self, "_strings", strings)
         names = self.feature_names
         if names is not None:
             names = tuple(names)
@@ -65,18 +82,15 @@ class InputSchema:
 
         Accepts a list of dicts keyed by feature name, a list of rows, a 2-D
         numpy array or a pandas DataFrame; raises InvalidInputError otherwise.
+        A schema with ``columns`` returns records (a 1-D structured array).
         """
+        if self.columns is not None:
+            return self._encode_records(inputs)
         if isinstance(inputs, np.ndarray):
             return self._finish(self._check_array(inputs))
         if _is_dataframe(inputs):
             return self._encode_dataframe(inputs)
-        if isinstance(inputs, Mapping):
-            raise InvalidInputError("inputs must be a list of rows; wrap a single row in a list")
-        if not isinstance(inputs, Sequence) or isinstance(inputs, str | bytes):
-            raise InvalidInputError(
-                "inputs must be a list of dicts, a list of rows or a 2-D array,"
-                f" not {type(inputs).__name__}"
-            )
+        inputs = _rows_of(inputs, "a 2-D array")
         self._check_row_count(len(inputs))
         values = self._values_from_mappings(inputs) if isinstance(inputs[0], Mapping) else inputs
         try:
@@ -187,6 +201,101 @@ class InputSchema:
             )
         return encoded
 
+    # -- records: a typed field per column ---------------------------------------
+
+    def _encode_records(self, inputs: object) -> np.ndarray[Any, Any]:
+        assert self.columns is not None
+        assert self.feature_names is not None
+        names = self.feature_names
+        values: Sequence[Sequence[Any]]
+        if isinstance(inputs, np.ndarray) and inputs.dtype.names is not None:
+            self._check_columns(list(inputs.dtype.names))
+            self._check_row_count(len(inputs))
+            values = [inputs[name].tolist() for name in names]
+        elif _is_dataframe(inputs):
+            frame: Any = inputs
+            self._check_columns([str(column) for column in frame.columns])
+            self._check_row_count(len(frame))
+            values = [frame[name].tolist() for name in names]
+        elif isinstance(inputs, np.ndarray):
+            if inputs.ndim != 2:
+                raise InvalidInputError(
+                    f"expected a 2-D array of shape (rows, {self.n_features}), got {inputs.ndim}-D"
+                )
+            return self._encode_records(inputs.tolist())
+        else:
+            inputs = _rows_of(inputs, "a DataFrame")
+            self._check_row_count(len(inputs))
+            rows: Sequence[Any]
+            if isinstance(inputs[0], Mapping):
+                rows = self._values_from_mappings(inputs)
+            else:
+                for i, row in enumerate(inputs):
+                    if (
+                        isinstance(row, Mapping | str)
+                        or not isinstance(row, Sequence)
+                        or len(row) != self.n_features
+                    ):
+                        self._diagnose_sequence(i, row)
+                rows = inputs
+            values = [[row[j] for row in rows] for j in range(self.n_features)]
+        records = np.empty(len(values[0]), dtype=self.dtype)
+        for column, column_values in zip(self.columns, values, strict=True):
+            records[column.name] = self._column(column, column_values)
+        return records
+
+    def _check_columns(self, given: list[str]) -> None:
+        expected = set(self._name_index)
+        if set(given) == expected:
+            return
+        missing = [name for name in self._name_index if name not in set(given)]
+        if missing:
+            raise InvalidInputError(f"missing feature {missing[0]!r}", field=missing[0])
+        unknown = next(name for name in given if name not in expected)
+        raise InvalidInputError(
+            f"unknown feature {unknown!r}; expected {self._expected_names()}", field=unknown
+        )
+
+    def _column(self, column: InputColumn, values: Sequence[Any]) -> np.ndarray[Any, Any]:
+        """One column's values as an array of its type, or an error naming the row at fault."""
+        name = column.name
+        if column.is_string:
+            for i, value in enumerate(values):
+                if not isinstance(value, str) or (
+                    column.categories is not None and value not in column.categories
+                ):
+                    self._check_value(i, name, value)
+            return np.array(values, dtype=object)
+        array = np.asarray(values)
+        if array.dtype.kind not in _NUMERIC_KINDS or array.ndim != 1:
+            for i, value in enumerate(values):
+                self._check_value(i, name, value)
+            raise InvalidInputError(f"feature {name!r}: expected numbers", field=name)
+        target = column.dtype
+        if target.kind in "iu" and array.dtype.kind == "f":
+            fractional = np.flatnonzero(array != np.trunc(array))
+            if fractional.size:
+                i = int(fractional[0])
+                raise InvalidInputError(
+                    f"row {i}, feature {name!r}: {array[i]} is not a whole number ({target})",
+                    field=name,
+                )
+        with np.errstate(over="ignore", invalid="ignore"):
+            encoded = array.astype(target)
+        if target.kind == "f" and not self.allow_nan and not all_finite(encoded):
+            i = int(np.flatnonzero(~np.isfinite(encoded))[0])
+            raise InvalidInputError(
+                f"row {i}, feature {name!r}: {array[i]} is not allowed (or out of range for"
+                f" {target}); deploy with allow_nan=True if the model handles missing values",
+                field=name,
+            )
+        if target.kind in "iu" and not np.array_equal(encoded, array):
+            i = int(np.flatnonzero(encoded != array)[0])
+            raise InvalidInputError(
+                f"row {i}, feature {name!r}: {array[i]} is out of range for {target}", field=name
+            )
+        return encoded
+
     # -- the slow path: name the row and field at fault ------------------------
 
     def _diagnose(self, rows: Sequence[Any]) -> None:
@@ -232,6 +341,10 @@ class InputSchema:
             self._check_value(i, self._column_name(j), value)
 
     def _check_value(self, i: int, name: str, value: object) -> None:
+        string_column = self._strings.get(name)
+        if string_column is not None:
+            self._check_string(i, string_column, value)
+            return
         if isinstance(value, bool | np.bool_):
             return
         if not isinstance(value, Real | np.number) or isinstance(value, np.complexfloating):
@@ -254,6 +367,24 @@ class InputSchema:
                 field=name,
             )
 
+    def _check_string(self, i: int, column: InputColumn, value: object) -> None:
+        name = column.name
+        if not isinstance(value, str):
+            raise InvalidInputError(
+                f"row {i}, feature {name!r}: expected a string, got"
+                f" {type(value).__name__} {_short_repr(value)}",
+                field=name,
+            )
+        known = column.categories
+        if known is not None and value not in known:
+            shown = ", ".join(repr(category) for category in sorted(known)[:10])
+            more = f", ... ({len(known)} in all)" if len(known) > 10 else ""
+            raise InvalidInputError(
+                f"row {i}, feature {name!r}: unknown category {_short_repr(value)}; the model"
+                f" takes {shown}{more}",
+                field=name,
+            )
+
     def _raise_non_finite(self, encoded: np.ndarray[Any, Any]) -> None:
         i, j = (int(k) for k in np.argwhere(~np.isfinite(encoded))[0])
         name = self._column_name(j)
@@ -271,6 +402,18 @@ class InputSchema:
         shown = ", ".join(self.feature_names[:10])
         more = f", ... ({self.n_features} in all)" if self.n_features > 10 else ""
         return shown + more
+
+
+def _rows_of(inputs: object, other_form: str) -> Sequence[Any]:
+    """``inputs`` if it is a list of rows, else the InvalidInputError that says what to send."""
+    if isinstance(inputs, Mapping):
+        raise InvalidInputError("inputs must be a list of rows; wrap a single row in a list")
+    if not isinstance(inputs, Sequence) or isinstance(inputs, str | bytes):
+        raise InvalidInputError(
+            f"inputs must be a list of dicts, a list of rows or {other_form},"
+            f" not {type(inputs).__name__}"
+        )
+    return inputs
 
 
 def _is_dataframe(value: object) -> bool:

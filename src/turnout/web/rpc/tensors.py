@@ -33,6 +33,7 @@ CONTENTS_FIELDS = {
     "FP64": "fp64_contents",
     "INT32": "int_contents",
     "INT64": "int64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -107,7 +108,17 @@ def _typed_contents(
             f" has {len(values)}",
             f"{where}.contents.{field}",
         )
+    if datatype == "BYTES":
+        return _texts(values, f"{where}.contents.{field}").reshape(shape)
     return np.fromiter(values, dtype=dtype, count=expected).reshape(shape)
+
+
+def _texts(values: Any, where: str) -> np.ndarray[Any, Any]:
+    """``bytes_contents`` as the strings a string column takes."""
+    try:
+        return np.array([value.decode() for value in values], dtype=object)
+    except UnicodeDecodeError:
+        raise bad_request(f"{where} holds an element that is not UTF-8 text", where) from None
 
 
 def set_output(response: Any, name: str, array: np.ndarray[Any, Any]) -> None:
