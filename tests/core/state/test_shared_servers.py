@@ -556,11 +556,17 @@ async def test_outcomes_recorded_through_three_servers_sum_exactly(
             served = await servers[(i + 1) % 3].record_outcome("bc", result.request_id, i % 2)
             assert served == version
             expected[version].append(float(i % 2))
-        for server in servers:
+        for n, server in enumerate(servers):
             await server.refresh_outcomes("bc")
             comparison = server.compare_versions("bc", "v1", "v2")
-            assert (comparison.a.count, comparison.b.count) == (20, 10)
-            assert comparison.a.mean == pytest.approx(sum(expected["v1"]) / 20)
+            figures = (
+                f"server {n} counts v1 {comparison.a.count}, v2 {comparison.b.count}"
+                f" of 20 and 10 recorded through 3 servers (means {comparison.a.mean:.3f},"
+                f" {comparison.b.mean:.3f})"
+            )
+            assert (comparison.a.count, comparison.b.count) == (20, 10), figures
+            assert comparison.a.mean == pytest.approx(sum(expected["v1"]) / 20), figures
+            assert comparison.b.mean == pytest.approx(sum(expected["v2"]) / 10), figures
         with pytest.raises(InvalidInputError, match="does not have"):
             await servers[1].record_outcome("bc", "bc~v9~feedface-1", 1.0)
 
