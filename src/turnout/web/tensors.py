@@ -145,14 +145,9 @@ def decode(tensor: InputTensor) -> np.ndarray[Any, Any]:
 
 def _strings(tensor: InputTensor, where: str) -> np.ndarray[Any, Any]:
     """A BYTES tensor's JSON data: strings, flat or nested to its shape."""
-    values: list[Any] = []
-    rows = (
-        tensor.data
-        if len(tensor.shape) == 2 and any(isinstance(v, list) for v in tensor.data)
-        else None
-    )
-    if rows is not None:
-        width = tensor.shape[1]
+    values: list[Any] = tensor.data
+    if len(tensor.shape) == 2 and any(isinstance(value, list) for value in values):
+        rows, width = values, tensor.shape[1]
         if len(rows) != tensor.shape[0] or not all(
             isinstance(row, list) and len(row) == width for row in rows
         ):
@@ -161,10 +156,7 @@ def _strings(tensor: InputTensor, where: str) -> np.ndarray[Any, Any]:
                 f" {list(tensor.shape)}",
                 where,
             )
-        for row in rows:
-            values.extend(row)
-    else:
-        values = tensor.data
+        values = [value for row in rows for value in row]
     for i, value in enumerate(values):
         if not isinstance(value, str):
             shown = f" {value!r:.40}" if not isinstance(value, list) else ""

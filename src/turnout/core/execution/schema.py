@@ -264,7 +264,7 @@ class InputSchema:
                 if not isinstance(value, str) or (
                     column.categories is not None and value not in column.categories
                 ):
-                    self._check_value(i, name, value)
+                    self._check_string(i, column, value)
             return np.array(values, dtype=object)
         array = np.asarray(values)
         if array.dtype.kind not in _NUMERIC_KINDS or array.ndim != 1:
