@@ -1,4 +1,4 @@
-"""Real services the tests run against, found or installed: Redis and nginx.
+"""Real services the tests run against, found or installed: Redis, nginx and Chromium.
 
 The README's test command installs what is missing: a service's Debian
 package is installed with ``apt-get install -y`` when the tests run as root
@@ -18,7 +18,14 @@ from benchmarks.daemons import RedisServer as RedisProcess
 from benchmarks.daemons import find_binary
 from benchmarks.servers import free_port
 
-__all__ = ["RedisServer", "free_port", "nginx_binary", "redis_binary", "require_binary"]
+__all__ = [
+    "RedisServer",
+    "chromium_binaries",
+    "free_port",
+    "nginx_binary",
+    "redis_binary",
+    "require_binary",
+]
 
 
 def require_binary(name: str, package: str) -> str:
@@ -55,3 +62,9 @@ class RedisServer(RedisProcess):
 def nginx_binary() -> str:
     """Return the nginx binary, installing Debian's package if it is missing."""
     return require_binary("nginx", "nginx")
+
+
+def chromium_binaries() -> tuple[str, str]:
+    """Return (chromium, chromedriver), installing Debian's packages if they are missing."""
+    driver = require_binary("chromedriver", "chromium-driver")  # it brings chromium
+    return require_binary("chromium", "chromium"), driver

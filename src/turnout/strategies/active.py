@@ -23,6 +23,7 @@ class ActiveRouting:
         self._model_id = context.model_id
         self._route = None if context.active is None else Route(context.active)
         self.fixed_route = self._route
+        self.split = {} if context.active is None else {context.active: 1.0}
 
     def route(self, request: RouteRequest) -> Route:
         """Return the active version, or raise ModelNotFoundError if there is none."""

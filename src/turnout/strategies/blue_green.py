@@ -40,6 +40,7 @@ class BlueGreenRouting:
         self.blue, self.green, self.live = blue, green, live
         self._route = Route(blue if live == "blue" else green)
         self.fixed_route = self._route
+        self.split = {self._route.primary: 1.0}
 
     def route(self, request: RouteRequest) -> Route:
         """Return the live version."""

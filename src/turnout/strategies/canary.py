@@ -35,6 +35,7 @@ class CanaryRouting:
         self._weight = self.plan.weight
         self._baseline = Route(self.plan.baseline)
         self._candidate = Route(self.plan.candidate)
+        self.split = {self.plan.baseline: 1.0 - self._weight, self.plan.candidate: self._weight}
 
     def route(self, request: RouteRequest) -> Route:
         """Return the candidate with probability of the step's weight, else the baseline."""

@@ -60,6 +60,8 @@ class ShadowRouting:
         self._mirrors = tuple((v, float(f)) for v, f in mirrors.items() if f > 0)
         self._everything = Route(primary, tuple(v for v, f in self._mirrors if f >= 1.0))
         self._all_full = all(f >= 1.0 for _, f in self._mirrors)
+        self.split = {primary: 1.0}
+        self.mirrors = dict(self._mirrors)
 
     def route(self, request: RouteRequest) -> Route:
         """Return the primary, with each mirror drawn by its fraction."""

@@ -49,6 +49,8 @@ class StickyRouting:
             if weight > 0
         ]
         self._fallback = WeightedRouting(params, context)
+        # Over many keys, rendezvous hashing gives each version its weight's share.
+        self.split = self._fallback.split
 
     def route(self, request: RouteRequest) -> Route:
         """Return the version with the highest rendezvous score for the request's key."""

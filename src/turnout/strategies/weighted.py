@@ -53,6 +53,7 @@ class WeightedRouting:
         last = max(i for i, weight in enumerate(weights) if weight > 0)
         self._cumulative[last:] = [1.0] * (len(weights) - last)
         self._versions = frozenset(v for v, w in zip(versions, weights, strict=True) if w > 0)
+        self.split = dict(zip(versions, weights, strict=True))
 
     def route(self, request: RouteRequest) -> Route:
         """Return the version whose weight interval holds this request's random draw."""

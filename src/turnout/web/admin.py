@@ -28,8 +28,10 @@ Endpoints (all JSON)::
     GET    /admin/models/{model}/compare?a=v1&b=v2         A/B comparison of outcomes
     POST   /admin/models/{model}/outcomes                  outcome feedback for request ids
     GET    /admin/models/{model}/shadow                    shadow versions' statistics
+    GET    /admin/snapshot                                 all the status page shows
 
-plus the Open Inference Protocol's model repository extension
+plus the status page at ``/ui/`` (:mod:`turnout.web.status_page`) and
+the Open Inference Protocol's model repository extension
 (:mod:`turnout.web.repository`).
 """
 
@@ -62,6 +64,8 @@ from turnout.web.jsonio import dumps
 from turnout.web.keys import MAX_BODY_KEY, SERVER_KEY
 from turnout.web.records import fallback_json, model_view, to_json
 from turnout.web.repository import setup_repository
+from turnout.web.snapshot import setup_snapshot
+from turnout.web.status_page import setup_status_page
 from turnout.web.uploads import read_number, read_upload
 
 __all__ = ["DEFAULT_ADMIN_MAX_BODY_BYTES", "create_admin_app"]
@@ -122,6 +126,8 @@ def create_admin_app(
     router.add_post(_MODEL + "/outcomes", outcomes)
     router.add_get(_MODEL + "/shadow", shadow)
     setup_repository(app)
+    setup_snapshot(app)
+    setup_status_page(app, token_required=token is not None)
     from turnout.web.admin_openapi import setup_admin_openapi
 
     setup_admin_openapi(app)

@@ -117,6 +117,19 @@ def _schemas() -> dict[str, Schema]:
                 }
             }
         ),
+        "Snapshot": obj(
+            {
+                "at": {**NUMBER, "description": "When it was taken (epoch seconds)."},
+                "sample_seconds": {**NUMBER, "description": "The traffic history's interval."},
+                "models": array(
+                    ANY_OBJECT,
+                    "Per model: versions (status, health, breaker, each with since;"
+                    " traffic history), routing, split, observed, canary, rollouts,"
+                    " comparison, shadows.",
+                ),
+                "fleet": array(ANY_OBJECT, "Each live server's heartbeat, less its traffic."),
+            }
+        ),
         "Status": obj(
             {
                 "models": {"type": "object", "additionalProperties": ref("Model")},
@@ -276,6 +289,9 @@ def _paths() -> dict[str, Any]:
             "get": _op("Every live server sharing this one's control state", "Fleet", parameters=[])
         },
         "/admin/health": {"get": _op("Every version's health", "Health", parameters=[])},
+        "/admin/snapshot": {
+            "get": _op("All the status page shows, in one answer", "Snapshot", parameters=[])
+        },
         model: {"get": _op("One model", "Model", parameters=m)},
         version: {
             "post": _op(

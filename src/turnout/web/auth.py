@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler, Middleware
 from turnout.core.errors import InvalidConfigError
 from turnout.web.errors import RequestError
 from turnout.web.hosts import is_loopback
+from turnout.web.status_page import UI_PATHS
 
 __all__ = [
     "MIN_TOKEN_LENGTH",
@@ -33,8 +34,9 @@ TOKEN_ENV = "TURNOUT_ADMIN_TOKEN"
 MIN_TOKEN_LENGTH = 16
 _TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + string.punctuation)
 
-# Paths anyone may read: the API's description holds no secret.
-PUBLIC_PATHS = frozenset({"/openapi.json"})
+# Paths anyone may read: the API's description and the status page's files hold no
+# secret (the page asks for the token before it reads anything).
+PUBLIC_PATHS = frozenset({"/openapi.json", *UI_PATHS})
 
 
 def check_token(token: object) -> str:

@@ -136,7 +136,11 @@ async def _run(
         guard = "token-protected" if admin and admin.token else "no token, loopback only"
         variable = TOKEN_ENV if admin and admin.token else None
         status = admin_example(url, "/admin/status", variable)
-        print(f"\nAdmin API ({guard}) on {url}:\n  {status}\n", flush=True)
+        page = "asks for the token once" if variable else "loopback only"
+        print(
+            f"\nAdmin API ({guard}) on {url}:\n  {status}\nStatus page ({page}): {url}/ui/\n",
+            flush=True,
+        )
 
     def grpc_started(address: str) -> None:
         """Print where the gRPC service listens."""

@@ -25,10 +25,12 @@ __all__ = [
     "RouteRequest",
     "RoutingConfig",
     "RoutingContext",
+    "RoutingSplit",
     "RoutingStrategy",
     "RoutingStrategyFactory",
     "check_versions",
     "check_weights",
+    "split_of",
 ]
 
 
@@ -112,6 +114,33 @@ class RoutingStrategy(Protocol):
 # A strategy may also set ``fixed_route: Route | None``: when not None, every
 # request goes that way and ``route`` is not called (the ``active`` and
 # ``blue_green`` strategies do, which makes their routing free).
+#
+# It may also have a ``split`` attribute (or property): ``{version: share}``,
+# the share of requests it sends each version (the shares sum to 1), and a
+# ``mirrors`` one: ``{version: fraction}`` of requests copied to a shadow.
+# Status displays show them (:func:`split_of`); a strategy without a split,
+# such as a bandit whose shares change with every outcome, is shown by the
+# traffic it sent instead.
+
+
+@dataclass(frozen=True)
+class RoutingSplit:
+    """Where a model's requests go: each version's share, and the fractions mirrored.
+
+    ``shares`` is None when the strategy does not say.
+    """
+
+    shares: Mapping[str, float] | None
+    mirrors: Mapping[str, float]
+
+
+def split_of(strategy: RoutingStrategy) -> RoutingSplit:
+    """Return the split ``strategy`` declares (see above), or one with ``shares=None``."""
+    shares = getattr(strategy, "split", None)
+    mirrors = getattr(strategy, "mirrors", None)
+    return RoutingSplit(
+        None if shares is None else dict(shares), {} if mirrors is None else dict(mirrors)
+    )
 
 
 class RoutingStrategyFactory(Protocol):

@@ -105,8 +105,8 @@ class RolloutOperations:
         self._rollouts.begin_step(
             model_id,
             plan,
-            self._server._traffic(model_id, plan.baseline),
-            self._server._traffic(model_id, plan.candidate),
+            self._server.traffic_totals(model_id, plan.baseline),
+            self._server.traffic_totals(model_id, plan.candidate),
             event="started" if started else "step",
             reason=reason,
         )
@@ -123,8 +123,8 @@ class RolloutOperations:
         judgement = self._rollouts.judge(
             model_id,
             plan,
-            self._server._traffic(model_id, plan.baseline),
-            self._server._traffic(model_id, plan.candidate),
+            self._server.traffic_totals(model_id, plan.baseline),
+            self._server.traffic_totals(model_id, plan.candidate),
             candidate_broken=candidate.breaker.state is BreakerState.OPEN,
         )
         if judgement is None:

@@ -28,6 +28,7 @@ from turnout.core.errors import (
     InvalidConfigError,
     InvalidInputError,
     InvalidRoutingError,
+    ModelNotFoundError,
     ServerClosedError,
     StoreError,
 )
@@ -41,7 +42,7 @@ from turnout.core.resilience.fallback import Fallback
 from turnout.core.resilience.health import HealthReport
 from turnout.core.routing.canary_controller import RolloutController, RolloutEvent
 from turnout.core.routing.canary_plan import CANARY, DEFAULT_STEPS, same_rollout
-from turnout.core.routing.config import RoutingConfig, RoutingContext
+from turnout.core.routing.config import RoutingConfig, RoutingContext, RoutingSplit, split_of
 from turnout.core.routing.outcomes import ABComparison, OutcomeTotals, compare
 from turnout.core.routing.router import ACTIVE, ModelTraffic, Router
 from turnout.core.routing.shadow_stats import ShadowStatistics
@@ -351,6 +352,15 @@ class ModelServer:
         """Return the model's current routing config."""
         self._registry.versions(check_name("model_id", model_id))
         return self._router.config(model_id)
+
+    def routing_split(self, model_id: str) -> RoutingSplit:
+        """Return each version's share of the model's requests as its strategy declares it."""
+        self._registry.versions(check_name("model_id", model_id))
+        try:
+            strategy = self._router.traffic(model_id).strategy
+        except ModelNotFoundError:  # deployed, but with no active version to route to yet
+            return RoutingSplit({}, {})
+        return split_of(strategy)
 
     async def setup_ab_test(
         self, model_id: str, versions: Sequence[str], weights: Sequence[float]
@@ -796,8 +806,9 @@ class ModelServer:
         """True once :meth:`close` has been called."""
         return self._closed
 
-    def _traffic(self, model_id: str, version: str) -> MetricsTotals:
-        """The version's totals over the fleet: this server's, live, and the others' last said."""
+    def traffic_totals(self, model_id: str, version: str) -> MetricsTotals:
+        """Return the version's totals over the fleet: this server's, live, and the others' last
+        published (each server publishes its own once a second)."""
         local = MetricsTotals.of(self._registry.get(model_id, version).metrics)
         elsewhere = self._sync.fleet.totals(model_id, version)
         return local + elsewhere if elsewhere.requests else local
