@@ -78,9 +78,25 @@ def setup_snapshot(app: web.Application, *, interval: float = 5.0, span: float =
 
 
 async def _sampling(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[HISTORY_KEY].run(), name="turnout-traffic-history")
+    task = asyncio.create_task(_sample(app), name="turnout-status-sampling")
     yield
     task.cancel()
+
+
+async def _sample(app: web.Application) -> None:
+    """Sample traffic, and look at every version's states, at the history's interval.
+
+    Looking at the states from the start, not only when a page asks, dates a
+    change to within one interval even when nobody was watching.
+    """
+    server, history, since = app[SERVER_KEY], app[HISTORY_KEY], app[SINCE_KEY]
+    while True:
+        history.sample()
+        for model_id, versions in server.get_all_models_status().items():
+            for version, status in versions.items():
+                with contextlib.suppress(TurnoutError):  # retired meanwhile
+                    await _states(server, model_id, version, status, since)
+        await asyncio.sleep(history.interval)
 
 
 async def _snapshot(request: web.Request) -> web.Response:
@@ -125,39 +141,17 @@ async def _model(
     split = server.routing_split(model_id)
     versions = []
     for version, status in sorted(statuses.items()):
-        deployed = datetime.fromisoformat(status["deployed_at"]).timestamp()
-        health = await server.health_check(model_id, version)
-        breaker = status["circuit_breaker"]
-        samples = history.samples(model_id, version)
         metrics = status["metrics"]
         versions.append(
             {
                 "version": version,
-                "status": status["status"],
-                "status_since": since.since(
-                    (model_id, version, "status"), status["status"], first=deployed
-                ),
-                "deployed_at": deployed,
+                **await _states(server, model_id, version, status, since),
                 "runtime": status["runtime"],
-                "health": {
-                    "status": health.status,
-                    "reasons": health.reasons,
-                    "since": since.since((model_id, version, "health"), health.status),
-                },
-                "breaker": {
-                    "state": breaker["state"],
-                    "reason": breaker["reason"],
-                    "times_opened": breaker["times_opened"],
-                    "retry_after": breaker["retry_after"],
-                    "since": since.since(
-                        (model_id, version, "breaker"), breaker["state"], first=deployed
-                    ),
-                },
                 "requests": metrics.request_count,
                 "error_rate": metrics.error_rate,
                 "p50_ms": metrics.p50_latency_ms,
                 "p99_ms": metrics.p99_latency_ms,
-                "history": _series(samples),
+                "history": _series(history.samples(model_id, version)),
             }
         )
     return {
@@ -172,6 +166,37 @@ async def _model(
         "comparison": await _comparison(server, model_id, split.shares, statuses),
         "shadows": server.shadow_statistics(model_id) if split.mirrors else [],
         "versions": versions,
+    }
+
+
+async def _states(
+    server: ModelServer,
+    model_id: str,
+    version: str,
+    status: Mapping[str, Any],
+    since: StateClock,
+) -> dict[str, Any]:
+    """A version's status, health and breaker state, each with when it entered it."""
+    deployed = datetime.fromisoformat(status["deployed_at"]).timestamp()
+    health = await server.health_check(model_id, version)
+    breaker = status["circuit_breaker"]
+    state = status["status"]
+    return {
+        "status": state,
+        "status_since": since.since((model_id, version, "status"), state, first=deployed),
+        "deployed_at": deployed,
+        "health": {
+            "status": health.status,
+            "reasons": health.reasons,
+            "since": since.since((model_id, version, "health"), health.status),
+        },
+        "breaker": {
+            "state": breaker["state"],
+            "reason": breaker["reason"],
+            "times_opened": breaker["times_opened"],
+            "retry_after": breaker["retry_after"],
+            "since": since.since((model_id, version, "breaker"), breaker["state"], first=deployed),
+        },
     }
 
 
@@ -211,10 +236,12 @@ async def _comparison(
     statuses: Mapping[str, Any],
 ) -> Any:
     """The A/B comparison of the two versions with the largest shares (None with fewer)."""
-    ranked = sorted((shares or {}).items(), key=lambda item: -item[1])
-    pair = [version for version, share in ranked if share > 0 and version in statuses][:2]
+    order = list(shares or {})
+    ranked = sorted(order, key=lambda version: -(shares or {})[version])
+    pair = [v for v in ranked if (shares or {})[v] > 0 and v in statuses][:2]
     if len(pair) < 2:
         return None
+    pair.sort(key=order.index)  # as the routing lists them: a canary's baseline first
     # Every worker's outcomes, not this one's only; with the shared state away, this one's.
     with contextlib.suppress(TurnoutError):
         await server.refresh_outcomes(model_id)

@@ -9,7 +9,6 @@ pays nothing, and memory is fixed: ``span / interval`` samples per version.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import deque
@@ -85,13 +84,6 @@ class TrafficHistory:
     def samples(self, model_id: str, version: str) -> tuple[TrafficSample, ...]:
         """Return the version's samples, oldest first (none before two readings)."""
         return tuple(self._rings.get((model_id, version), ()))
-
-    async def run(self) -> None:
-        """Sample every ``interval`` seconds until cancelled."""
-        self.sample()
-        while True:
-            await asyncio.sleep(self.interval)
-            self.sample()
 
 
 def _sample(served: MetricsTotals, start: float, end: float) -> TrafficSample:

@@ -348,17 +348,23 @@ function sparkline(series, colours, top) {
   const height = 28;
   const most = top || Math.max(1e-9, ...series.flat());
   const longest = Math.max(2, ...series.map((values) => values.length));
+  const x = (j, values) => ((j + longest - values.length) * width) / (longest - 1);
+  const y = (value) => height - 2 - (Math.min(value, most) / most) * (height - 4);
   const lines = series.map((values, i) =>
     s("polyline", {
       fill: "none",
       stroke: colours[i],
       "stroke-width": 1.5,
-      points: values
-        .map((value, j) => `${((j + longest - values.length) * width) / (longest - 1)},${height - 1 - (Math.min(value, most) / most) * (height - 2)}`)
-        .join(" "),
+      points: values.map((value, j) => `${x(j, values)},${y(value)}`).join(" "),
     }),
   );
-  return s("svg", { class: "spark", viewBox: `0 0 ${width} ${height}`, width, height, "aria-hidden": "true" }, s("line", { x1: 0, x2: width, y1: height - 0.5, y2: height - 0.5, stroke: "#ddd" }), ...lines);
+  // The latest value as a dot: with a single sample it is the whole chart.
+  const first = series[0];
+  const now = first.length
+    ? s("circle", { cx: x(first.length - 1, first), cy: y(first[first.length - 1]), r: 2, fill: colours[0] })
+    : null;
+  const baseline = s("line", { x1: 0, x2: width, y1: height - 0.5, y2: height - 0.5, stroke: "#ddd" });
+  return s("svg", { class: "spark", viewBox: `0 0 ${width} ${height}`, width, height, "aria-hidden": "true" }, baseline, ...lines, ...(now ? [now] : []));
 }
 
 function renderRollout(model) {
