@@ -6,6 +6,7 @@ routing it needs first. Screenshots go to ``build/test-artifacts/status-page``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -87,8 +88,16 @@ class Demo:
 @pytest.fixture(scope="module")
 def demo() -> Iterator[Demo]:
     """`python -m turnout serve` with an admin token, as a user starts it."""
+    with serving() as demo:
+        yield demo
+
+
+@contextlib.contextmanager
+def serving(*args: str) -> Iterator[Demo]:
+    """Run `python -m turnout serve *args` on free ports until the block ends."""
+    command = [sys.executable, "-m", "turnout", "serve", "--port", "0", "--admin-port", "0"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "turnout", "serve", "--port", "0", "--admin-port", "0"],
+        [*command, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -370,3 +379,47 @@ def test_it_is_readable_on_a_desktop_and_on_a_phone(
     path = screenshot(page, f"status-{width}x{height}")
     assert path.stat().st_size > 10_000
     assert console_errors(page) == []
+
+
+def test_a_shadow_shows_as_a_mirror_with_its_statistics(demo: Demo, page: webdriver.Chrome) -> None:
+    demo.route([1.0, 0.0])
+    shadow = {"strategy": "shadow", "params": {"primary": "v1", "mirrors": {"v2": 1.0}}}
+    demo.call("PUT", f"/admin/models/{MODEL}/routing", shadow)
+    for _ in range(30):
+        assert demo.infer() == 200
+
+    def shadow_row() -> str:
+        rows = page.find_elements(By.CSS_SELECTOR, '.shadows tr[data-shadow="v2"]')
+        return rows[0].text if rows else ""
+
+    chip = wait_for(page, lambda: page.find_elements(By.CSS_SELECTOR, '.chip[data-shadow="v2"]'))
+    assert chip[0].text == "shadow → v2 100%"
+    assert segments(page) == {"v1": "v1 100%"}
+    text = wait_for(page, lambda: "30" in shadow_row() and shadow_row())
+    assert text.startswith("v2 of v1 30"), f"the shadow's row reads {text!r}"
+    assert console_errors(page) == []
+
+
+def test_with_workers_each_shows_its_heartbeat_and_revision(browser: webdriver.Chrome) -> None:
+    with serving("--workers", "2") as fleet:
+        viewport(browser, *DESKTOP)
+        browser.get(f"{fleet.admin}/ui/")
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+
+        def servers() -> list[str]:
+            rows = browser.find_elements(By.CSS_SELECTOR, "#fleet tbody tr")
+            return [row.text for row in rows]
+
+        def serving_the_demo() -> list[str]:
+            shown = servers()
+            loaded = [row for row in shown if re.search(rf"{MODEL} r\d+", row)]
+            return shown if len(loaded) == 2 else []
+
+        shown = wait_for(browser, serving_the_demo, seconds=60)
+        for row in shown:
+            assert re.search(r"\ds ago", row), f"no heartbeat in {row!r}"
+        leaders = wait_for(browser, lambda: [row for row in servers() if "leader" in row])
+        assert len(leaders) == 1, f"the fleet shows {servers()}"
+        screenshot(browser, "status-workers")
+        assert console_errors(browser) == []
