@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Hashable, Mapping
 from datetime import datetime
@@ -19,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from turnout.core.errors import TurnoutError
+from turnout.core.errors import ModelNotFoundError, TurnoutError
 from turnout.core.execution.metrics import MetricsTotals
 from turnout.core.routing.canary_plan import CANARY
 from turnout.core.service.server import ModelServer
@@ -29,6 +30,8 @@ from turnout.web.keys import SERVER_KEY
 from turnout.web.records import fallback_json, to_json
 
 __all__ = ["HISTORY_KEY", "SINCE_KEY", "StateClock", "setup_snapshot", "snapshot"]
+
+logger = logging.getLogger("turnout")
 
 # A heartbeat's traffic is its metrics' every latency bucket: the page has its own.
 _HEARTBEAT_FACTS_LEFT_OUT = frozenset({"traffic"})
@@ -90,12 +93,21 @@ async def _sample(app: web.Application) -> None:
     change to within one interval even when nobody was watching.
     """
     server, history, since = app[SERVER_KEY], app[HISTORY_KEY], app[SINCE_KEY]
+    failing = False
     while True:
-        history.sample()
-        for model_id, versions in server.get_all_models_status().items():
-            for version, status in versions.items():
-                with contextlib.suppress(TurnoutError):  # retired meanwhile
-                    await _states(server, model_id, version, status, since)
+        try:
+            history.sample()
+            for model_id, versions in server.get_all_models_status().items():
+                for version, status in versions.items():
+                    with contextlib.suppress(TurnoutError):  # retired meanwhile
+                        await _states(server, model_id, version, status, since)
+            failing = False
+        except Exception:
+            # A health check plugin that raises must not end the history for good,
+            # nor fill the log: said once, until a round succeeds again.
+            if not failing:
+                logger.exception("the status page's sampling failed; it goes on")
+            failing = True
         await asyncio.sleep(history.interval)
 
 
@@ -109,10 +121,11 @@ async def snapshot(
     server: ModelServer, history: TrafficHistory, since: StateClock
 ) -> dict[str, Any]:
     """Return everything the status page shows, as JSON data."""
-    models = [
-        await _model(server, model_id, versions, history, since)
-        for model_id, versions in sorted(server.get_all_models_status().items())
-    ]
+    models = []
+    for model_id, versions in sorted(server.get_all_models_status().items()):
+        # A model or version retired while the snapshot is taken is left out, not a 404.
+        with contextlib.suppress(ModelNotFoundError):
+            models.append(await _model(server, model_id, versions, history, since))
     try:
         beats = await server.fleet()
     except TurnoutError:  # the shared state is away: serving goes on, the fleet is unknown
