@@ -272,18 +272,20 @@ async def sharing(redis: RedisServer, workers: int) -> AsyncIterator[Fleet]:
 
 
 @asynccontextmanager
-async def steady_load(fleet: Fleet, clients: int = 4) -> AsyncIterator[list[tuple[float, Any]]]:
+async def steady_load(
+    fleet: Fleet, clients: int = 4, each: int = 5000
+) -> AsyncIterator[list[tuple[float, Any]]]:
     """Inference from ``clients`` loops, each over fresh connections, until the block ends.
 
     Yields the answers as they come, ``(when, status)``; a request that got no
-    answer has the exception's repr for status. Each loop stops after 5000.
+    answer has the exception's repr for status. Each loop stops after ``each``.
     """
     answers: list[tuple[float, Any]] = []
     stop = asyncio.Event()
     timeout = aiohttp.ClientTimeout(total=10)
 
     async def client() -> None:
-        for _ in range(5000):
+        for _ in range(each):
             if stop.is_set():
                 return
             answer: int | str

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from services import RedisServer
 from support import (
     HEADERS,
     MODEL,
@@ -30,6 +31,7 @@ from support import (
     listed,
     loaded_on,
     serving,
+    sharing,
     steady_load,
 )
 from turnout.core.service.controller_lease import LEASE_SECONDS
@@ -199,4 +201,46 @@ async def test_sigterm_drains_the_requests_in_flight_and_the_supervisor_exits_0(
     assert code == 0, figures
     assert exited < 5.0, figures
     assert "stopping 2 workers; each answers the requests it admitted" in log, log
+    assert "Traceback" not in log, log
+
+
+# -- 3. a Redis outage in the middle of a canary ----------------------------------------------
+
+# What the leader logs when a decision it made as the outage began was not stored.
+UNDONE = "a rollout decision the control state did not take is undone"
+
+
+async def test_a_canary_pauses_while_redis_is_down_and_ends_once_after(
+    own_redis: RedisServer,
+) -> None:
+    outage = STEP_SECONDS + 3.0  # a step's window fills, and passes, while Redis is down
+    async with sharing(own_redis, WORKERS) as fleet, steady_load(fleet, each=20_000) as answers:
+        await start_canary(fleet)
+        before = await history_until(fleet, lambda events: brief(events)[-1:] == ["step@2"])
+        # Just before the last step's window fills: the leader has not heard of the outage
+        # yet (its lease is renewed every LEASE_SECONDS / 3), and would promote.
+        await asyncio.sleep(max(0.0, recorded_at(before[-1]) + STEP_SECONDS - 0.3 - time.time()))
+        own_redis.stop()  # without persistence: it comes back empty
+        down = time.time()
+        await asyncio.sleep(outage)
+        own_redis.start()
+        up = time.time()
+        events = await history_until(fleet, lambda events: endings(events) != [])
+        await asyncio.sleep(2 * STEP_SECONDS)  # and it stays ended
+        events = await rollouts(fleet)
+    assert fleet.process.stderr is not None
+    log = (await fleet.process.stderr.read()).decode()
+    during = [event for event in events if down <= recorded_at(event) <= up]
+    resumed = min(
+        (recorded_at(event) - up for event in events if recorded_at(event) > up), default=-1
+    )
+    figures = (
+        f"Redis down {up - down:.1f} s at {brief(before)}; entries recorded during it:"
+        f" {brief(during)}; history after {brief(events)}, the first entry after the outage"
+        f" {resumed:.1f} s after Redis returned; {sum(status == 200 for _, status in answers)} of"
+        f" {len(answers)} inferences answered 200; {log.count(UNDONE)} decisions undone"
+    )
+    assert during == [], figures
+    assert len(endings(events)) == 1, figures
+    assert events[-1]["event"] in ENDINGS, figures
     assert "Traceback" not in log, log
