@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,6 +36,13 @@ from support import (
     steady_load,
 )
 from turnout.core.service.controller_lease import LEASE_SECONDS
+from turnout.supervisor import (
+    FIRST_BACKOFF,
+    HEALTHY_SECONDS,
+    MAX_BACKOFF,
+    Supervisor,
+    restart_delay,
+)
 
 WORKERS = 2
 # The demo's v2 rolled out over v1 in three short steps. Both versions answer the same
@@ -244,3 +252,51 @@ async def test_a_canary_pauses_while_redis_is_down_and_ends_once_after(
     assert len(endings(events)) == 1, figures
     assert events[-1]["event"] in ENDINGS, figures
     assert "Traceback" not in log, log
+
+
+# -- 4. a worker that keeps dying ---------------------------------------------------------------
+
+
+def test_the_restart_delay_doubles_to_30_s_and_starts_over_after_a_healthy_minute() -> None:
+    delays, backoff = [], FIRST_BACKOFF
+    for _ in range(9):  # a worker that dies at once, nine times
+        delay, backoff = restart_delay(backoff, ran=0.2)
+        delays.append(delay)
+    assert delays == [0.5, 1, 2, 4, 8, 16, MAX_BACKOFF, MAX_BACKOFF, MAX_BACKOFF], delays
+    # Once it has run a minute, its next death is restarted as promptly as its first.
+    assert restart_delay(backoff, ran=HEALTHY_SECONDS) == (FIRST_BACKOFF, 2 * FIRST_BACKOFF)
+
+
+def test_the_supervisor_restarts_a_worker_that_keeps_dying_later_each_time() -> None:
+    # A real supervisor (in this process) and a worker that exits at once, every time.
+    lines: list[tuple[float, str]] = []
+
+    def log(line: str) -> None:
+        lines.append((time.monotonic(), line))
+        if line.endswith("restarting it in 2 s"):  # the third death: enough
+            os.kill(os.getpid(), signal.SIGTERM)  # to the supervisor's own handler
+
+    dying = [sys.executable, "-c", "raise SystemExit(3)"]
+    supervisor = Supervisor(1, lambda index: dying, shutdown_timeout=1.0, log=log)
+    started = time.monotonic()
+    assert supervisor.run() == 0
+    took = time.monotonic() - started
+
+    said = [line for _, line in lines]
+    deaths = [when for when, line in lines if "exited with code 3" in line]
+    restarts = [when for when, line in lines if "restarted (pid" in line]
+    waits = [restart - death for death, restart in zip(deaths, restarts, strict=False)]
+    figures = (
+        f"{len(deaths)} deaths in {took:.1f} s, restarted after"
+        f" {[f'{wait:.2f} s' for wait in waits]}: {said}"
+    )
+    assert [line.split("; ")[-1] for line in said if "exited" in line] == [
+        "restarting it in 0.5 s",
+        "restarting it in 1 s",
+        "restarting it in 2 s",
+    ], figures
+    # Each wait is the delay said, to within the supervisor's poll (0.1 s) and a busy machine.
+    assert len(waits) == 2, figures
+    for wait, said_delay in zip(waits, (0.5, 1.0), strict=True):
+        assert said_delay <= wait < said_delay + 0.5, figures
+    assert said[-1] == "stopping 0 workers; each answers the requests it admitted", figures
