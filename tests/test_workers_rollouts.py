@@ -3,8 +3,11 @@
 One worker of a fleet holds the controller lease and alone steps canaries
 (``core/service/controller_lease.py``); these scenarios kill it, stop the
 Redis the fleet shares, and stop the supervisor under load, over loopback.
-Each states its figure in its assertion message. The helpers that start a
-fleet and talk to it are in ``support.py``, shared with ``test_workers.py``.
+Then the supervisor's back-off, with a worker that exits at once, and the
+readiness of a server still loading a version its fleet routes to (two
+servers in this process, one load held). Each states its figure in its
+assertion message. The helpers that start a fleet and talk to it are in
+``support.py``, shared with ``test_workers.py``.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from services import RedisServer
 from support import (
@@ -35,7 +41,10 @@ from support import (
     sharing,
     steady_load,
 )
+from turnout import MemoryState, ModelServer, RoutingConfig
+from turnout.core.service.control_sync import version_entry
 from turnout.core.service.controller_lease import LEASE_SECONDS
+from turnout.core.state.artifacts import ArtifactStore
 from turnout.supervisor import (
     FIRST_BACKOFF,
     HEALTHY_SECONDS,
@@ -43,6 +52,7 @@ from turnout.supervisor import (
     Supervisor,
     restart_delay,
 )
+from turnout.web.app import create_app
 
 WORKERS = 2
 # The demo's v2 rolled out over v1 in three short steps. Both versions answer the same
@@ -58,6 +68,7 @@ CANARY = {
     "max_latency_ratio": 100.0,
 }
 ENDINGS = ("promoted", "rolled_back")
+SPLIT = RoutingConfig("weighted", {"versions": ["v1", "v2"], "weights": [70, 30]})
 
 Events = list[dict[str, Any]]
 
@@ -300,3 +311,50 @@ def test_the_supervisor_restarts_a_worker_that_keeps_dying_later_each_time() -> 
     for wait, said_delay in zip(waits, (0.5, 1.0), strict=True):
         assert said_delay <= wait < said_delay + 0.5, figures
     assert said[-1] == "stopping 0 workers; each answers the requests it admitted", figures
+
+
+# -- 5. readiness while a worker loads what its fleet routes to ----------------------------------
+
+
+async def test_a_server_is_not_ready_while_it_loads_a_version_the_fleet_routes_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logistic_model: Any, forest_model: Any
+) -> None:
+    # Two servers sharing a control state and artifacts stand for two workers; the second
+    # loads what the first deploys, and its load of v2 is held until released.
+    held, release = threading.Event(), threading.Event()
+    digests: dict[str, str] = {}  # of the versions whose load is held
+    load = ArtifactStore.get
+
+    def held_load(store: ArtifactStore, digest: str) -> bytes:
+        if digests.get("v2") == digest:
+            held.set()
+            release.wait(30)
+        return load(store, digest)
+
+    monkeypatch.setattr(ArtifactStore, "get", held_load)
+    shared, artifacts = MemoryState(), tmp_path / "artifacts"
+    async with (
+        ModelServer(state=shared, artifacts=artifacts, entry_points=False) as one,
+        ModelServer(state=shared, artifacts=artifacts, entry_points=False) as two,
+        TestClient(TestServer(create_app(two))) as http,
+    ):
+
+        async def ready() -> int:
+            return (await http.get("/v2/health/ready")).status
+
+        try:
+            await one.deploy_model("bc", "v1", logistic_model)
+            await eventually(lambda: "bc" in two.active_models)
+            assert await ready() == 200  # it serves all there is
+
+            deployment = await one.deploy_model("bc", "v2", forest_model, set_active=False)
+            digests["v2"] = version_entry(deployment).digest
+            await one.set_routing("bc", SPLIT)
+            await eventually(held.is_set)
+            statuses = [await ready()]  # v2 is catalogued and routed to, not loaded here
+            release.set()
+            await eventually(lambda: not two.unloaded_versions)
+            statuses.append(await ready())
+        finally:
+            release.set()
+    assert statuses == [503, 200], f"ready while v2 loaded, then once loaded: {statuses}"
