@@ -40,13 +40,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["FIRST_BACKOFF", "MAX_BACKOFF", "Supervisor", "WorkerSlot", "usable_cores"]
+__all__ = [
+    "FIRST_BACKOFF",
+    "MAX_BACKOFF",
+    "Supervisor",
+    "WorkerSlot",
+    "restart_delay",
+    "usable_cores",
+]
 
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 # A worker that ran this long before it died is restarted after the first back-off again.
 HEALTHY_SECONDS = 60.0
 POLL_SECONDS = 0.1
+
+
+def restart_delay(backoff: float, ran: float) -> tuple[float, float]:
+    """Return how long to wait before restarting a worker that died after ``ran`` seconds,
+    and the back-off for its next death; ``backoff`` is the one this death was due.
+
+    The delay doubles with each death, up to MAX_BACKOFF, and is FIRST_BACKOFF
+    again for a worker that had run HEALTHY_SECONDS.
+    """
+    delay = FIRST_BACKOFF if ran >= HEALTHY_SECONDS else backoff
+    return delay, min(delay * 2, MAX_BACKOFF)
 
 
 def usable_cores() -> int:
@@ -134,14 +152,12 @@ class Supervisor:
         for slot in self._slots:
             process = slot.process
             if process is not None and process.poll() is not None:
-                if now - slot.started >= HEALTHY_SECONDS:
-                    slot.backoff = FIRST_BACKOFF
-                slot.restart_at = now + slot.backoff
+                delay, slot.backoff = restart_delay(slot.backoff, now - slot.started)
+                slot.restart_at = now + delay
                 self.log(
                     f"worker {slot.index} (pid {process.pid}) exited with"
-                    f" {_how(process.returncode)}; restarting it in {slot.backoff:g} s"
+                    f" {_how(process.returncode)}; restarting it in {delay:g} s"
                 )
-                slot.backoff = min(slot.backoff * 2, MAX_BACKOFF)
                 slot.process = None
             elif process is None and slot.restart_at is not None and now >= slot.restart_at:
                 self._start(slot)

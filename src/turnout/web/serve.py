@@ -40,6 +40,8 @@ __all__ = [
 
 # How long in-flight requests get to finish once shutdown begins.
 SHUTDOWN_TIMEOUT = 30.0
+# How long connections accepted just before the listeners closed get to send their request.
+ACCEPTED_GRACE_SECONDS = 0.1
 
 DEFAULT_ADMIN_PORT = 8081
 
@@ -237,6 +239,14 @@ async def _serve(
         for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
+        # No new connection on any port; then a moment for those just accepted to send
+        # their request. aiohttp's cleanup closes a connection that has not, as idle, and
+        # one whose handler had not started by then ignores its request and holds the
+        # shutdown for all of shutdown_timeout (the client waits in vain meanwhile).
+        for runner in runners:
+            for site in list(runner.sites):
+                await site.stop()
+        await asyncio.sleep(ACCEPTED_GRACE_SECONDS)
         # The admin API first: no deploys or routing changes while requests drain.
         for runner in reversed(runners):
             await runner.cleanup()

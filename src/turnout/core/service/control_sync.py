@@ -160,6 +160,8 @@ class ControlSync:
                 try:
                     written = await self.state.write(intended, fence=fence)
                 except StateUnavailableError:
+                    if fence is not None:
+                        self._undo_decision(model_id)
                     # Written again once the store is back (the feed says so): _refresh_all.
                     self._unwritten.add(model_id)
                     raise
@@ -187,6 +189,22 @@ class ControlSync:
                 expected=known.revision,
                 actual=(await self.state.read(model_id)).revision,
             )
+
+    def _undo_decision(self, model_id: str) -> None:
+        """Put the model's choices back as last stored: a controller decision was not written.
+
+        A controller may decide (a canary step, promotion, rollback) in the second
+        before its lease renewal finds the store unreachable. The decision counts
+        only once stored under that lease: kept, it would be written after the
+        outage unfenced, whoever leads by then, and dated inside it. Undone, the
+        step is judged again once the store is back, by whoever leads then.
+        """
+        known = self._known.get(model_id)
+        if known is not None and known.exists and self._registry.contains_model(model_id):
+            logger.warning(
+                "%s: a rollout decision the control state did not take is undone", model_id
+            )
+            self._apply(known)
 
     def _catalogue_differs(self, model_id: str) -> bool:
         known = self._known.get(model_id) or ModelState(model_id)
