@@ -227,3 +227,154 @@ def test_a_column_checks_what_it_is_given() -> None:
 async def _deployed(server: ModelServer, model: Any) -> Any:
     await server.deploy_model("visits", "1", model)
     return server.get_deployment("visits")
+
+
+# -- the python runtime: the estimator itself, given the same columns ----------------------
+
+
+async def test_the_python_runtime_serves_string_columns_with_the_pipeline_itself(
+    server, tabular_classifier, tabular_data
+) -> None:
+    await server.deploy_model("visits", "py", tabular_classifier, runtime="python")
+    X = tabular_data.X_test
+
+    got = await server.predict("visits", X.to_dict("records"))
+
+    np.testing.assert_allclose(got, tabular_classifier.predict_proba(X)[:, 1], rtol=1e-12)
+    signature = server.get_deployment("visits").loaded.signature
+    assert {c.name: c.categories for c in signature.columns if c.is_string} == {
+        "sex": frozenset({"female", "male"}),
+        "bmi_band": frozenset({"normal", "over", "obese"}),
+    }
+
+
+async def test_the_python_runtime_refuses_an_unknown_category_before_the_model_runs(
+    server, tabular_classifier, tabular_data
+) -> None:
+    await server.deploy_model("visits", "py", tabular_classifier, runtime="python")
+    rows = tabular_data.records(2)
+    rows[1] = {**rows[1], "sex": "unheard-of"}
+
+    with pytest.raises(InvalidInputError, match="row 1, feature 'sex': unknown category"):
+        await server.predict("visits", rows)
+
+    deployment = server.get_deployment("visits")
+    assert deployment.metrics.requests == 0, "the refused request reached the model"
+    assert deployment.breaker.state.value == "closed"
+
+
+async def test_the_python_runtime_lets_an_ignoring_encoder_ignore(
+    server, tabular_regressor, tabular_data
+) -> None:
+    await server.deploy_model("progression", "py", tabular_regressor, runtime="python")
+    frame = tabular_data.X_test.iloc[:5].assign(bmi_band="unheard-of")
+
+    got = await server.predict("progression", frame)
+
+    np.testing.assert_allclose(got, tabular_regressor.predict(frame), rtol=1e-12)
+
+
+# -- text columns: a vectorizer reads a column of free text ----------------------------------
+
+_WORDS = [
+    "late",
+    "early",
+    "broken",
+    "great",
+    "refund",
+    "fast",
+    "slow",
+    "love",
+    "hate",
+    "box",
+    "item",
+    "service",
+]
+
+
+@pytest.fixture(scope="module")
+def reviews() -> Any:
+    """Short ASCII reviews and an order amount; the label is whether a review complains."""
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    notes = [" ".join(rng.choice(_WORDS, rng.integers(1, 6))) for _ in range(600)]
+    frame = pd.DataFrame({"note": notes, "amount": rng.normal(50.0, 15.0, 600)})
+    label = frame["note"].str.contains("broken|refund|hate|late").astype(int)
+    return frame, label
+
+
+def _text_pipeline(vectorizer: Any, reviews: Any) -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame, label = reviews
+    encode = ColumnTransformer(
+        [("text", vectorizer, "note"), ("numbers", StandardScaler(), ["amount"])]
+    )
+    return Pipeline([("encode", encode), ("model", LogisticRegression())]).fit(frame, label)
+
+
+@pytest.mark.parametrize("kind", ["tfidf", "count"])
+async def test_a_text_column_is_served_as_the_pipeline_reads_it(
+    server: ModelServer, reviews: Any, kind: str
+) -> None:
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+
+    vectorizer = TfidfVectorizer() if kind == "tfidf" else CountVectorizer(ngram_range=(1, 2))
+    pipeline = _text_pipeline(vectorizer, reviews)
+    frame, _ = reviews
+    await server.deploy_model("reviews", kind, pipeline)
+
+    got = await server.predict("reviews", frame.to_dict("records"))
+
+    np.testing.assert_allclose(got, pipeline.predict_proba(frame)[:, 1], atol=1e-5)
+    (note, amount) = server.get_deployment("reviews").loaded.signature.columns
+    assert (note.name, note.is_string, note.ascii_only) == ("note", True, True)
+    assert (amount.name, amount.is_string) == ("amount", False)
+
+
+async def test_text_beyond_ascii_is_refused_on_onnx_and_served_on_the_python_runtime(
+    server: ModelServer, reviews: Any
+) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    pipeline = _text_pipeline(TfidfVectorizer(), reviews)
+    row = {"note": "Café déjà broken", "amount": 40.0}
+    await server.deploy_model("reviews", "onnx", pipeline)
+    await server.deploy_model("reviews", "py", pipeline, runtime="python", set_active=False)
+
+    with pytest.raises(InvalidInputError, match="text beyond ASCII") as caught:
+        await server.predict("reviews", [row], version="onnx")
+    assert "runtime='python'" in str(caught.value)
+    assert server.get_deployment("reviews", "onnx").breaker.state.value == "closed"
+
+    import pandas as pd
+
+    got = await server.predict("reviews", [row], version="py")
+    np.testing.assert_allclose(got, pipeline.predict_proba(pd.DataFrame([row]))[:, 1])
+
+
+async def test_the_stored_onnx_of_a_text_pipeline_keeps_its_rules(
+    server: ModelServer, reviews: Any
+) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    pipeline = _text_pipeline(TfidfVectorizer(), reviews)
+    await server.deploy_model("reviews", "1", pipeline)
+    onnx_bytes = server.get_deployment("reviews").loaded.onnx_bytes
+    assert onnx_bytes is not None
+
+    import onnx
+
+    graph = onnx.load_model_from_string(onnx_bytes).graph
+    (normalizer,) = [node for node in graph.node if node.op_type == "StringNormalizer"]
+    locale = {a.name: a.s for a in normalizer.attribute}.get("locale")
+    # The C locale exists on every machine; en_US.UTF-8, the default, is missing from many.
+    assert locale == b"C"
+
+    await server.deploy_model("reviews", "2", onnx_bytes)
+    with pytest.raises(InvalidInputError, match="text beyond ASCII"):
+        await server.predict("reviews", [{"note": "naïve", "amount": 1.0}], version="2")

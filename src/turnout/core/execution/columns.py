@@ -26,7 +26,16 @@ import numpy as np
 
 from turnout.core.errors import ConversionError, InvalidConfigError
 
-__all__ = ["ONNX_NUMBER_TYPES", "InputColumn", "graph_columns", "record_dtype", "string_columns"]
+__all__ = [
+    "ONNX_NUMBER_TYPES",
+    "InputColumn",
+    "estimator_columns",
+    "graph_columns",
+    "parts_of",
+    "record_dtype",
+    "string_columns",
+    "text_vectorizers",
+]
 
 _STRING = np.dtype(object)
 # The numeric ONNX element types turnout encodes requests into, by TensorProto number.
@@ -40,12 +49,16 @@ class InputColumn:
 
     ``dtype`` is a numeric dtype, or ``object`` for a string column.
     ``categories`` is None when any value of the type is taken (numbers, or
-    strings whose unknown categories the encoder ignores).
+    strings whose unknown categories the encoder ignores). ``ascii_only``
+    marks text an ONNX graph tokenizes: ONNX Runtime's Tokenizer splits
+    only ASCII text as scikit-learn does, so other text is refused rather
+    than answered wrongly.
     """
 
     name: str
     dtype: np.dtype[Any]
     categories: frozenset[str] | None = None
+    ascii_only: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
@@ -53,7 +66,7 @@ class InputColumn:
             raise InvalidConfigError("a column's name must be a non-empty string")
         if self.dtype != _STRING and self.dtype.kind not in "iuf":
             raise InvalidConfigError(f"column {self.name!r}: unsupported type {self.dtype}")
-        if self.categories is not None and not self.is_string:
+        if (self.categories is not None or self.ascii_only) and not self.is_string:
             raise InvalidConfigError(f"column {self.name!r}: only string columns have categories")
 
     @property
@@ -85,6 +98,7 @@ def graph_columns(proto: Any) -> tuple[InputColumn, ...] | None:
     if len(inputs) < 2 or _STRING_TYPE not in types:
         return None
     limits = _strict_categories(proto)
+    texts = _tokenized_inputs(proto)
     columns = []
     for value, elem_type in zip(inputs, types, strict=True):
         dims = list(value.type.tensor_type.shape.dim)
@@ -94,7 +108,8 @@ def graph_columns(proto: Any) -> tuple[InputColumn, ...] | None:
                 " with one [rows, 1] input per column"
             )
         if elem_type == _STRING_TYPE:
-            columns.append(InputColumn(value.name, _STRING, limits.get(value.name)))
+            text = value.name in texts
+            columns.append(InputColumn(value.name, _STRING, limits.get(value.name), text))
         elif elem_type in ONNX_NUMBER_TYPES:
             columns.append(InputColumn(value.name, np.dtype(ONNX_NUMBER_TYPES[elem_type])))
         else:
@@ -103,6 +118,27 @@ def graph_columns(proto: Any) -> tuple[InputColumn, ...] | None:
                 " (string, float, double, int32 and int64 are supported)"
             )
     return tuple(columns)
+
+
+def _tokenized_inputs(proto: Any) -> set[str]:
+    """The graph inputs from which a Tokenizer node reads text, through any nodes between."""
+    producers = {output: node for node in proto.graph.node for output in node.output}
+    found: set[str] = set()
+    graph_inputs = {value.name for value in proto.graph.input}
+    for node in proto.graph.node:
+        if node.op_type != "Tokenizer":
+            continue
+        pending, seen = list(node.input), set()
+        while pending:
+            name = pending.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in graph_inputs:
+                found.add(name)
+            elif name in producers:
+                pending.extend(producers[name].input)
+    return found
 
 
 def _strict_categories(proto: Any) -> dict[str, frozenset[str]]:
@@ -128,7 +164,8 @@ def string_columns(estimator: Any, n_features: int) -> frozenset[int]:
 
     These are the columns a ColumnTransformer routes to an encoder fitted on
     strings (its ``categories_``, or a string imputer's ``statistics_``,
-    first in a Pipeline), or every column when such an encoder comes first.
+    first in a Pipeline) or to a text vectorizer, or every column when such
+    a transformer comes first.
     """
     first = _first_step(estimator)
     if _takes_strings(first):
@@ -143,6 +180,68 @@ def string_columns(estimator: Any, n_features: int) -> frozenset[int]:
     return frozenset(found)
 
 
+def estimator_columns(estimator: Any, names: Sequence[str]) -> tuple[InputColumn, ...] | None:
+    """Return the columns of a fitted estimator that reads strings; None if it reads numbers only.
+
+    What the python runtime serves such an estimator with: the same columns
+    a converted graph would take, strings as objects and numbers as float64,
+    and the categories of each encoder that refuses unknown ones
+    (``handle_unknown="error"``), so that a client's unknown category is
+    refused before the request is queued, as on ONNX.
+    """
+    strings = string_columns(estimator, len(names))
+    if not strings:
+        return None
+    limits = _estimator_categories(estimator, names)
+    return tuple(
+        InputColumn(name, _STRING, limits.get(name))
+        if j in strings
+        else InputColumn(name, np.dtype(np.float64))
+        for j, name in enumerate(names)
+    )
+
+
+def _estimator_categories(estimator: Any, names: Sequence[str]) -> dict[str, frozenset[str]]:
+    """The categories of each column read by an encoder that refuses unknown ones."""
+    first = _first_step(estimator)
+    indices = getattr(first, "_transformer_to_input_indices", None)
+    if _takes_strings(first) or not isinstance(indices, dict):
+        parts = [(first, range(len(names)))]
+    else:
+        parts = [(part, indices.get(name, ())) for name, part, _ in first.transformers_]
+    limits: dict[str, frozenset[str]] = {}
+    for part, positions in parts:
+        encoder = _encoder_in(part)
+        if encoder is None or getattr(encoder, "handle_unknown", None) != "error":
+            continue
+        for position, known in zip(positions, encoder.categories_, strict=False):
+            name = names[int(position)]
+            categories = frozenset(value for value in known if isinstance(value, str))
+            limits[name] = limits[name] & categories if name in limits else categories
+    return limits
+
+
+def _encoder_in(transformer: Any) -> Any:
+    """The first step with categories in ``transformer`` (a Pipeline's, or itself), or None."""
+    steps = [step for _, step in getattr(transformer, "steps", ())] or [transformer]
+    return next((step for step in steps if hasattr(step, "categories_")), None)
+
+
+def text_vectorizers(estimator: Any) -> list[Any]:
+    """Return every text vectorizer in a fitted estimator, searched through its parts."""
+    if hasattr(estimator, "build_analyzer"):
+        return [estimator]
+    return [found for part in parts_of(estimator) for found in text_vectorizers(part)]
+
+
+def parts_of(estimator: Any) -> list[Any]:
+    """Return the estimators a Pipeline, ColumnTransformer or FeatureUnion is made of (or [])."""
+    parts = [step for _, step in getattr(estimator, "steps", ())]
+    parts += [part for _, part, _ in getattr(estimator, "transformers_", ())]
+    parts += [part for _, part in getattr(estimator, "transformer_list", ())]
+    return parts
+
+
 def _first_step(estimator: Any) -> Any:
     while hasattr(estimator, "steps") and estimator.steps:
         estimator = estimator.steps[0][1]
@@ -151,6 +250,8 @@ def _first_step(estimator: Any) -> Any:
 
 def _takes_strings(transformer: Any) -> bool:
     transformer = _first_step(transformer)
+    if hasattr(transformer, "build_analyzer"):
+        return True  # a text vectorizer (CountVectorizer, TfidfVectorizer, HashingVectorizer)
     categories = getattr(transformer, "categories_", None)
     if categories is not None and any(np.asarray(kind).dtype.kind in "OUS" for kind in categories):
         return True

@@ -23,9 +23,12 @@ from turnout.core.execution.boosting import prepare_boosters
 from turnout.core.execution.columns import (
     ONNX_NUMBER_TYPES,
     InputColumn,
+    estimator_columns,
     graph_columns,
+    parts_of,
     record_dtype,
     string_columns,
+    text_vectorizers,
 )
 
 __all__ = ["LoadedModel", "ModelSignature", "Runtime", "Task", "load_model"]
@@ -195,10 +198,15 @@ def _classes(estimator: Any) -> tuple[Any, ...] | None:
 def _python_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedModel:
     from sklearn.base import BaseEstimator, is_classifier
 
+    columns = None
     if isinstance(estimator, BaseEstimator):
         n_features = _check_fitted(estimator)
         names = _estimator_names(estimator, n_features, features)
         classifier = is_classifier(estimator) or hasattr(estimator, "predict_proba")
+        if string_columns(estimator, n_features):
+            if names is None:
+                raise _unnamed_strings(estimator)
+            columns = estimator_columns(estimator, names)
     else:
         # Not scikit-learn's: no fitted state to check, and its tags mean nothing.
         n_features, names = _declared_features(estimator, features)
@@ -213,14 +221,22 @@ def _python_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedMod
     signature = ModelSignature(
         input_name="input",
         n_features=n_features,
-        input_dtype=np.dtype(np.float64),
+        input_dtype=np.dtype(np.float64) if columns is None else record_dtype(columns),
         task=Task.CLASSIFIER if classifier else Task.REGRESSOR,
         feature_names=names,
         classes=_classes(estimator),
         label_output=label_output,
         score_output=score_output,
+        columns=columns,
     )
     return LoadedModel(signature, None, estimator, f"python:{_describe(estimator)}")
+
+
+def _unnamed_strings(estimator: Any) -> ConversionError:
+    return ConversionError(
+        f"{_describe(estimator)} reads string columns, which are sent by name: fit it on"
+        " a DataFrame, or pass features=[...] naming its columns in order"
+    )
 
 
 def _declared_features(
@@ -250,12 +266,10 @@ def _sklearn_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedMo
     try:
         from skl2onnx import convert_sklearn
 
-        # zipmap=False keeps probabilities a plain tensor instead of a list of
-        # dicts, which is far cheaper to read.
         proto = convert_sklearn(
             estimator,
             initial_types=_initial_types(estimator, n_features, names),
-            options={"zipmap": False} if hasattr(estimator, "predict_proba") else None,
+            options=_conversion_options(estimator),
             target_opset=prepare_boosters(estimator),
         )
     except ConversionError:
@@ -280,6 +294,32 @@ def _sklearn_model(estimator: Any, features: tuple[str, ...] | None) -> LoadedMo
     )
 
 
+def _conversion_options(estimator: Any) -> dict[Any, Any] | None:
+    """skl2onnx's options: probabilities as a plain tensor, and text lowercased in the C locale.
+
+    zipmap=False keeps probabilities a plain tensor instead of a list of
+    dicts, which is far cheaper to read. A text vectorizer's graph lowercases
+    in en_US.UTF-8 unless told otherwise, and ONNX Runtime then fails to
+    load it where that locale is not installed (slim container images); the
+    C locale exists everywhere and lowercases ASCII, all such a graph takes.
+    """
+    vectorizers = text_vectorizers(estimator)
+    if not vectorizers:
+        return {"zipmap": False} if hasattr(estimator, "predict_proba") else None
+    # Options keyed by object, as skl2onnx takes them when they differ by step.
+    options: dict[Any, Any] = {id(v): {"locale": "C"} for v in vectorizers}
+    for step in _leaves(estimator):
+        if hasattr(step, "predict_proba"):
+            options[id(step)] = {"zipmap": False}
+    return options
+
+
+def _leaves(estimator: Any) -> list[Any]:
+    """The estimators at the bottom of a composite one (itself, if it is not composite)."""
+    parts = parts_of(estimator)
+    return [leaf for part in parts for leaf in _leaves(part)] if parts else [estimator]
+
+
 def _initial_types(
     estimator: Any, n_features: int, names: tuple[str, ...] | None
 ) -> list[tuple[str, Any]]:
@@ -293,10 +333,7 @@ def _initial_types(
     if not strings:
         return [("input", FloatTensorType([None, n_features]))]
     if names is None:
-        raise ConversionError(
-            f"{_describe(estimator)} reads string columns, which are sent by name: fit it on"
-            " a DataFrame, or pass features=[...] naming its columns in order"
-        )
+        raise _unnamed_strings(estimator)
     return [
         (name, StringTensorType([None, 1]) if j in strings else FloatTensorType([None, 1]))
         for j, name in enumerate(names)

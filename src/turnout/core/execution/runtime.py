@@ -129,7 +129,12 @@ class PythonRuntime:
 
     def run(self, batch: Any) -> RawOutput:
         """Run ``batch`` through the estimator."""
-        if self._columns is not None:
+        if batch.dtype.names is not None:
+            import pandas as pd
+
+            # Records of typed columns (strings among them): a frame of those columns.
+            batch = pd.DataFrame({name: batch[name] for name in batch.dtype.names})
+        elif self._columns is not None:
             import pandas as pd
 
             # copy=False: a copied frame stores its values column by column, and

@@ -260,9 +260,12 @@ class InputSchema:
         """One column's values as an array of its type, or an error naming the row at fault."""
         name = column.name
         if column.is_string:
+            known, ascii_only = column.categories, column.ascii_only
             for i, value in enumerate(values):
-                if not isinstance(value, str) or (
-                    column.categories is not None and value not in column.categories
+                if (
+                    not isinstance(value, str)
+                    or (known is not None and value not in known)
+                    or (ascii_only and not value.isascii())
                 ):
                     self._check_string(i, column, value)
             return np.array(values, dtype=object)
@@ -373,6 +376,13 @@ class InputSchema:
             raise InvalidInputError(
                 f"row {i}, feature {name!r}: expected a string, got"
                 f" {type(value).__name__} {_short_repr(value)}",
+                field=name,
+            )
+        if column.ascii_only and not value.isascii():
+            raise InvalidInputError(
+                f"row {i}, feature {name!r}: text beyond ASCII ({_short_repr(value)}), which the"
+                " ONNX graph cannot split into words as scikit-learn does; deploy the model"
+                " with runtime='python' to serve such text",
                 field=name,
             )
         known = column.categories
