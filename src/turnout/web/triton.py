@@ -3,6 +3,9 @@
 Specifications: ``docs/protocol/extension_model_configuration.md`` and
 ``docs/protocol/extension_statistics.md`` in triton-inference-server/server.
 tritonclient's ``get_model_config`` and ``get_inference_statistics`` call them.
+The gRPC service's ``ModelConfig`` and ``ModelStatistics`` RPCs
+(:mod:`turnout.web.rpc.service`) answer the same dicts, parsed into Triton's
+messages: the JSON here is Triton's JSON form of those messages.
 
 Endpoints::
 
@@ -30,7 +33,7 @@ from turnout.web.jsonio import dumps_bytes
 from turnout.web.keys import SERVER_KEY
 from turnout.web.models import TensorSpec, input_specs, model_versions, output_specs
 
-__all__ = ["describe_config", "describe_statistics", "setup_triton"]
+__all__ = ["describe_config", "describe_statistics", "setup_triton", "statistics_deployments"]
 
 EXTENSIONS = ["model_configuration", "statistics"]
 
@@ -62,22 +65,30 @@ async def config(request: web.Request) -> web.Response:
 
 async def statistics(request: web.Request) -> web.Response:
     """GET .../stats: the statistics of every version of every model, of a model, or of one."""
-    server = request.app[SERVER_KEY]
-    model = request.match_info.get("model")
-    version = request.match_info.get("version")
+    deployments = statistics_deployments(
+        request.app[SERVER_KEY], request.match_info.get("model"), request.match_info.get("version")
+    )
+    return _json({"model_stats": [describe_statistics(d) for d in deployments]})
+
+
+def statistics_deployments(
+    server: ModelServer, model: str | None, version: str | None = None
+) -> list[Deployment]:
+    """The versions a statistics request names: all of every model (``model`` None), or of one.
+
+    ``version`` picks one version of ``model`` (it needs a model). An unknown
+    model or version raises its not-found error (a 404); a bad name, a 400.
+    """
     if model is None:
-        deployments = [
+        return [
             server.get_deployment(name, v)
             for name in sorted(server.get_all_models_status())
             for v in model_versions(server, name)
         ]
-    elif version is None:
-        check_name("model", model)
-        deployments = [server.get_deployment(model, v) for v in model_versions(server, model)]
-    else:
-        check_name("model", model)
-        deployments = [server.get_deployment(model, check_name("version", version))]
-    return _json({"model_stats": [describe_statistics(d) for d in deployments]})
+    check_name("model", model)
+    if version is None:
+        return [server.get_deployment(model, v) for v in model_versions(server, model)]
+    return [server.get_deployment(model, check_name("version", version))]
 
 
 def describe_config(server: ModelServer, deployment: Deployment) -> dict[str, Any]:

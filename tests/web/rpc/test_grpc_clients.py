@@ -57,6 +57,58 @@ async def test_tritonclient_grpc_infer_with_request_id_and_parameters(
     assert answers["metadata"]["versions"] == ["v1", "v2"]
 
 
+async def test_tritonclient_grpc_model_config_and_statistics(
+    grpc_address, http, cancer, binary_data
+) -> None:
+    X = binary_data.X_test.iloc[:5].to_numpy().astype(np.float32)
+
+    def call() -> dict[str, Any]:
+        client = triton.InferenceServerClient(url=grpc_address)
+        try:
+            inputs = [triton.InferInput("input", list(X.shape), "FP32")]
+            inputs[0].set_data_from_numpy(X)
+            client.infer("cancer", inputs)
+            client.infer("cancer", inputs)
+            with pytest.raises(triton.InferenceServerException) as unknown:
+                client.get_model_config("nope")
+            with pytest.raises(triton.InferenceServerException) as unknown_stats:
+                client.get_inference_statistics("nope")
+            return {
+                "config": client.get_model_config("cancer"),
+                "config_json": client.get_model_config("cancer", "v2", as_json=True),
+                "stats": client.get_inference_statistics("cancer", "v1"),
+                "stats_json": client.get_inference_statistics("cancer", as_json=True),
+                "unknown": str(unknown.value) + str(unknown_stats.value),
+            }
+        finally:
+            client.close()
+
+    answers = await asyncio.to_thread(call)
+    over_http = await (await http.get("/v2/models/cancer/config")).json()
+    config = answers["config"].config
+    assert (config.name, config.platform, config.max_batch_size) == (
+        "cancer",
+        over_http["platform"],
+        over_http["max_batch_size"],
+    )
+    assert [(t.name, list(t.dims)) for t in config.input] == [("input", [30])]
+    pinned = answers["config_json"]["config"]
+    assert pinned["parameters"]["version"] == {"string_value": "v2"}
+    assert pinned["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["30"]}]
+
+    (v1,) = answers["stats"].model_stats
+    (over_http,) = (await (await http.get("/v2/models/cancer/versions/v1/stats")).json())[
+        "model_stats"
+    ]
+    assert (v1.inference_count, v1.execution_count, v1.inference_stats.success.count) == (10, 2, 2)
+    assert v1.inference_count == over_http["inference_count"]
+    assert v1.inference_stats.success.count == over_http["inference_stats"]["success"]["count"]
+    by_version = {s["version"]: s for s in answers["stats_json"]["model_stats"]}
+    assert by_version["v1"]["execution_count"] == "2"
+    assert "inference_count" not in by_version["v2"]  # protobuf's JSON leaves out a 0
+    assert answers["unknown"].count("NOT_FOUND") == 2, answers["unknown"]
+
+
 async def test_tritonclient_grpc_errors_name_the_problem(grpc_address, cancer) -> None:
     def call() -> tuple[str, str]:
         client = triton.InferenceServerClient(url=grpc_address)

@@ -42,8 +42,8 @@ async def test_live_ready_and_server_metadata(triton, cancer) -> None:
     assert await triton.is_model_ready("cancer", "v2")
     metadata = await triton.get_server_metadata(as_json=True)
     assert metadata["name"] == "turnout"
-    # The repository RPCs are off without an admin API (as_json leaves out an empty list).
-    assert metadata.get("extensions", []) == []
+    # The repository RPCs are off without an admin API; configuration and statistics are on.
+    assert metadata["extensions"] == ["model_configuration", "statistics"]
 
 
 async def test_model_metadata_names_inputs_outputs_and_versions(triton, cancer) -> None:
@@ -296,4 +296,6 @@ async def test_load_deploys_onnx_files_and_unload_retires_them(
 
 async def test_unimplemented_rpcs_say_so(triton, cancer) -> None:
     with pytest.raises(InferenceServerException, match=r"(?i)unimplemented"):
-        await triton.get_inference_statistics("cancer")
+        await triton.get_log_settings()
+    with pytest.raises(InferenceServerException, match=r"(?i)unimplemented"):
+        await triton.get_system_shared_memory_status()

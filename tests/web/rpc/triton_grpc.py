@@ -16,7 +16,7 @@ from __future__ import annotations
 import google.protobuf.json_format  # noqa: F401
 from google.protobuf import descriptor_pool
 
-__all__ = ["service_pb2", "triton", "triton_aio"]
+__all__ = ["model_config_pb2", "service_pb2", "triton", "triton_aio"]
 
 _OWN_POOL = descriptor_pool.DescriptorPool()
 _default = descriptor_pool.Default
@@ -24,6 +24,6 @@ descriptor_pool.Default = lambda: _OWN_POOL
 try:
     import tritonclient.grpc as triton
     import tritonclient.grpc.aio as triton_aio
-    from tritonclient.grpc import service_pb2
+    from tritonclient.grpc import model_config_pb2, service_pb2
 finally:
     descriptor_pool.Default = _default

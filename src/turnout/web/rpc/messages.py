@@ -18,14 +18,26 @@ from turnout.web.rpc.descriptor import FILE_DESCRIPTOR
 __all__ = [
     "METHODS",
     "SERVICE",
+    "InferBatchStatistics",
     "InferParameter",
+    "InferStatistics",
     "InferTensorContents",
+    "ModelConfig",
+    "ModelConfigRequest",
+    "ModelConfigResponse",
+    "ModelDynamicBatching",
     "ModelInferRequest",
     "ModelInferResponse",
+    "ModelInput",
     "ModelMetadataRequest",
     "ModelMetadataResponse",
+    "ModelOutput",
+    "ModelParameter",
     "ModelReadyRequest",
     "ModelReadyResponse",
+    "ModelStatistics",
+    "ModelStatisticsRequest",
+    "ModelStatisticsResponse",
     "RepositoryIndexRequest",
     "RepositoryIndexResponse",
     "RepositoryModelLoadRequest",
@@ -38,6 +50,7 @@ __all__ = [
     "ServerMetadataResponse",
     "ServerReadyRequest",
     "ServerReadyResponse",
+    "StatisticDuration",
 ]
 
 _FILE = descriptor_pb2.FileDescriptorProto.FromString(FILE_DESCRIPTOR)
@@ -60,14 +73,26 @@ METHODS: dict[str, tuple[Any, Any]] = {
     for method in _POOL.FindServiceByName(SERVICE).methods
 }
 
+InferBatchStatistics = _message("InferBatchStatistics")
 InferParameter = _message("InferParameter")
+InferStatistics = _message("InferStatistics")
 InferTensorContents = _message("InferTensorContents")
+ModelConfig = _message("ModelConfig")
+ModelConfigRequest = _message("ModelConfigRequest")
+ModelConfigResponse = _message("ModelConfigResponse")
+ModelDynamicBatching = _message("ModelDynamicBatching")
 ModelInferRequest = _message("ModelInferRequest")
 ModelInferResponse = _message("ModelInferResponse")
+ModelInput = _message("ModelInput")
 ModelMetadataRequest = _message("ModelMetadataRequest")
 ModelMetadataResponse = _message("ModelMetadataResponse")
+ModelOutput = _message("ModelOutput")
+ModelParameter = _message("ModelParameter")
 ModelReadyRequest = _message("ModelReadyRequest")
 ModelReadyResponse = _message("ModelReadyResponse")
+ModelStatistics = _message("ModelStatistics")
+ModelStatisticsRequest = _message("ModelStatisticsRequest")
+ModelStatisticsResponse = _message("ModelStatisticsResponse")
 RepositoryIndexRequest = _message("RepositoryIndexRequest")
 RepositoryIndexResponse = _message("RepositoryIndexResponse")
 RepositoryModelLoadRequest = _message("RepositoryModelLoadRequest")
@@ -80,3 +105,4 @@ ServerMetadataRequest = _message("ServerMetadataRequest")
 ServerMetadataResponse = _message("ServerMetadataResponse")
 ServerReadyRequest = _message("ServerReadyRequest")
 ServerReadyResponse = _message("ServerReadyResponse")
+StatisticDuration = _message("StatisticDuration")

@@ -1,9 +1,9 @@
 """The Open Inference Protocol's gRPC service, answered by a ModelServer.
 
-Each RPC does what its HTTP twin in :mod:`turnout.web.v2` and
-:mod:`turnout.web.repository` does, through the same functions: the same
-routing, batching, input checks and resilience, and the same error for the
-same mistake (as a gRPC status: :mod:`turnout.web.rpc.status`).
+Each RPC does what its HTTP twin in :mod:`turnout.web.v2`,
+:mod:`turnout.web.triton` or :mod:`turnout.web.repository` does, through the
+same functions: the same routing, batching, input checks and resilience, and
+the same error for the same mistake (as a gRPC status: :mod:`turnout.web.rpc.status`).
 
 turnout-specific request parameters, as over HTTP: ``key`` (a string: the
 routing key, for sticky routing) and ``timeout`` (seconds, a number). A
@@ -25,10 +25,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 import turnout
 from turnout.core.names import check_name
 from turnout.core.service.server import ModelServer
+from turnout.web import triton
 from turnout.web.auth import check_bearer
 from turnout.web.body import bad_request
 from turnout.web.errors import RequestError
@@ -91,6 +93,8 @@ class InferenceService:
             "ServerMetadata": self.server_metadata,
             "ModelMetadata": self.model_metadata,
             "ModelInfer": self.model_infer,
+            "ModelConfig": self.model_config,
+            "ModelStatistics": self.model_statistics,
             "RepositoryIndex": self.repository_index,
             "RepositoryModelLoad": self.repository_model_load,
             "RepositoryModelUnload": self.repository_model_unload,
@@ -158,8 +162,9 @@ class InferenceService:
 
     async def server_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """ServerMetadata: the server's name, version and protocol extensions."""
-        # Triton's configuration and statistics extensions are HTTP's only here.
-        extensions = ["model_repository"] if self._access.enabled else []
+        extensions = list(triton.EXTENSIONS)
+        if self._access.enabled:
+            extensions.append("model_repository")
         return messages.ServerMetadataResponse(
             name=SERVER_NAME, version=turnout.__version__, extensions=extensions
         )
@@ -201,6 +206,30 @@ class InferenceService:
             response.parameters["fallback"].bool_param = True
         for name, array in answered_outputs(result, requested).items():
             set_output(response, name, array)
+        return response
+
+    async def model_config(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """ModelConfig: the version's configuration (the active one without a version)."""
+        model, version = _names(request.name, request.version, "name")
+        deployment = self._server.get_deployment(model, version)
+        # describe_config answers Triton's JSON form of the message: parsed, not rebuilt.
+        config = json_format.ParseDict(
+            triton.describe_config(self._server, deployment), messages.ModelConfig()
+        )
+        return messages.ModelConfigResponse(config=config)
+
+    async def model_statistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """ModelStatistics: per-version statistics of every model, of a model, or of one version."""
+        if request.name:
+            model, version = _names(request.name, request.version, "name")
+        elif request.version:
+            raise bad_request("version needs a model: name is empty", "name")
+        else:
+            model, version = None, None
+        response = messages.ModelStatisticsResponse()
+        for deployment in triton.statistics_deployments(self._server, model, version):
+            described = triton.describe_statistics(deployment)
+            json_format.ParseDict(described, response.model_stats.add())
         return response
 
     async def repository_index(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
