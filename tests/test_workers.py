@@ -271,6 +271,41 @@ async def test_one_worker_writes_the_repository_and_another_takes_over_when_it_d
         await eventually(lambda: stored_weights() == [20, 80], 5.0)
 
 
+async def test_a_restarted_fleet_finds_its_shared_state_in_the_repository(
+    tmp_path: Any,
+) -> None:
+    repository = tmp_path / "models"
+    outcomes = f"/admin/models/{MODEL}/outcomes"
+    async with serving(WORKERS, "--repository", str(repository)) as fleet:
+        answered = [await infer(fleet) for _ in range(6)]
+        feedback = [
+            {"request_id": body["parameters"]["request_id"], "outcome": 1.0} for _, body in answered
+        ]
+        status, body = await fresh(
+            "POST", fleet.admin + outcomes, json={"outcomes": feedback}, headers=HEADERS
+        )
+        assert status == 200, body
+        served = {v: body["versions"].count(v) for v in ("v1", "v2")}
+
+    shared = repository / ".turnout"
+    assert (shared / "control-state.db").is_file()
+    stored = sorted(path.name for path in (shared / "artifacts").iterdir())
+    assert len(stored) == 2, f"artifacts kept in the repository: {stored}"
+
+    async with serving(WORKERS, "--repository", str(repository)) as fleet:
+        compare = f"{fleet.admin}/admin/models/{MODEL}/compare?a=v1&b=v2"
+        status, body = await fresh("GET", compare, headers=HEADERS)
+        assert status == 200, body
+        counted = {"v1": body["a"]["count"], "v2": body["b"]["count"]}
+        assert counted == served, f"outcomes after the restart {counted}, before {served}"
+        # The ids answered before the restart keep their outcome: none is taken twice.
+        status, body = await fresh(
+            "POST", fleet.admin + outcomes, json={"outcomes": feedback[:1]}, headers=HEADERS
+        )
+        assert status == 400, body
+        assert "already has an outcome" in body["error"]
+
+
 async def test_a_taken_port_is_refused_before_any_worker_starts() -> None:
     async with turnout_serve("--workers", "2", "--no-demo") as first:
         banner = await read_banner(first, "No models are deployed")

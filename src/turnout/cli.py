@@ -475,8 +475,9 @@ def _supervise(args: argparse.Namespace, token: str | None, demo: bool) -> int:
     except OSError as exc:
         return _cannot_listen(exc)
     run = RunDirectory()
-    state = args.state or f"sqlite:///{run.path / 'control-state.db'}"
-    artifacts = args.artifacts or str(run.path / "artifacts")
+    shared = run.shared(args.repository)
+    state = args.state or f"sqlite:///{shared / 'control-state.db'}"
+    artifacts = args.artifacts or str(shared / "artifacts")
     ready_file = run.path / "worker-0-serves"
 
     def command(index: int) -> list[str]:

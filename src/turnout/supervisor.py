@@ -9,9 +9,10 @@ already taken is refused at once, port 0 is resolved to one port for all,
 and no other program takes the port while a worker restarts.
 
 The workers share their control state (``--state``; by default a SQLite file
-in the supervisor's run directory) and their artifacts (a directory of ONNX
-files by digest), so a change made through any worker's admin API is in
-force on all, and a version deployed through one is loaded by the others.
+in ``<repository>/.turnout``, or in the supervisor's run directory without a
+repository) and their artifacts (a directory of ONNX files by digest, beside
+it), so a change made through any worker's admin API is in force on all, and
+a version deployed through one is loaded by the others.
 Only worker 0 trains the demo: the others load what it deploys. Every
 worker is given ``--repository``; one writes it (worker 0, which locks it
 first), storing what any of them changes, and the others stand by to take
@@ -42,7 +43,10 @@ from types import FrameType
 
 __all__ = [
     "FIRST_BACKOFF",
+    "FLEET_DIRECTORY",
+    "HEALTHY_SECONDS",
     "MAX_BACKOFF",
+    "RunDirectory",
     "Supervisor",
     "WorkerSlot",
     "restart_delay",
@@ -54,6 +58,8 @@ MAX_BACKOFF = 30.0
 # A worker that ran this long before it died is restarted after the first back-off again.
 HEALTHY_SECONDS = 60.0
 POLL_SECONDS = 0.1
+# Where in a model repository the workers keep their shared state and artifacts.
+FLEET_DIRECTORY = ".turnout"
 
 
 def restart_delay(backoff: float, ran: float) -> tuple[float, float]:
@@ -187,10 +193,35 @@ def _how(code: int) -> str:
 
 
 class RunDirectory:
-    """A temporary directory for one supervisor run (its state file, its artifacts)."""
+    """A temporary directory for one supervisor run (its ready file; without a repository,
+    its state file and artifacts too)."""
 
     def __init__(self) -> None:
         self.path = Path(tempfile.mkdtemp(prefix="turnout-workers-"))
+
+    def shared(self, repository: str | None) -> Path:
+        """Return where the workers keep their shared state and artifacts.
+
+        In the repository, ``<repository>/.turnout``, when there is one: there
+        they outlive the run as the repository does, and a restarted fleet
+        finds its outcome totals, rollout history and ONNX files again (a
+        model repository skips the entry: no model is named with a dot).
+        Otherwise, or when the repository cannot be written, this directory.
+        """
+        if repository is None:
+            return self.path
+        directory = Path(repository) / FLEET_DIRECTORY
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(
+                f"turnout: cannot keep the workers' shared state in {directory}"
+                f" ({exc.strerror}); it lives for this run only",
+                file=sys.stderr,
+                flush=True,
+            )
+            return self.path
+        return directory
 
     def close(self) -> None:
         """Remove the directory and what the workers left in it."""
