@@ -498,3 +498,66 @@ async def test_a_5_s_redis_outage_fails_no_inference_and_refuses_control_writes(
     assert 1 <= lost <= WORKERS, f"{lost} lines of the lost feed: {log[-3000:]}"
     mentions = sum("unreachable" in line for line in log.splitlines())
     assert mentions <= 2 * WORKERS, f"{mentions} lines saying unreachable, {figures}: {log[-3000:]}"
+
+
+async def test_the_embedded_state_locked_6_s_fails_no_inference_and_refuses_control_writes(
+    tmp_path: Any,
+) -> None:
+    import sqlite3
+
+    repository = tmp_path / "models"
+    locked_for = 6.5  # past the 5 s a write waits for another's lock
+    async with (
+        serving(WORKERS, "--repository", str(repository)) as fleet,
+        steady_load(fleet) as answers,
+    ):
+        pids = fleet.pids
+        await eventually(lambda: len(answers) >= 100)
+        kept = [80, 20]
+        status, answer = await put_routing(fleet, kept)
+        assert status == 200, answer
+        await in_force_everywhere(fleet, pids, kept, time.perf_counter())
+
+        # Another program holds the store's write lock, as a backup tool or a stuck
+        # process would: in WAL mode readers go on, every writer waits, then gives up.
+        holder = sqlite3.connect(
+            repository / ".turnout" / "control-state.db", timeout=5, check_same_thread=False
+        )
+        await asyncio.to_thread(holder.execute, "BEGIN EXCLUSIVE")
+        down = time.perf_counter()
+        refusals: list[tuple[float, int, Any]] = []
+        try:
+            while time.perf_counter() - down < locked_for - 5.5:
+                asked = time.perf_counter()
+                status, answer = await put_routing(fleet, [50, 50])
+                refusals.append((time.perf_counter() - asked, status, answer))
+            await in_force_everywhere(fleet, pids, kept, time.perf_counter(), seconds=1.0)
+            await asyncio.sleep(max(0.0, locked_for - (time.perf_counter() - down)))
+        finally:
+            holder.rollback()
+            holder.close()
+        up = time.perf_counter()
+
+        changed = [30, 70]
+        status, answer = await put_routing(fleet, changed)
+        assert status == 200, answer
+        after = await in_force_everywhere(fleet, pids, changed, time.perf_counter()) * 1e3
+    statuses = [status for _, status in answers]
+    during = sum(down <= when < up for when, _ in answers)
+    failed = [status for status in statuses if status != 200]
+    codes = {(status, answer.get("code")) for _, status, answer in refusals}
+    figures = (
+        f"{len(failed)} of {len(statuses)} inference requests failed, {during} answered during"
+        f" the {up - down:.1f} s lock; {len(refusals)} routing changes refused as {codes},"
+        f" the slowest in {max(s for s, _, _ in refusals):.1f} s; a change after it in force"
+        f" on all workers in {after:.0f} ms"
+    )
+    assert failed == [], figures + f": {failed[:5]}"
+    assert during > 0, figures
+    assert codes == {(503, "state_unavailable")}, figures
+    assert after < 1000, figures
+    assert fleet.process.stderr is not None
+    log = (await fleet.process.stderr.read()).decode()
+    assert "Traceback" not in log, log
+    said = sum("is unavailable:" in line for line in log.splitlines())
+    assert 1 <= said <= WORKERS, f"the lock was logged {said} times: {log[-3000:]}"

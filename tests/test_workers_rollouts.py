@@ -226,7 +226,7 @@ async def test_sigterm_drains_the_requests_in_flight_and_the_supervisor_exits_0(
 # -- 3. a Redis outage in the middle of a canary ----------------------------------------------
 
 # What the leader logs when a decision it made as the outage began was not stored.
-UNDONE = "a rollout decision the control state did not take is undone"
+UNDONE = "a change the control state did not take is undone"
 
 
 async def test_a_canary_pauses_while_redis_is_down_and_ends_once_after(

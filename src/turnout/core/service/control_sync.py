@@ -160,7 +160,7 @@ class ControlSync:
                 try:
                     written = await self.state.write(intended, fence=fence)
                 except StateUnavailableError:
-                    if fence is not None:
+                    if fence is not None or chose:
                         self._undo_decision(model_id)
                     # Written again once the store is back (the feed says so): _refresh_all.
                     self._unwritten.add(model_id)
@@ -191,19 +191,22 @@ class ControlSync:
             )
 
     def _undo_decision(self, model_id: str) -> None:
-        """Put the model's choices back as last stored: a controller decision was not written.
+        """Put the model's choices back as last stored: a choice or decision was not written.
 
-        A controller may decide (a canary step, promotion, rollback) in the second
-        before its lease renewal finds the store unreachable. The decision counts
-        only once stored under that lease: kept, it would be written after the
-        outage unfenced, whoever leads by then, and dated inside it. Undone, the
-        step is judged again once the store is back, by whoever leads then.
+        A choice (active version, routing, fallback) the store refused was
+        refused to its caller too (503 state_unavailable): kept here, this
+        server alone would serve by it, and write it once the store is back,
+        a change made after all. A controller may decide (a canary step,
+        promotion, rollback) in the second before its lease renewal finds the
+        store unreachable. The decision counts only once stored under that
+        lease: kept, it would be written after the outage unfenced, whoever
+        leads by then, and dated inside it. Undone, the step is judged again
+        once the store is back, by whoever leads then. The catalogue (versions
+        deployed or retired here) is kept, and written once the store is back.
         """
         known = self._known.get(model_id)
         if known is not None and known.exists and self._registry.contains_model(model_id):
-            logger.warning(
-                "%s: a rollout decision the control state did not take is undone", model_id
-            )
+            logger.warning("%s: a change the control state did not take is undone", model_id)
             self._apply(known)
 
     def _catalogue_differs(self, model_id: str) -> bool:

@@ -122,10 +122,16 @@ class SQLiteState:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            # The feed's own connection, used only on the event loop: sharing the other
+            # would make the loop wait for its lock, which a write holds for as long as
+            # another process keeps the database locked (BUSY_SECONDS), and every
+            # request this process serves would stall with it.
+            self._feed_db = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise InvalidConfigError(f"cannot open the control state {self.path}: {exc}") from exc
-        # One connection per handle, used from the loop (the feed's cheap pragma)
-        # and from worker threads (everything else): the lock keeps them apart.
+        # Used from worker threads, one at a time: the lock keeps them apart.
         self._lock = threading.Lock()
         self._listeners: list[ChangeListener] = []
         self._feed: asyncio.Task[None] | None = None
@@ -374,12 +380,13 @@ class SQLiteState:
                 self._wrote = True  # try again on the next turn
 
     def _data_version(self) -> int:
-        # On the loop: the pragma takes no lock and costs microseconds.
-        with self._lock:
-            try:
-                return int(self._db.execute("PRAGMA data_version").fetchone()[0])
-            except sqlite3.Error:
-                return -1
+        # On the loop, on the feed's connection: the pragma takes no lock and costs
+        # microseconds. It moves with this process's own commits too (they come from
+        # the other connection), which only costs a read of the change log.
+        try:
+            return int(self._feed_db.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return -1
 
     async def _announce_new(self) -> None:
         seen = self._seen
@@ -409,5 +416,6 @@ class SQLiteState:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._feed
             self._feed = None
+        self._feed_db.close()
         with self._lock:
             self._db.close()
