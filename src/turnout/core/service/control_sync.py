@@ -42,7 +42,7 @@ from turnout.core.service.controller_lease import ControllerLease
 from turnout.core.service.fleet_traffic import FleetTraffic, traffic_facts
 from turnout.core.service.parts import ServerCalls, ServerParts
 from turnout.core.state.control import EVERY_MODEL, ControlState, ModelState, VersionEntry
-from turnout.core.state.pending import PendingWrites
+from turnout.core.state.pending import PendingWrites, stop_task
 from turnout.core.state.repository_records import (
     deploy_keywords,
     deployment_options,
@@ -522,12 +522,14 @@ class ControlSync:
             self._controlling = False
 
     async def close(self) -> None:
-        """Wait for queued writes (failures were logged) and stop hearing the change feed."""
+        """Wait for queued writes (failures were logged) and stop hearing the change feed.
+
+        The heartbeat and the lease's renewal are cancelled until they end
+        (stop_task): one cancel may be lost, and the loop would then beat on.
+        """
         await self.lease.close()
         if self._beating is not None:
-            self._beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beating
+            await stop_task(self._beating, f"the heartbeat of {self.lease.holder}")
         await self._following.settle()
         await self._tasks.settle()
         if self._unsubscribe is not None:
