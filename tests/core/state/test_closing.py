@@ -1,9 +1,10 @@
 """Closing a server that shares a control state ends in bounded time.
 
 Whatever its background work is doing: a heartbeat or a lease renewal whose
-cancel a Redis call lost (as redis-py's calls can on Python 3.11). Each close
-is bounded by ``asyncio.wait_for``: one that hangs fails its test instead of
-stalling the run.
+cancel a Redis call lost (as redis-py's calls can on Python 3.11), or a write
+the store never answers, which close gives up, saying so, after
+CLOSE_WRITES_SECONDS. Each close is bounded by ``asyncio.wait_for``: one that
+hangs fails its test instead of stalling the run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import pytest
 
 from services import RedisServer
 from support import DelegatingState, eventually
-from turnout import ModelServer
+from turnout import ModelServer, StateUnavailableError
+from turnout.core.service import control_sync
+from turnout.core.state.control import Fence, ModelState
 from turnout.core.state.pending import stop_task
 from turnout.core.state.redis_state import RedisState
 
@@ -74,6 +77,25 @@ class LosesACancel(DelegatingState):
         return await super().hold_lease(name, holder, seconds)
 
 
+class NeverAnswers(DelegatingState):
+    """A handle to a real Redis whose writes, once armed, never come back.
+
+    redis-py's socket timeouts bound a real Redis's silence; a ControlState
+    of another make may not have any.
+    """
+
+    def __init__(self, inner: RedisState) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self.writing = asyncio.Event()
+
+    async def write(self, state: ModelState, *, fence: Fence | None = None) -> ModelState:
+        if self.armed:
+            self.writing.set()
+            await asyncio.Event().wait()
+        return await super().write(state, fence=fence)
+
+
 @pytest.fixture
 async def redis_handle(redis_server: RedisServer) -> AsyncIterator[RedisState]:
     state = RedisState(redis_server.url, prefix=f"test-{uuid.uuid4().hex}")
@@ -95,6 +117,32 @@ async def test_close_ends_a_background_loop_whose_redis_call_lost_the_cancel(
     sync = server._sync  # type: ignore[attr-defined]
     assert sync._beating.done()
     assert sync.lease._renewing.done()
+
+
+async def test_close_gives_up_a_write_the_store_never_answers_and_says_which(
+    redis_handle: RedisState,
+    logistic_model: Any,
+    forest_model: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(control_sync, "CLOSE_WRITES_SECONDS", 0.5)
+    state = NeverAnswers(redis_handle)
+    async with ModelServer(state=state, entry_points=False) as server:
+        await server.deploy_model("bc", "v1", logistic_model)
+        await server.deploy_model("bc", "v2", forest_model, set_active=False)
+        state.armed = True
+        change = asyncio.create_task(server.set_active_version("bc", "v2"))
+        await asyncio.wait_for(state.writing.wait(), 5)
+        with caplog.at_level(logging.ERROR, logger="turnout"):
+            await close_within(server)
+    # The caller of the change hears that it was not written, not a cancellation of its own.
+    with pytest.raises(StateUnavailableError, match="closed before this change was written"):
+        await asyncio.wait_for(change, CLOSE_SECONDS)
+    given_up = [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()]
+    assert given_up, caplog.text
+    assert "writing the control state of bc" in given_up[0]
+    assert (await redis_handle.read("bc")).active == "v1"  # as the log says: not written
 
 
 async def test_stop_task_ends_a_loop_whose_cancel_wait_for_dropped() -> None:

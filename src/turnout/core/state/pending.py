@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 __all__ = ["STOP_SECONDS", "PendingWrites", "stop_task"]
@@ -31,20 +31,32 @@ class PendingWrites:
     def __init__(self) -> None:
         # A dict as an ordered set: flush raises the failure of the earliest write.
         self._tasks: dict[asyncio.Task[None], None] = {}
+        # What a flush raises for a task given up (abandon): not the CancelledError,
+        # which would read, to the flushing caller, as its own cancellation.
+        self._given_up: Callable[[], Exception] | None = None
 
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        """Run ``coroutine`` as a task, kept until it is done."""
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str | None = None) -> None:
+        """Run ``coroutine`` as a task (named ``name``: what it does), kept until it is done."""
         task = asyncio.ensure_future(coroutine)
+        if name is not None:
+            task.set_name(name)
         self._tasks[task] = None
         task.add_done_callback(lambda done: self._tasks.pop(done, None))
         # Retrieved here so a failure nobody awaits is not reported again at exit: it was logged.
         task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The tasks not done yet, oldest first."""
+        return list(self._tasks)
 
     async def flush(self) -> None:
         """Wait for the tasks queued so far; raise the failure of the earliest that failed."""
         if self._tasks:
             results = await asyncio.gather(*self._tasks, return_exceptions=True)
             for result in results:
+                if isinstance(result, asyncio.CancelledError) and self._given_up is not None:
+                    raise self._given_up() from result
                 if isinstance(result, BaseException):
                     raise result
 
@@ -52,6 +64,16 @@ class PendingWrites:
         """Wait for the tasks queued so far, whatever they raise (their writers logged it)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def abandon(self, error: Callable[[], Exception]) -> list[str]:
+        """Cancel every task not done, each until it ends; return their names.
+
+        A flush waiting for one of them raises ``error()``.
+        """
+        self._given_up = error
+        left = self.tasks
+        await asyncio.gather(*(stop_task(task, task.get_name()) for task in left))
+        return [task.get_name() for task in left]
 
 
 async def stop_task(task: asyncio.Task[Any], what: str, timeout: float = STOP_SECONDS) -> bool:
