@@ -42,7 +42,7 @@ from turnout.core.service.controller_lease import ControllerLease
 from turnout.core.service.fleet_traffic import FleetTraffic, traffic_facts
 from turnout.core.service.parts import ServerCalls, ServerParts
 from turnout.core.state.control import EVERY_MODEL, ControlState, ModelState, VersionEntry
-from turnout.core.state.pending import PendingWrites
+from turnout.core.state.pending import PendingWrites, stop_task
 from turnout.core.state.repository_records import (
     deploy_keywords,
     deployment_options,
@@ -57,6 +57,9 @@ logger = logging.getLogger("turnout")
 HEARTBEAT_SECONDS = 1.0
 # Writes of a catalogue change, each on a fresher revision, before it gives up.
 CATALOGUE_RETRIES = 5
+# Seconds close waits for the queued writes (and the loads and reads they bring)
+# before it gives up what is left, and says so.
+CLOSE_WRITES_SECONDS = 30.0
 
 
 def deploy_options(entry: VersionEntry) -> dict[str, Any]:
@@ -134,7 +137,7 @@ class ControlSync:
             self._fenced.add(model_id)
         if model_id not in self._queued:
             self._queued.add(model_id)
-            self._tasks.spawn(self._write(model_id))
+            self._tasks.spawn(self._write(model_id), f"writing the control state of {model_id}")
 
     def retired(self, model_id: str, version: str, *, choice: bool) -> None:
         """Note that ``version`` left the model here: the next write drops it from the catalogue."""
@@ -310,11 +313,11 @@ class ControlSync:
 
     def _heard(self, model_id: str, revision: int) -> None:
         if model_id == EVERY_MODEL:
-            self._tasks.spawn(self._refresh_everything())
+            self._tasks.spawn(self._refresh_everything(), "reading the whole control state")
             return
         known = self._known.get(model_id)
         if known is None or revision > known.revision:
-            self._tasks.spawn(self._refresh_quietly(model_id))
+            self._tasks.spawn(self._refresh_quietly(model_id), f"reading the state of {model_id}")
 
     async def _refresh_everything(self) -> None:
         try:
@@ -407,11 +410,14 @@ class ControlSync:
             key = (model_id, version)
             if not self._registry.contains(model_id, version) and key not in self._loading:
                 self._loading.add(key)
-                self._following.spawn(self._load(model_id, version))
+                loading = f"loading {model_id}:{version}"
+                self._following.spawn(self._load(model_id, version), loading)
         gone = set(before.versions if before else ()) - set(state.versions)
         for version in sorted(gone):
             if self._registry.contains(model_id, version):
-                self._following.spawn(self._retire(model_id, version))
+                self._following.spawn(
+                    self._retire(model_id, version), f"retiring {model_id}:{version}"
+                )
 
     async def _load(self, model_id: str, version: str) -> None:
         try:
@@ -543,17 +549,49 @@ class ControlSync:
             self._controlling = False
 
     async def close(self) -> None:
-        """Wait for queued writes (failures were logged) and stop hearing the change feed."""
+        """Stop beating, leading and hearing the change feed; wait for the queued writes.
+
+        In bounded time whatever the background work is doing: the heartbeat
+        and the lease's renewal are cancelled until they end (stop_task), and
+        the writes, with the loads, retires and reads they bring, have
+        CLOSE_WRITES_SECONDS. What is left then is given up (a flush waiting
+        for it raises StateUnavailableError), and the log names it, as it
+        names the models whose changes an unreachable store never took.
+        Failures of the writes that ended were logged, or raised by a flush.
+        """
         await self.lease.close()
         if self._beating is not None:
-            self._beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beating
-        await self._following.settle()
-        await self._tasks.settle()
+            await stop_task(self._beating, f"the heartbeat of {self.lease.holder}")
+        # What other writers change no longer concerns this server; its own writes do.
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_WRITES_SECONDS
+        # Until none is left: a write may queue another (its catalogue, on a fresh revision).
+        while (left := [*self._following.tasks, *self._tasks.tasks]) and loop.time() < deadline:
+            await asyncio.wait(left, timeout=deadline - loop.time())
+        if left:
+            given_up = [
+                *await self._following.abandon(_closed_before("this version was loaded")),
+                *await self._tasks.abandon(_closed_before("this change was written")),
+            ]
+            logger.error(
+                "closing, gave up after %g s on %s: the control state may lack this"
+                " server's last changes",
+                CLOSE_WRITES_SECONDS,
+                "; ".join(given_up),
+            )
+        if self._unwritten:
+            logger.error(
+                "closing with changes to %s that the control state, unreachable, never took:"
+                " the servers sharing it do not have them",
+                ", ".join(sorted(self._unwritten)),
+            )
+
+
+def _closed_before(what: str) -> Callable[[], StateUnavailableError]:
+    return lambda: StateUnavailableError(f"the server closed before {what}")
 
 
 def _same_choices(base: ModelState, intended: ModelState, fresh: ModelState) -> bool:

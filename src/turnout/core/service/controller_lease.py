@@ -11,7 +11,6 @@ the leader: nobody should act on what it cannot write.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ import uuid
 
 from turnout.core.errors import TurnoutError
 from turnout.core.state.control import ControlState, Fence
+from turnout.core.state.pending import stop_task
 
 __all__ = ["CONTROLLER_LEASE", "LEASE_SECONDS", "ControllerLease"]
 
@@ -71,8 +71,6 @@ class ControllerLease:
         self._token = token
 
     async def close(self) -> None:
-        """Stop renewing: the lease lapses, and another server takes it."""
+        """Stop renewing (cancelled until it ends): the lease lapses; another server takes it."""
         if self._renewing is not None:
-            self._renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewing
+            await stop_task(self._renewing, f"the controller lease renewal of {self.holder}")

@@ -24,7 +24,6 @@ https://redis.readthedocs.io/en/stable/advanced_features.html#publish-subscribe)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -43,6 +42,7 @@ from turnout.core.state.control import (
     stale_revision,
 )
 from turnout.core.state.control_codec import decode_state, encode_state
+from turnout.core.state.pending import stop_task
 
 try:
     import redis.asyncio as aioredis
@@ -333,12 +333,10 @@ class RedisState:
             ) from exc
 
     async def close(self) -> None:
-        """Stop the change feed and close the connections."""
+        """Stop the change feed (cancelled until it ends) and close the connections."""
         self._listeners.clear()
         if self._feed is not None:
-            self._feed.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feed
+            await stop_task(self._feed, f"the control-state feed from {self.url}")
             self._feed = None
         await self._redis.aclose()
         await self._feed_redis.aclose()

@@ -41,6 +41,7 @@ from turnout.core.state.control import (
     stale_revision,
 )
 from turnout.core.state.control_codec import decode_state, encode_state
+from turnout.core.state.pending import stop_task
 
 __all__ = ["POLL_IDLE_SECONDS", "POLL_SECONDS", "SQLiteState"]
 
@@ -409,12 +410,10 @@ class SQLiteState:
                 listener(model_id, revision)
 
     async def close(self) -> None:
-        """Stop the change feed and close the database connection."""
+        """Stop the change feed (cancelled until it ends) and close the database connection."""
         self._listeners.clear()
         if self._feed is not None:
-            self._feed.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feed
+            await stop_task(self._feed, f"the control-state feed of {self.path}")
             self._feed = None
         self._feed_db.close()
         with self._lock:
