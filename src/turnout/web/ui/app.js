@@ -15,6 +15,8 @@ const page = {
   token: sessionStorage.getItem(TOKEN_KEY),
   needsToken: document.documentElement.dataset.auth === "token",
   timer: null,
+  refreshing: false,
+  again: false,
   snapshot: null,
 };
 
@@ -112,8 +114,16 @@ function versionPath(model, version, rest = "") {
 
 // -- refreshing -----------------------------------------------------------------------
 
+// One refresh at a time: one asked for while another is on its way (after an
+// action) runs when it ends, so the page never polls twice over.
 async function refresh() {
   clearTimeout(page.timer);
+  if (page.refreshing) {
+    page.again = true;
+    return;
+  }
+  page.refreshing = true;
+  let polling = true;
   try {
     page.snapshot = await api("GET", "/admin/snapshot");
     showProblem(null);
@@ -122,11 +132,23 @@ async function refresh() {
   } catch (error) {
     if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
       askForToken(error.message);
-      return;
+      polling = false;
+    } else {
+      showProblem(`Cannot read the status: ${error.message}`);
     }
-    showProblem(`Cannot read the status: ${error.message}`);
+  } finally {
+    page.refreshing = false;
   }
-  page.timer = setTimeout(refresh, REFRESH_MS);
+  if (!polling) {
+    page.again = false;
+    return;
+  }
+  if (page.again) {
+    page.again = false;
+    refresh();
+  } else {
+    page.timer = setTimeout(refresh, REFRESH_MS);
+  }
 }
 
 function showProblem(message) {
