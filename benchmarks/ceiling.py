@@ -8,7 +8,15 @@ the size and type turnout sends; without one it falls back to a built-in
 body of the same shape. No validation beyond what parsing needs, no model,
 no routing: what any aiohttp server could reach on this machine.
 
-Run: ``python -m benchmarks.ceiling --port 8000 [--loop uvloop|asyncio]``.
+With ``--grpc-port`` it also serves ``ModelInfer`` of the Open Inference
+Protocol over gRPC, on a bare ``grpc.aio`` server on the same loop: a
+generic handler parses the ``ModelInferRequest`` (turnout's own message
+class) and its ``raw_input_contents`` into a float32 array, and answers with
+the serialized ``ModelInferResponse`` recorded from turnout for that kind
+(``grpc-raw-1``, handed over the same way), or without one a built-in
+answer of the same shape. What any grpc.aio server could reach.
+
+Run: ``python -m benchmarks.ceiling --port 8000 [--grpc-port 8001] [--loop uvloop|asyncio]``.
 """
 
 from __future__ import annotations
@@ -19,12 +27,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import numpy as np
 from aiohttp import web
 
 from benchmarks.eventloop import LOOPS, default_loop, use_loop
 
-__all__ = ["create_app", "main"]
+__all__ = ["create_app", "grpc_handler", "main"]
 
 try:  # the fastest JSON at hand, as any server tuned for speed would use
     import orjson
@@ -75,6 +84,22 @@ def _v1_answer(rows: int) -> bytes:
     return answer
 
 
+def _grpc_answer(rows: int) -> bytes:
+    """Return the fixed ModelInferResponse for ``rows`` rows, serialized once."""
+    answer = _answers.get(("grpc", rows))
+    if answer is None:
+        from turnout.web.rpc.messages import ModelInferResponse
+
+        response = ModelInferResponse(model_name="rf", model_version="v1", id="0" * 32)
+        response.parameters["request_id"].string_param = "0" * 32
+        response.outputs.add(name="label", datatype="INT64", shape=[rows])
+        response.outputs.add(name="probabilities", datatype="FP32", shape=[rows, 2])
+        response.raw_output_contents.append(np.ones(rows, dtype="<i8").tobytes())
+        response.raw_output_contents.append(np.full((rows, 2), 0.5, dtype="<f4").tobytes())
+        answer = _answers[("grpc", rows)] = response.SerializeToString()
+    return answer
+
+
 def _respond(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
@@ -117,6 +142,25 @@ async def predict(request: web.Request) -> web.Response:
     return _replay(f"v1-{rows}", lambda: _v1_answer(rows))
 
 
+async def model_infer(request: Any, context: grpc.aio.ServicerContext) -> bytes:
+    """ModelInfer: read the raw tensor, answer with fixed bytes (sent with no serializer)."""
+    shape = request.inputs[0].shape
+    array = np.frombuffer(request.raw_input_contents[0], dtype="<f4").reshape(shape)
+    rows = len(array)
+    recorded = _recorded.get(f"grpc-raw-{rows}")
+    return _grpc_answer(rows) if recorded is None else recorded[0]
+
+
+def grpc_handler() -> grpc.GenericRpcHandler:
+    """Return the ceiling's gRPC service: ModelInfer only, its request parsed, its answer bytes."""
+    from turnout.web.rpc.messages import SERVICE, ModelInferRequest
+
+    infer = grpc.unary_unary_rpc_method_handler(
+        model_infer, request_deserializer=ModelInferRequest.FromString
+    )
+    return grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": infer})
+
+
 async def ready(request: web.Request) -> web.Response:
     """GET /v2/health/ready."""
     return _respond(b'{"ready":true}')
@@ -137,13 +181,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ceiling")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--grpc-port", type=int, default=None, help="also serve ModelInfer here")
     parser.add_argument("--loop", choices=LOOPS, default=default_loop())
     args = parser.parse_args(argv)
     use_loop(args.loop)
-    asyncio.run(_serve(args.host, args.port))
+    asyncio.run(_serve(args.host, args.port, args.grpc_port))
 
 
-async def _serve(host: str, port: int) -> None:
+async def _serve(host: str, port: int, grpc_port: int | None) -> None:
+    if grpc_port is not None:  # first, so that HTTP answering ready means both are up
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc_handler(),))
+        server.add_insecure_port(f"{host}:{grpc_port}")
+        await server.start()
     runner = web.AppRunner(create_app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -28,7 +28,7 @@ import numpy as np
 from benchmarks.payloads import Payload
 from benchmarks.stats import Window
 
-__all__ = ["MAX_CHANNELS", "closed_loop"]
+__all__ = ["MAX_CHANNELS", "closed_loop", "one_call"]
 
 MAX_CHANNELS = 64  # beyond, calls share channels: 256 in flight are 4 per connection
 READY_TIMEOUT = 30.0  # seconds for every channel to connect (the service starts after HTTP)
@@ -71,3 +71,11 @@ async def closed_loop(
         await asyncio.gather(*(channel.close() for channel in opened))
     values = np.asarray(latencies)
     return Window(len(values), errors, elapsed, values, np.ones(len(values)))
+
+
+async def one_call(target: str, path: str, body: bytes) -> bytes:
+    """Send one serialized request to ``target``'s method ``path``; return the answer's bytes."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+        answer: bytes = await call(body, timeout=READY_TIMEOUT, wait_for_ready=True)
+        return answer

@@ -6,7 +6,8 @@ in short slices (round-robin), so noise from the shared machine lands on all
 of them alike. Sections:
 
 * ``closed``: closed loop at each concurrency, for each request kind (HTTP,
-  and ``grpc-raw-1`` over gRPC to the turnout servers that serve it);
+  and ``grpc-raw-1`` over gRPC to the ceiling and the turnout servers that
+  serve it);
 * ``open``: open loop at fixed rates (V2 JSON, one row), latency timed from
   each request's due time (no coordinated omission);
 * ``routing``: one turnout server holding a model per routing setup (active,
@@ -41,6 +42,7 @@ from benchmarks.artifacts import MODEL, ROUTING_MODELS, Artifacts, build_artifac
 from benchmarks.eventloop import LOOPS, default_loop
 from benchmarks.gitrefs import export_sources, known_ref
 from benchmarks.grpcload import closed_loop as grpc_closed_loop
+from benchmarks.grpcload import one_call
 from benchmarks.limit import OrtCost, batch_sizes, measure_ort
 from benchmarks.loadgen import closed_loop, open_loop
 from benchmarks.payloads import KINDS, Payload, build_payload
@@ -163,18 +165,20 @@ def serve_turnout(repository: Path, loop: str, *args: str) -> tuple[str, ...]:
 def turnout_specs(artifacts: Artifacts, loop: str) -> list[ServerSpec]:
     """Return the ceiling and turnout: batching off, adaptive, adaptive on the worker thread.
 
-    Each turnout server serves gRPC too (``--grpc-port``, its second port),
-    so its gRPC and HTTP rows come from one process on one core.
+    Each serves gRPC too (``--grpc-port``, its second port), so its gRPC and
+    HTTP rows come from one process on one core: the ceiling's from a bare
+    grpc.aio server beside its aiohttp one.
     """
 
     def turnout(name: str, repository: Path) -> ServerSpec:
         argv = serve_turnout(repository, loop, "--grpc-port", "{port1}")
         return ServerSpec(name, argv, reports_batches=True, ports=2, grpc=True)
 
+    ceiling = python_module(
+        "benchmarks.ceiling", "--port", "{port}", "--grpc-port", "{port1}", "--loop", loop
+    )
     return [
-        ServerSpec(
-            CEILING, python_module("benchmarks.ceiling", "--port", "{port}", "--loop", loop)
-        ),
+        ServerSpec(CEILING, ceiling, ports=2, grpc=True),
         turnout(OFF, artifacts.off_repo),
         turnout(ADAPTIVE, artifacts.adaptive_repo),
         turnout(THREADED, artifacts.threaded_repo),
@@ -376,19 +380,22 @@ def hand_answers(run: Run, servers: list[RunningServer], artifacts: Artifacts) -
         return
     sizes = []
     for kind in KINDS.values():
-        if kind.grpc:  # the ceiling serves HTTP only
-            continue
         payload = build_payload(kind, MODEL, artifacts.rows)
         assert payload is not None
         headers, body = payload.requests[0]
-        ask = urllib.request.Request(source.url + payload.path, body, headers, method="POST")
-        with urllib.request.urlopen(ask, timeout=10) as reply:
-            answer = reply.read()
-            kept = {
-                k: reply.headers[k]
-                for k in ("Content-Type", "Inference-Header-Content-Length")
-                if reply.headers.get(k) is not None
-            }
+        kept: dict[str, str] = {}
+        if kind.grpc:  # the serialized ModelInferResponse
+            assert source.grpc_target is not None
+            answer = asyncio.run(one_call(source.grpc_target, payload.path, body))
+        else:
+            ask = urllib.request.Request(source.url + payload.path, body, headers, method="POST")
+            with urllib.request.urlopen(ask, timeout=10) as reply:
+                answer = reply.read()
+                kept = {
+                    k: reply.headers[k]
+                    for k in ("Content-Type", "Inference-Header-Content-Length")
+                    if reply.headers.get(k) is not None
+                }
         put = urllib.request.Request(
             f"{ceiling.url}/ceiling/answers/{kind.name}", answer, kept, method="PUT"
         )

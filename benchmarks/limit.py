@@ -1,7 +1,8 @@
 """What one core can serve, and what turnout spends beyond it.
 
-A server on one core pays, per request, at least what the aiohttp ceiling
-pays (read the request, parse the tensor, write the answer) plus what ONNX
+A server on one core pays, per request, at least what the ceiling pays over
+the same protocol (read the request, parse the tensor, write the answer: on
+aiohttp for the HTTP kinds, on grpc.aio for ``grpc-raw-1``) plus what ONNX
 Runtime itself spends on the request's rows at the batch size the server
 formed. So, per cell, with ``B`` turnout's mean batch there::
 
@@ -37,9 +38,9 @@ WARMUP_SECONDS = 0.05  # per batch size, before its first timed slice: shapes al
 
 @dataclass(frozen=True)
 class Limit:
-    """One cell's physical limit on one core: HTTP stack plus model, in CPU seconds per request."""
+    """One cell's physical limit on one core: serving stack plus model, CPU seconds per request."""
 
-    http: float  # the ceiling's CPU seconds per request, same kind and concurrency
+    stack: float  # the ceiling's CPU seconds per request, same kind (so protocol) and concurrency
     model: float  # raw ORT CPU seconds per row at the formed batch, times rows per request
 
     @classmethod
@@ -50,7 +51,7 @@ class Limit:
     @property
     def per_request(self) -> float:
         """Return the CPU seconds a request cannot do without."""
-        return self.http + self.model
+        return self.stack + self.model
 
     @property
     def requests_per_second(self) -> float:

@@ -13,7 +13,8 @@ Every server answers with the same content: a label and class probabilities
 per row. MLServer's sklearn runtime answers with labels only unless asked, so
 its requests name both outputs; it speaks neither V1 nor the binary extension.
 Which servers take gRPC is the harness's to say (``ServerSpec.grpc``), not
-the flavour's: the ceiling is HTTP only.
+the flavour's: the ceiling and this tree's turnout servers do, ``--baseline``
+servers do not.
 """
 
 from __future__ import annotations

@@ -94,8 +94,9 @@ def best_mlserver(
 def cell_limit(cell: Cell, cells: Sequence[Cell], ort: OrtCost | None) -> Limit | None:
     """Return the one-core limit of a turnout cell, or None if this run cannot tell it.
 
-    The HTTP part is the ceiling's CPU per request in the closed loop at the
-    same kind and concurrency; the model part is raw ORT's CPU per row at
+    The serving part is the ceiling's CPU per request in the closed loop at
+    the same kind and concurrency (so over gRPC, the ceiling's grpc.aio
+    server's, and over HTTP its aiohttp server's); the model part is raw ORT's CPU per row at
     the cell's mean batch, times the rows each request had run: the request's
     rows in the closed loop and the workers section, and in the routing
     section the rows executed per request answered (a mirrored request runs
@@ -384,7 +385,7 @@ def _limit_checks(cells: Sequence[Cell], ort: OrtCost | None) -> list[str]:
             f"concurrency 64, turnout adaptive own cost <= {OWN_TARGET * 1e6:.0f} µs/request",
             own <= OWN_TARGET,
             f"{_us(own)} µs ({_us(cell.window.cpu_per_request)} µs, less the ceiling's"
-            f" {_us(limit.http)} and ONNX Runtime's {_us(limit.model)})",
+            f" {_us(limit.stack)} and ONNX Runtime's {_us(limit.model)})",
         ),
         _check(
             f"concurrency 64, adaptive >= {LIMIT_TARGET:.0%} of the limit",
@@ -428,7 +429,8 @@ def render(run: Run, argv: Sequence[str], load: str, plots: Sequence[str]) -> st
         " executed batch from turnout's /metrics. Ratios compare servers measured side by side"
         " in this run; 'vs MLServer' is against MLServer's better run (adaptive batching on or"
         " off) at that load. For turnout, 'own µs/req' is its CPU µs per request less the"
-        " ceiling's (closed loop, same kind and concurrency) and less raw ONNX Runtime's CPU"
+        " ceiling's (closed loop, same kind and concurrency: for gRPC, its grpc.aio server's)"
+        " and less raw ONNX Runtime's CPU"
         " per row at turnout's mean batch times the rows per request; '% of limit' is its"
         " req/s over the limit of one core, 1 / (the ceiling's CPU s per request + that ONNX"
         " Runtime cost). Raw ONNX Runtime is timed in this run (its table is below).",

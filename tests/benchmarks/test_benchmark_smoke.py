@@ -71,9 +71,14 @@ def test_the_report_has_every_section_in_well_formed_tables(
     assert served == set(SERVERS)
     for row in closed[2:]:
         assert float(row[3].replace(",", "")) > 0, row  # req/s
-    # gRPC is served by turnout's servers only: the ceiling speaks HTTP.
+    # gRPC is served by every server, the ceiling too (its grpc.aio server).
     grpc_rows = {row[2] for row in closed[2:] if row[0] == "grpc-raw-1"}
-    assert grpc_rows == {name for name in SERVERS if name.startswith("turnout")}
+    assert grpc_rows == set(SERVERS)
+    ceiling = next(r for r in closed[2:] if r[:3] == ["grpc-raw-1", "4", "aiohttp ceiling"])
+    assert _number(ceiling[closed[0].index("CPU µs/req")]) > 0
+    assert ceiling[closed[0].index("req/s vs ceiling")] == "1.00x"
+    (replayed,) = [line for line in text.splitlines() if "recorded answer" in line]
+    assert "grpc-raw-1 " in replayed  # it replays turnout's serialized ModelInferResponse
     # Machine and versions at the top.
     assert "| Python |" in text
     assert "| onnxruntime |" in text
@@ -93,7 +98,7 @@ def test_turnout_rows_show_their_own_cost_and_share_of_the_limit(
     own, share = closed[0].index("own µs/req"), closed[0].index("% of limit")
     assert own == closed[0].index("CPU µs/req") + 1
     for row in closed[2:]:
-        if row[2].startswith("turnout") and row[0] != "grpc-raw-1":  # no gRPC ceiling
+        if row[2].startswith("turnout"):  # gRPC rows too: against the gRPC ceiling
             _number(row[own])  # a number, whatever its value on this machine
             assert row[share].endswith("%"), row
         else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -53,6 +53,7 @@ from turnout.web.v2_inputs import rows_from_inputs
 __all__ = ["InferenceService", "RepositoryAccess"]
 
 _REPOSITORY_RPCS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
+_NO_OPTIONS = CallOptions()
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -274,14 +275,17 @@ def _names(model: str, version: str, field: str) -> tuple[str, str | None]:
 
 def _call_options(parameters: Any, remaining: float | None) -> CallOptions:
     """Read ``key`` and ``timeout`` as the HTTP side does; the call's deadline bounds it."""
-    values = {name: _value(parameter) for name, parameter in parameters.items()}
-    options = call_options({"parameters": values})
+    if parameters:
+        values = {name: _value(parameter) for name, parameter in parameters.items()}
+        options = call_options({"parameters": values})
+    else:  # most calls carry no parameters: no dict, no parsing, no dataclasses.replace
+        options = _NO_OPTIONS
     if remaining is None:
         return options
     # A deadline already past still gets an answer: DEADLINE_EXCEEDED, from the batcher.
     remaining = max(remaining, 1e-3)
     timeout = remaining if options.timeout is None else min(options.timeout, remaining)
-    return replace(options, timeout=timeout)
+    return CallOptions(options.key, timeout)
 
 
 def _value(parameter: Any) -> object:
