@@ -253,14 +253,40 @@ async def test_malformed_binary_requests_are_400_json(
     assert words in body_json["error"], body_json
 
 
-async def test_nan_in_binary_data_is_400(http, cancer) -> None:
-    values = np.full((1, 30), np.nan, dtype="<f4")
+async def test_nan_in_binary_data_is_400_naming_row_and_feature(http, cancer) -> None:
+    values = np.ones((2, 30), dtype="<f4")
+    values[1, 2] = np.nan
     header = {"inputs": [binary_input("input", values, "FP32")]}
     body, headers = binary_request(header, values.tobytes())
     error = await expect_error(
-        await http.post(INFER, data=body, headers=headers), 400, "invalid_request"
+        await http.post(INFER, data=body, headers=headers), 400, "invalid_input"
     )
-    assert "NaN" in error["error"]
+    assert error["error"].startswith("row 1, feature 'mean perimeter': nan is not allowed")
+    assert "allow_nan=True" in error["error"]
+
+
+async def test_nan_in_binary_data_reaches_a_model_deployed_with_allow_nan(
+    http, server, binary_data
+) -> None:
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(SimpleImputer(), LogisticRegression(max_iter=5000))
+    model.fit(binary_data.X_train, binary_data.y_train)
+    await server.deploy_model("gaps", "v1", model, allow_nan=True)
+    values = binary_data.X_test.to_numpy(dtype="<f4")[:3]
+    values[:, 0] = np.nan
+    header = {"inputs": [binary_input("input", values, "FP32")]}
+    body, headers = binary_request(header, values.tobytes())
+
+    response = await http.post("/v2/models/gaps/infer", data=body, headers=headers)
+
+    assert response.status == 200, await response.text()
+    outputs = {o["name"]: o for o in (await response.json())["outputs"]}
+    got = np.asarray(outputs["probabilities"]["data"]).reshape(3, 2)[:, 1]
+    rows = binary_data.X_test.iloc[:3].assign(**{binary_data.features[0]: np.nan})
+    np.testing.assert_allclose(got, model.predict_proba(rows)[:, 1], atol=1e-5)
 
 
 @pytest.mark.parametrize(

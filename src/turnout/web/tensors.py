@@ -112,9 +112,8 @@ def decode(tensor: InputTensor) -> np.ndarray[Any, Any]:
     if tensor.datatype == "BYTES" and tensor.array is None:
         return _strings(tensor, where)
     if tensor.array is not None:
-        if tensor.array.dtype.kind == "f" and not all_finite(tensor.array):
-            where = f"{tensor.where}.parameters.binary_data_size"
-            raise bad_request(f"{tensor.where}: the binary data holds NaN or infinity", where)
+        # NaN in binary data is the model's to take or refuse: its schema checks it once,
+        # naming the row and feature, and takes it when deployed with allow_nan=True.
         return tensor.array
     try:
         raw = np.asarray(tensor.data)

@@ -164,7 +164,7 @@ async def test_bad_requests_get_invalid_argument_naming_the_field(channel, cance
     unknown_output.outputs.add(name="nope")
     empty = messages.ModelInferRequest(model_name="cancer")
     cases = {
-        "NaN": (request_of(nan), "inputs[0]"),
+        "NaN": (request_of(nan), "mean area"),
         "short raw": (short, "raw_inputs[0]"),
         "raw and typed": (mixed, "inputs[0].contents"),
         "BYTES": (strings, "mean radius"),
@@ -178,6 +178,27 @@ async def test_bad_requests_get_invalid_argument_naming_the_field(channel, cance
         assert trailing.get("turnout-error-field", "").startswith(field), (case, trailing)
     metrics = cancer.get_deployment("cancer", "v1").metrics
     assert metrics.errors == 0  # nothing the client got wrong counts against the model
+
+
+async def test_nan_reaches_a_model_deployed_with_allow_nan(
+    channel, server: ModelServer, binary_data
+) -> None:
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(SimpleImputer(), LogisticRegression(max_iter=5000))
+    model.fit(binary_data.X_train, binary_data.y_train)
+    await server.deploy_model("gaps", "v1", model, allow_nan=True)
+    rows = binary_data.X_test.iloc[:3].assign(**{binary_data.features[0]: np.nan})
+
+    answer = await infer(channel, request_of(rows.to_numpy(np.float32), "gaps"))
+
+    (probabilities,) = [o for o in answer.outputs if o.name == "probabilities"]
+    index = [o.name for o in answer.outputs].index("probabilities")
+    got = np.frombuffer(answer.raw_output_contents[index], "<f4").reshape(3, 2)[:, 1]
+    assert list(probabilities.shape) == [3, 2]
+    np.testing.assert_allclose(got, model.predict_proba(rows)[:, 1], atol=1e-5)
 
 
 async def test_unknown_model_and_version_are_not_found(channel, cancer) -> None:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from turnout.core.execution.finite import all_finite
 from turnout.web.binary import tensor_from_bytes, tensor_to_bytes
 from turnout.web.body import bad_request
 from turnout.web.tensors import INPUT_DATATYPES, InputTensor, check_shape, datatype_of
@@ -85,8 +84,7 @@ def _input_tensor(tensor: Any, where: str, raw: bytes | None) -> InputTensor:
         array = tensor_from_bytes(raw, dtype, datatype, shape, where, sized_by=f"raw_{where}")
     else:
         array = _typed_contents(tensor, datatype, dtype, shape, where)
-    if array.dtype.kind == "f" and array.size and not all_finite(array):
-        raise bad_request(f"{where} holds NaN or infinity", f"{where}.contents")
+    # NaN is the model's to take or refuse (allow_nan): its schema checks it, as over HTTP.
     return InputTensor(tensor.name, shape, datatype, [], where, array)
 
 
