@@ -83,6 +83,31 @@ async def test_an_unauthenticated_admin_api_answers_loopback(make_admin) -> None
     assert await response.json() == {"models": {}, "pid": os.getpid()}
 
 
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Origin": "http://127.0.0.1:8081"}, 200),
+        ({"Origin": "http://localhost:8081", "Host": "localhost:8081"}, 200),
+        ({"Host": "[::1]:8081"}, 200),
+        # A page of another site posting to the API through the user's browser.
+        ({"Origin": "https://attacker.example"}, 403),
+        ({"Origin": "null"}, 403),
+        # Another site's name resolved to 127.0.0.1, so that its script reads the answer.
+        ({"Host": "rebound.attacker.example:8081"}, 403),
+    ],
+)
+async def test_an_unauthenticated_admin_api_refuses_other_sites_in_a_browser(
+    make_admin, server: ModelServer, headers: dict[str, str], status: int
+) -> None:
+    client = await make_admin(token=None, allow_unauthenticated=True)
+    response = await client.get("/admin/snapshot", headers=headers)
+    if status == 200:
+        assert response.status == 200, await response.text()
+    else:
+        error = await expect_error(response, 403, "forbidden")
+        assert "token" in error["error"]
+
+
 async def test_the_inference_api_has_no_admin_routes(http) -> None:
     await expect_error(await http.get("/admin/status"), 404, "not_found")
     await expect_error(await http.post("/v2/repository/index"), 404, "not_found")

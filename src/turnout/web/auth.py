@@ -11,6 +11,7 @@ import string
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from yarl import URL
 
 from turnout.core.errors import InvalidConfigError
 from turnout.web.errors import RequestError
@@ -95,9 +96,32 @@ def check_bearer(header: str | None, expected: bytes) -> None:
 
 @web.middleware
 async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Admit only connections from this machine: the unauthenticated admin API's guard."""
+    """Admit only connections from this machine: the unauthenticated admin API's guard.
+
+    A connection from this machine may still be a browser's, made for a page
+    of another site: a cross-site form posting to the API, or a name of the
+    attacker's resolved to 127.0.0.1 (DNS rebinding) so that its script reads
+    the answers. So the request must also name a loopback host (``Host``),
+    and come from no other site (``Origin``, when a browser sends one).
+    """
     if request.remote is None or not is_loopback(request.remote):
         raise RequestError(
             403, "forbidden", "the admin API has no token configured and answers only loopback"
         )
+    if not is_loopback(_hostname(request.host)):
+        raise RequestError(
+            403, "forbidden", "the admin API without a token answers requests for localhost only"
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and not is_loopback(URL(origin).host or ""):
+        raise RequestError(
+            403, "forbidden", "the admin API without a token refuses requests from other sites"
+        )
     return await handler(request)
+
+
+def _hostname(authority: str) -> str:
+    """The host of ``host[:port]`` or ``[v6]:port``."""
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
