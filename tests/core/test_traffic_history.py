@@ -52,7 +52,9 @@ def test_each_sample_is_what_the_version_served_since_the_last(readings: Reading
     assert second.error_rate == 0.0
     assert second.p99_ms == pytest.approx(10.0, rel=0.07)
     assert second.at == readings.now
-    assert [s.requests_per_second for s in history.samples("m", "v2")] == [0.0, 0.0]
+    idle = history.samples("m", "v2")
+    assert [s.requests_per_second for s in idle] == [0.0, 0.0]
+    assert [s.p50_ms for s in idle] == [None, None], "an idle interval has no latency"
 
 
 def test_no_sample_before_two_readings_and_none_for_an_unknown_version(

@@ -317,7 +317,8 @@ def test_actions_are_confirmed_first_and_then_done_with_the_token(
 
     row_button(page, "v1", "reset-breaker").click()
     assert "circuit breaker" in confirm(page, answer=True)
-    wait_for(page, lambda: "Done" in page.find_element(By.ID, "toast").text)
+    # Not the set-active's toast, still showing: this action's own.
+    wait_for(page, lambda: "Done: Reset" in page.find_element(By.ID, "toast").text)
 
     page.find_element(By.CSS_SELECTOR, f'[data-model="{MODEL}"] header button').click()
     wait_for(page, lambda: page.find_element(By.ID, "confirm").get_attribute("open") is not None)
@@ -349,7 +350,7 @@ def test_an_action_without_the_token_is_refused(demo: Demo, page: webdriver.Chro
     page.find_element(By.ID, "token").send_keys("not-the-token-at-all-0123")
     page.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
     message = wait_for(page, lambda: page.find_element(By.ID, "login-error").text)
-    assert "token" in message
+    assert message == "the admin token is wrong"  # the 403, not a 401 of a poll left over
     assert page.find_elements(By.CSS_SELECTOR, "[data-model]") == []
     assert page.execute_script("return sessionStorage.length") == 0
     console_errors(page)  # the refusals are logged: empty the log for the next test
@@ -364,10 +365,10 @@ def test_it_is_readable_on_a_desktop_and_on_a_phone(
         demo.infer()
     viewport(page, width, height)
     wait_for(page, lambda: segments(page) == {"v1": "v1 70%", "v2": "v2 30%"})
-    overflow = page.execute_script(
-        "return document.documentElement.scrollWidth - window.innerWidth"
-    )
-    assert overflow <= 0, f"{overflow} px wider than a {width} px screen"
+    # Against the screen's width, not innerWidth: a phone's viewport grows to fit
+    # content wider than the screen, and would hide the overflow it measures.
+    wide = page.execute_script("return document.documentElement.scrollWidth")
+    assert wide <= width, f"the page is {wide} px wide on a {width} px screen"
     for selector in (".split", ".versions", '[data-action="set-active"]', "h1"):
         box = page.find_element(By.CSS_SELECTOR, selector).rect
         assert box["x"] >= 0

@@ -14,15 +14,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Hashable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from turnout.core.errors import ModelNotFoundError, TurnoutError
+from turnout.core.errors import ModelNotFoundError, TurnoutError, VersionNotFoundError
 from turnout.core.execution.metrics import MetricsTotals
-from turnout.core.routing.canary_plan import CANARY
+from turnout.core.resilience.health import HealthReport
+from turnout.core.routing.canary_plan import CANARY, DEFAULT_STEPS
+from turnout.core.routing.config import RoutingConfig
 from turnout.core.service.server import ModelServer
 from turnout.core.service.traffic_history import TrafficHistory, TrafficSample
 from turnout.web.jsonio import dumps
@@ -37,13 +39,19 @@ logger = logging.getLogger("turnout")
 _HEARTBEAT_FACTS_LEFT_OUT = frozenset({"traffic"})
 
 
+# (model id, version, deploy time): a version retired and deployed again is another.
+_Version = tuple[str, str, float]
+
+
 class StateClock:
     """When each watched thing entered the state it is in: the page's "for 3 min"."""
 
     def __init__(self) -> None:
-        self._seen: dict[Hashable, tuple[object, float]] = {}
+        self._seen: dict[tuple[_Version, str], tuple[object, float]] = {}
 
-    def since(self, key: Hashable, state: object, *, first: float | None = None) -> float:
+    def since(
+        self, key: tuple[_Version, str], state: object, *, first: float | None = None
+    ) -> float:
         """Return when ``key`` entered ``state`` (Unix time).
 
         A change is seen when it is asked about: each refresh of a page
@@ -58,9 +66,19 @@ class StateClock:
             seen = self._seen[key] = (state, time.time())
         return seen[1]
 
+    def retain(self, versions: set[_Version]) -> None:
+        """Forget what was seen of any version but ``versions`` (those still deployed)."""
+        for key in [key for key in self._seen if key[0] not in versions]:
+            del self._seen[key]
+
 
 HISTORY_KEY = web.AppKey("traffic_history", TrafficHistory)
 SINCE_KEY = web.AppKey("state_clock", StateClock)
+# Each version's last health report, taken by the sampler: a page's refresh reads it
+# rather than running every health check (a plugin's may be slow) once a second.
+HEALTH_KEY = web.AppKey("health_reports", dict[_Version, HealthReport])
+# The rollout events a snapshot carries per model (the page lists the last 12).
+ROLLOUT_EVENTS = 50
 
 
 def setup_snapshot(app: web.Application, *, interval: float = 5.0, span: float = 900.0) -> None:
@@ -76,6 +94,7 @@ def setup_snapshot(app: web.Application, *, interval: float = 5.0, span: float =
 
     app[HISTORY_KEY] = TrafficHistory(read, interval=interval, span=span)
     app[SINCE_KEY] = StateClock()
+    app[HEALTH_KEY] = {}
     app.cleanup_ctx.append(_sampling)
     app.router.add_get("/admin/snapshot", _snapshot)
 
@@ -92,15 +111,27 @@ async def _sample(app: web.Application) -> None:
     Looking at the states from the start, not only when a page asks, dates a
     change to within one interval even when nobody was watching.
     """
-    server, history, since = app[SERVER_KEY], app[HISTORY_KEY], app[SINCE_KEY]
+    server, history, since, health = (
+        app[SERVER_KEY],
+        app[HISTORY_KEY],
+        app[SINCE_KEY],
+        app[HEALTH_KEY],
+    )
     failing = False
     while True:
         try:
             history.sample()
+            deployed: set[_Version] = set()
             for model_id, versions in server.get_all_models_status().items():
                 for version, status in versions.items():
+                    key = _version_key(model_id, version, status)
+                    deployed.add(key)
                     with contextlib.suppress(TurnoutError):  # retired meanwhile
-                        await _states(server, model_id, version, status, since)
+                        health[key] = await server.health_check(model_id, version)
+                        _states(key, status, health[key], since)
+            for gone in set(health) - deployed:
+                del health[gone]
+            since.retain(deployed)
             failing = False
         except Exception:
             # A health check plugin that raises must not end the history for good,
@@ -113,19 +144,27 @@ async def _sample(app: web.Application) -> None:
 
 async def _snapshot(request: web.Request) -> web.Response:
     app = request.app
-    data = await snapshot(app[SERVER_KEY], app[HISTORY_KEY], app[SINCE_KEY])
+    data = await snapshot(app[SERVER_KEY], app[HISTORY_KEY], app[SINCE_KEY], app[HEALTH_KEY])
     return web.json_response(data, dumps=dumps, headers={"Cache-Control": "no-store"})
 
 
 async def snapshot(
-    server: ModelServer, history: TrafficHistory, since: StateClock
+    server: ModelServer,
+    history: TrafficHistory,
+    since: StateClock,
+    health: dict[_Version, HealthReport] | None = None,
 ) -> dict[str, Any]:
-    """Return everything the status page shows, as JSON data."""
+    """Return everything the status page shows, as JSON data.
+
+    ``health`` holds the last report of each version, by the sampler; a
+    version missing from it has its health checked now.
+    """
+    health = {} if health is None else health
     models = []
     for model_id, versions in sorted(server.get_all_models_status().items()):
         # A model or version retired while the snapshot is taken is left out, not a 404.
         with contextlib.suppress(ModelNotFoundError):
-            models.append(await _model(server, model_id, versions, history, since))
+            models.append(await _model(server, model_id, versions, history, since, health))
     try:
         beats = await server.fleet()
     except TurnoutError:  # the shared state is away: serving goes on, the fleet is unknown
@@ -149,16 +188,24 @@ async def _model(
     statuses: Mapping[str, Mapping[str, Any]],
     history: TrafficHistory,
     since: StateClock,
+    health: dict[_Version, HealthReport],
 ) -> dict[str, Any]:
     routing = server.get_routing(model_id)
     split = server.routing_split(model_id)
     versions = []
     for version, status in sorted(statuses.items()):
+        key = _version_key(model_id, version, status)
+        report = health.get(key)
+        if report is None:
+            try:
+                report = health[key] = await server.health_check(model_id, version)
+            except VersionNotFoundError:
+                continue  # retired while the snapshot is taken: left out, the rest shown
         metrics = status["metrics"]
         versions.append(
             {
                 "version": version,
-                **await _states(server, model_id, version, status, since),
+                **_states(key, status, report, since),
                 "runtime": status["runtime"],
                 "requests": metrics.request_count,
                 "error_rate": metrics.error_rate,
@@ -174,46 +221,53 @@ async def _model(
         "split": {"shares": split.shares, "mirrors": split.mirrors},
         "observed": _observed(model_id, statuses, history),
         "fallback": fallback_json(server.get_fallback(model_id)),
-        "canary": dict(routing.params) if routing.strategy == CANARY else None,
-        "rollouts": server.rollout_history(model_id),
+        "canary": _canary(routing),
+        "rollouts": server.rollout_history(model_id)[-ROLLOUT_EVENTS:],
         "comparison": await _comparison(server, model_id, split.shares, statuses),
         "shadows": server.shadow_statistics(model_id) if split.mirrors else [],
         "versions": versions,
     }
 
 
-async def _states(
-    server: ModelServer,
-    model_id: str,
-    version: str,
-    status: Mapping[str, Any],
-    since: StateClock,
+def _canary(routing: RoutingConfig) -> dict[str, Any] | None:
+    """A canary's plan as the page draws it; params left out take the plan's defaults."""
+    if routing.strategy != CANARY:
+        return None
+    return {"steps": list(DEFAULT_STEPS), "step": 0, **routing.params}
+
+
+def _version_key(model_id: str, version: str, status: Mapping[str, Any]) -> _Version:
+    deployed = datetime.fromisoformat(status["deployed_at"]).timestamp()
+    return (model_id, version, deployed)
+
+
+def _states(
+    key: _Version, status: Mapping[str, Any], health: HealthReport, since: StateClock
 ) -> dict[str, Any]:
     """A version's status, health and breaker state, each with when it entered it."""
-    deployed = datetime.fromisoformat(status["deployed_at"]).timestamp()
-    health = await server.health_check(model_id, version)
+    deployed = key[2]
     breaker = status["circuit_breaker"]
     state = status["status"]
     return {
         "status": state,
-        "status_since": since.since((model_id, version, "status"), state, first=deployed),
+        "status_since": since.since((key, "status"), state, first=deployed),
         "deployed_at": deployed,
         "health": {
             "status": health.status,
             "reasons": health.reasons,
-            "since": since.since((model_id, version, "health"), health.status),
+            "since": since.since((key, "health"), health.status),
         },
         "breaker": {
             "state": breaker["state"],
             "reason": breaker["reason"],
             "times_opened": breaker["times_opened"],
             "retry_after": breaker["retry_after"],
-            "since": since.since((model_id, version, "breaker"), breaker["state"], first=deployed),
+            "since": since.since((key, "breaker"), breaker["state"], first=deployed),
         },
     }
 
 
-def _series(samples: tuple[TrafficSample, ...]) -> dict[str, list[float]]:
+def _series(samples: tuple[TrafficSample, ...]) -> dict[str, list[float | None]]:
     """Samples as columns, the shape a sparkline reads."""
     return {
         "at": [s.at for s in samples],
@@ -258,4 +312,7 @@ async def _comparison(
     # Every worker's outcomes, not this one's only; with the shared state away, this one's.
     with contextlib.suppress(TurnoutError):
         await server.refresh_outcomes(model_id)
-    return server.compare_versions(model_id, pair[0], pair[1])
+    try:
+        return server.compare_versions(model_id, pair[0], pair[1])
+    except VersionNotFoundError:  # one of them retired meanwhile
+        return None

@@ -26,13 +26,13 @@ _Key = tuple[str, str]
 
 @dataclass(frozen=True)
 class TrafficSample:
-    """One interval of a version's traffic; latencies in milliseconds."""
+    """One interval of a version's traffic; latencies in milliseconds, None with no request."""
 
     at: float  # Unix time at the interval's end
     requests_per_second: float
     error_rate: float  # failed share of the interval's requests (timeouts count as failed)
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p99_ms: float | None
 
 
 class TrafficHistory:
@@ -88,10 +88,12 @@ class TrafficHistory:
 
 def _sample(served: MetricsTotals, start: float, end: float) -> TrafficSample:
     histogram = served.histogram()
+    # An idle interval has no latency; 0 ms would draw as the best one yet.
+    timed = histogram.count > 0
     return TrafficSample(
         at=end,
         requests_per_second=served.requests / (end - start),
         error_rate=served.failures / served.requests if served.requests else 0.0,
-        p50_ms=histogram.quantile(0.50) * 1e3,
-        p99_ms=histogram.quantile(0.99) * 1e3,
+        p50_ms=histogram.quantile(0.50) * 1e3 if timed else None,
+        p99_ms=histogram.quantile(0.99) * 1e3 if timed else None,
     )

@@ -17,6 +17,7 @@ const page = {
   timer: null,
   refreshing: false,
   again: false,
+  generation: 0,
   snapshot: null,
 };
 
@@ -124,12 +125,16 @@ async function refresh() {
   }
   page.refreshing = true;
   let polling = true;
+  const generation = page.generation;
   try {
-    page.snapshot = await api("GET", "/admin/snapshot");
+    const snapshot = await api("GET", "/admin/snapshot");
+    if (generation !== page.generation) return; // the token was forgotten meanwhile
+    page.snapshot = snapshot;
     showProblem(null);
     render(page.snapshot);
     document.getElementById("refreshed").textContent = `updated ${clock(page.snapshot.at)}`;
   } catch (error) {
+    if (generation !== page.generation) return;
     if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
       askForToken(error.message);
       polling = false;
@@ -153,11 +158,16 @@ async function refresh() {
 
 function showProblem(message) {
   const problem = document.getElementById("problem");
+  // Set only on a change: the element is an alert, read out each time it is written.
+  if (problem.textContent === (message || "") && problem.hidden === (message === null)) return;
   problem.hidden = message === null;
   problem.textContent = message || "";
 }
 
 function askForToken(message) {
+  clearTimeout(page.timer);
+  page.generation += 1; // an answer on its way is dropped, not drawn under the form
+  page.snapshot = null;
   page.token = null;
   sessionStorage.removeItem(TOKEN_KEY);
   document.getElementById("login").hidden = false;
@@ -190,9 +200,18 @@ function render(snapshot) {
   morph(document.getElementById("models"), models);
 }
 
-// Make ``from`` look like ``to``, keeping every element whose place and tag are unchanged.
+// What an element stands for: the model, version, action or step it is drawn for.
+function keyOf(node) {
+  if (node.nodeType !== Node.ELEMENT_NODE) return "";
+  const d = node.dataset || {};
+  return [d.model, d.version, d.action, d.step, d.shadow].join("|");
+}
+
+// Make ``from`` look like ``to``, keeping every element whose place, tag and key are
+// unchanged. An element drawn for another version or action is replaced, not reused:
+// a click landing just after a refresh then reaches the button it was aimed at.
 function morph(from, to) {
-  if (from.nodeType !== to.nodeType || from.nodeName !== to.nodeName) {
+  if (from.nodeType !== to.nodeType || from.nodeName !== to.nodeName || keyOf(from) !== keyOf(to)) {
     from.replaceWith(to);
     return;
   }
@@ -357,8 +376,8 @@ function renderVersion(model, v, colour) {
       { class: "actions" },
       v.status === "active"
         ? null
-        : h("button", { type: "button", "data-action": "set-active", text: "Set active" }),
-      h("button", { type: "button", class: "quiet", "data-action": "reset-breaker", text: "Reset breaker" }),
+        : h("button", { type: "button", "data-action": "set-active", "aria-label": `Set ${v.version} active`, text: "Set active" }),
+      h("button", { type: "button", class: "quiet", "data-action": "reset-breaker", "aria-label": `Reset the breaker of ${v.version}`, text: "Reset breaker" }),
     ),
   );
 }
@@ -368,23 +387,22 @@ function renderVersion(model, v, colour) {
 function sparkline(series, colours, top) {
   const width = 120;
   const height = 28;
-  const most = top || Math.max(1e-9, ...series.flat());
+  const most = top || Math.max(1e-9, ...series.flat().filter((v) => v !== null));
   const longest = Math.max(2, ...series.map((values) => values.length));
   const x = (j, values) => ((j + longest - values.length) * width) / (longest - 1);
   const y = (value) => height - 2 - (Math.min(value, most) / most) * (height - 4);
-  const lines = series.map((values, i) =>
-    s("polyline", {
-      fill: "none",
-      stroke: colours[i],
-      "stroke-width": 1.5,
-      points: values.map((value, j) => `${x(j, values)},${y(value)}`).join(" "),
-    }),
-  );
+  // A null (an idle interval's latency) breaks the line rather than drawing a zero.
+  const lines = series.flatMap((values, i) => {
+    const runs = [[]];
+    values.forEach((value, j) => (value === null ? runs.push([]) : runs[runs.length - 1].push(`${x(j, values)},${y(value)}`)));
+    return runs
+      .filter((run) => run.length)
+      .map((run) => s("polyline", { fill: "none", stroke: colours[i], "stroke-width": 1.5, points: run.join(" ") }));
+  });
   // The latest value as a dot: with a single sample it is the whole chart.
   const first = series[0];
-  const now = first.length
-    ? s("circle", { cx: x(first.length - 1, first), cy: y(first[first.length - 1]), r: 2, fill: colours[0] })
-    : null;
+  const latest = first.length ? first[first.length - 1] : null;
+  const now = latest !== null ? s("circle", { cx: x(first.length - 1, first), cy: y(latest), r: 2, fill: colours[0] }) : null;
   const baseline = s("line", { x1: 0, x2: width, y1: height - 0.5, y2: height - 0.5, stroke: "#ddd" });
   return s("svg", { class: "spark", viewBox: `0 0 ${width} ${height}`, width, height, "aria-hidden": "true" }, baseline, ...lines, ...(now ? [now] : []));
 }
