@@ -92,6 +92,7 @@ async def test_an_unauthenticated_admin_api_answers_loopback(make_admin) -> None
         # A page of another site posting to the API through the user's browser.
         ({"Origin": "https://attacker.example"}, 403),
         ({"Origin": "null"}, 403),
+        ({"Origin": "http://[not-an-address"}, 403),
         # Another site's name resolved to 127.0.0.1, so that its script reads the answer.
         ({"Host": "rebound.attacker.example:8081"}, 403),
     ],

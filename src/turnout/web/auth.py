@@ -108,20 +108,21 @@ async def loopback_only(request: web.Request, handler: Handler) -> web.StreamRes
         raise RequestError(
             403, "forbidden", "the admin API has no token configured and answers only loopback"
         )
-    if not is_loopback(_hostname(request.host)):
+    if not is_loopback(_host_of(f"//{request.host}")):
         raise RequestError(
             403, "forbidden", "the admin API without a token answers requests for localhost only"
         )
     origin = request.headers.get("Origin")
-    if origin is not None and not is_loopback(URL(origin).host or ""):
+    if origin is not None and not is_loopback(_host_of(origin)):
         raise RequestError(
             403, "forbidden", "the admin API without a token refuses requests from other sites"
         )
     return await handler(request)
 
 
-def _hostname(authority: str) -> str:
-    """The host of ``host[:port]`` or ``[v6]:port``."""
-    if authority.startswith("["):
-        return authority[1 : authority.find("]")] if "]" in authority else authority
-    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+def _host_of(url: str) -> str:
+    """The host a URL (or ``//authority``) names; "" for one that does not parse."""
+    try:
+        return URL(url).host or ""
+    except ValueError:
+        return ""

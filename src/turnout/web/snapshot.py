@@ -27,6 +27,7 @@ from turnout.core.routing.canary_plan import CANARY, DEFAULT_STEPS
 from turnout.core.routing.config import RoutingConfig
 from turnout.core.service.server import ModelServer
 from turnout.core.service.traffic_history import TrafficHistory, TrafficSample
+from turnout.core.state.pending import stop_task
 from turnout.web.jsonio import dumps
 from turnout.web.keys import SERVER_KEY
 from turnout.web.records import fallback_json, to_json
@@ -102,7 +103,7 @@ def setup_snapshot(app: web.Application, *, interval: float = 5.0, span: float =
 async def _sampling(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(_sample(app), name="turnout-status-sampling")
     yield
-    task.cancel()
+    await stop_task(task, "the status page's sampling")
 
 
 async def _sample(app: web.Application) -> None:
